@@ -1,0 +1,21 @@
+"""SparseCut: sparse shortcut connections from a vision encoder into an LLM, with high-res fusion."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
+from .config import SparseCutConfig
+from .model import SparseCutForConditionalGeneration, SparseCutModel, SparseCutPreTrainedModel
+from .patterns import PATTERN_NAMES, describe, make_pattern
+
+AutoConfig.register(SparseCutConfig.model_type, SparseCutConfig, exist_ok=True)
+AutoModel.register(SparseCutConfig, SparseCutModel, exist_ok=True)
+AutoModelForImageTextToText.register(SparseCutConfig, SparseCutForConditionalGeneration, exist_ok=True)
+
+__all__ = [
+    "PATTERN_NAMES",
+    "SparseCutConfig",
+    "SparseCutForConditionalGeneration",
+    "SparseCutModel",
+    "SparseCutPreTrainedModel",
+    "describe",
+    "make_pattern",
+]

@@ -1,0 +1,155 @@
+"""SparseCutConfig: a transformers config composed of a vision config and a text config (as LlavaConfig)."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .patterns import Shortcut, make_pattern, validate_shortcuts
+
+VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model")
+MLP_TYPES = ("mlp2x_gelu", "linear")
+KV_SOURCES = ("high", "low+high")
+HIGH_RES_FUSIONS = ("cross-attention", "concat")
+FEATURE_STRATEGIES = ("default", "full")
+
+
+class SparseCutConfig(PretrainedConfig):
+    r"""Configuration of a SparseCut model.
+
+    Layer numbers are the paper's (see ``sparsecut.patterns``). The three modes of the paper:
+
+    - ``llava``: pattern ``[(L_v - 1, 1)]``, no high-res, adapter without attention = LLaVA-1.5 exactly;
+    - ``sparsecut``: any pattern, high-res views fused into M_v tokens by each adapter's cross-attention;
+    - ``concat``: high-res views' tokens appended to the context ((1 + g^2) * M_v visual tokens, Fig. 3a).
+
+    Args:
+        vision_config: a CLIP or SigLIP vision config (dict or config object).
+        text_config: any HF causal-LM config whose decoder layers sit in ``model.layers``.
+        shortcuts: list of ``(vit_layer, llm_layer)`` pairs; built from ``pattern`` when omitted.
+        pattern: the name the shortcuts came from (``"sparse-uniform"``, ...), or ``"custom"``.
+        num_shortcuts: passed to ``make_pattern`` when ``shortcuts`` is omitted.
+        high_res: feed g*g crops of the upsampled image alongside the low-res view.
+        high_res_grid: g (2 -> four crops, the paper's setting).
+        high_res_fusion: ``"cross-attention"`` (SparseCut) or ``"concat"`` (tokens appended to the context).
+        adapter_attention: the adapter starts with an attention block (paper §4.1); ``False`` = LLaVA's projector only.
+        adapter_num_heads: heads of the adapter attention; defaults to the vision tower's.
+        adapter_kv_source: ``"high"`` (eq. 2: keys/values are the high-res tokens) or ``"low+high"``.
+        adapter_mlp: ``"mlp2x_gelu"`` (LLaVA-1.5's projector) or ``"linear"``.
+        adapter_bias: biases in the adapter MLP (LLaVA's ``multimodal_projector_bias``).
+        zero_init_extra_shortcuts: every shortcut except LLaVA's ``(L_v - 1, 1)`` gets a per-channel output gate
+            initialised at 0, so an untrained model behaves exactly like its LLaVA shortcut alone (the paper does
+            not say how extra shortcuts start; this is our choice, recorded in the config).
+        image_token_id, image_token: the placeholder token id / string in ``input_ids`` / prompts.
+        image_seq_length: M_v, the visual tokens per view (derived from the vision config when omitted).
+        vision_feature_select_strategy: ``"default"`` drops CLS (CLIP), ``"full"`` keeps every token (SigLIP).
+    """
+
+    model_type = "sparsecut"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PretrainedConfig | None = None
+    text_config: dict | PretrainedConfig | None = None
+    shortcuts: list | None = None
+    pattern: str = "sparse-uniform"
+    num_shortcuts: int | None = None
+    high_res: bool = True
+    high_res_grid: int = 2
+    high_res_fusion: str = "cross-attention"
+    adapter_attention: bool = True
+    adapter_num_heads: int | None = None
+    adapter_kv_source: str = "high"
+    adapter_mlp: str = "mlp2x_gelu"
+    adapter_bias: bool = True
+    adapter_hidden_act: str = "gelu"
+    zero_init_extra_shortcuts: bool = True
+    image_token_id: int = 32000
+    image_token: str = "<image>"
+    image_seq_length: int | None = None
+    vision_feature_select_strategy: str | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        vision, text = self.vision_config, self.text_config
+        if vision.model_type not in VISION_MODEL_TYPES:
+            raise ValueError(f"vision_config must be one of {VISION_MODEL_TYPES}; got model_type {vision.model_type!r}.")
+        if self.vision_feature_select_strategy is None:
+            self.vision_feature_select_strategy = "full" if vision.model_type.startswith("siglip") else "default"
+        _check_choice("vision_feature_select_strategy", self.vision_feature_select_strategy, FEATURE_STRATEGIES)
+        _check_choice("adapter_mlp", self.adapter_mlp, MLP_TYPES)
+        _check_choice("adapter_kv_source", self.adapter_kv_source, KV_SOURCES)
+        _check_choice("high_res_fusion", self.high_res_fusion, HIGH_RES_FUSIONS)
+        if not isinstance(self.high_res_grid, int) or isinstance(self.high_res_grid, bool) or self.high_res_grid < 1:
+            raise ValueError(f"high_res_grid must be an integer >= 1 (2 gives four crops); got {self.high_res_grid!r}.")
+        if self.high_res and self.high_res_grid == 1:
+            raise ValueError("high_res=True needs high_res_grid >= 2 (grid 1 would repeat the low-res view); set high_res=False.")
+
+        L_v, L_t = vision.num_hidden_layers, text.num_hidden_layers
+        if self.shortcuts is None:
+            self.shortcuts = make_pattern(self.pattern, L_v, L_t, self.num_shortcuts)
+        self.shortcuts = [list(pair) for pair in validate_shortcuts(self.shortcuts, L_v, L_t)]
+
+        heads = self.adapter_num_heads or vision.num_attention_heads
+        if vision.hidden_size % heads:
+            raise ValueError(f"adapter_num_heads={heads} must divide the vision hidden size {vision.hidden_size}.")
+        self.adapter_num_heads = heads
+
+        patches = (vision.image_size // vision.patch_size) ** 2
+        expected = patches + (1 if self.vision_feature_select_strategy == "full" and vision.model_type.startswith("clip") else 0)
+        if self.image_seq_length is None:
+            self.image_seq_length = expected
+        elif self.image_seq_length != expected:
+            raise ValueError(
+                f"image_seq_length={self.image_seq_length} does not match the vision tower: {vision.image_size}px images in "
+                f"{vision.patch_size}px patches give {expected} tokens per view."
+            )
+        if not self.tie_word_embeddings and getattr(text, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+
+    @property
+    def shortcut_pairs(self) -> list[Shortcut]:
+        """The shortcuts as sorted tuples."""
+        return [tuple(pair) for pair in self.shortcuts]
+
+    @property
+    def llava_shortcut(self) -> Shortcut:
+        """LLaVA-1.5's only connection: the penultimate ViT layer into LLM layer 1."""
+        return (self.vision_config.num_hidden_layers - 1, 1)
+
+    @property
+    def num_views(self) -> int:
+        """N: views per image fed to the vision tower (1 low-res + g*g crops)."""
+        return 1 + self.high_res_grid**2 if self.high_res else 1
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Visual tokens per image in the LLM context: M_v, or N * M_v when high-res views are concatenated."""
+        concat = self.high_res and self.high_res_fusion == "concat"
+        return self.image_seq_length * (self.num_views if concat else 1)
+
+    @property
+    def mode(self) -> str:
+        """``llava``, ``concat`` or ``sparsecut`` (see the class docstring)."""
+        if self.high_res and self.high_res_fusion == "concat":
+            return "concat"
+        if not self.high_res and self.shortcut_pairs == [self.llava_shortcut] and not self.adapter_attention:
+            return "llava"
+        return "sparsecut"
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
+
+
+def pattern_config(base: SparseCutConfig, **changes) -> SparseCutConfig:
+    """A copy of ``base`` with fields changed (e.g. ``pattern="llava", shortcuts=None``), re-validated."""
+    data = base.to_dict()
+    for key in ("model_type", "transformers_version", "architectures"):
+        data.pop(key, None)
+    data.update(changes)
+    return SparseCutConfig(**data)

@@ -1,0 +1,359 @@
+"""SparseCut: a vision tower, one adapter per shortcut, and any HF causal LM (paper §3, eq. 1-4).
+
+Composition follows transformers' LLaVA: ``SparseCutModel`` holds ``vision_tower``, ``adapters`` and
+``language_model`` (the decoder without its head); ``SparseCutForConditionalGeneration`` adds ``lm_head``,
+the loss and ``generate``.
+
+Injection (eq. 4): visual positions of the input embeddings start at 0; a shortcut ``(i, j)`` adds its
+adapter output Z_i to the visual positions of the hidden state entering LLM layer ``j``. Layer 1 is done
+on the input embeddings (exactly as HF LLaVA scatters its features); deeper layers by forward pre-hooks,
+registered once, that read the per-call ``Injection`` passed down as a keyword argument. Nothing is stored
+on the module between calls, so concurrent calls with different patterns are independent, gradient
+checkpointing replays the same input, and cached decode steps (no ``pixel_values``) inject nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_utils import slice_logits_to_keep
+
+from .adapter import ShortcutAdapter, ZeroInitLinear
+from .config import SparseCutConfig
+from .patterns import Shortcut, parse_pattern_string
+from .vision import vision_hidden_states
+
+INJECTION_KWARG = "sparsecut_injection"
+
+
+def adapter_key(shortcut: Shortcut) -> str:
+    """Name of a shortcut's adapter in ``model.adapters`` (and in the state dict)."""
+    return f"vit{shortcut[0]}_llm{shortcut[1]}"
+
+
+@dataclass
+class Injection:
+    """What to add inside the LLM during one forward call.
+
+    positions: (batch_index, seq_index) of the visual tokens, each (T_vis,).
+    per_layer: 0-based decoder layer index -> summed adapter outputs for that layer, (T_vis, D_t).
+    """
+
+    positions: tuple[torch.Tensor, torch.Tensor]
+    per_layer: dict[int, torch.Tensor]
+
+
+def _make_injection_hook(layer_index: int):
+    def hook(module, args, kwargs):
+        injection = kwargs.pop(INJECTION_KWARG, None)
+        if injection is None or layer_index not in injection.per_layer:
+            return args, kwargs
+        on_args = len(args) > 0
+        hidden = args[0] if on_args else kwargs["hidden_states"]
+        hidden = hidden.index_put(injection.positions, injection.per_layer[layer_index].to(hidden.dtype), accumulate=True)
+        if on_args:
+            return (hidden, *args[1:]), kwargs
+        kwargs["hidden_states"] = hidden
+        return args, kwargs
+
+    return hook
+
+
+def decoder_layers_of(language_model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of an HF base model (``LlamaModel``, ``Qwen2Model``, ``MistralModel``, ...)."""
+    layers = getattr(language_model, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(
+            f"Unsupported language model {type(language_model).__name__}: SparseCut needs its decoder layers in a "
+            "`layers` ModuleList (as Llama, Qwen2, Mistral have)."
+        )
+    return layers
+
+
+@dataclass
+class SparseCutModelOutputWithPast(BaseModelOutputWithPast):
+    """Adds ``adapter_attentions``: {adapter key: (num_images, H, M_v, K)} when asked for."""
+
+    adapter_attentions: dict | None = None
+
+
+@dataclass
+class SparseCutCausalLMOutputWithPast(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor] | None = None
+    attentions: tuple[torch.FloatTensor] | None = None
+    adapter_attentions: dict | None = None
+
+
+class SparseCutPreTrainedModel(PreTrainedModel):
+    config: SparseCutConfig
+    config_class = SparseCutConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        if isinstance(module, ZeroInitLinear):  # adapter attention output: the adapter starts as LLaVA's projector
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, ShortcutAdapter) and module.gate is not None:
+            init.zeros_(module.gate)  # extra shortcuts start switched off
+        else:
+            super()._init_weights(module)
+
+
+class SparseCutModel(SparseCutPreTrainedModel):
+    """Vision tower + per-shortcut adapters + decoder; returns the last hidden state (no LM head)."""
+
+    def __init__(self, config: SparseCutConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.adapters = nn.ModuleDict(
+            {
+                adapter_key(s): ShortcutAdapter(config, gated=config.zero_init_extra_shortcuts and s != config.llava_shortcut)
+                for s in config.shortcut_pairs
+            }
+        )
+        self.language_model = AutoModel.from_config(config.text_config)
+        for index, layer in enumerate(decoder_layers_of(self.language_model)):
+            layer.register_forward_pre_hook(_make_injection_hook(index), with_kwargs=True)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def resolve_shortcuts(self, shortcuts=None) -> list[Shortcut]:
+        """The shortcuts to use for one call: all of the model's, or a subset given as pairs or ``"i:j,..."``.
+
+        A subset is an inference-time ablation: only shortcuts the model was built with can be used."""
+        available = self.config.shortcut_pairs
+        if shortcuts is None:
+            return available
+        pairs = parse_pattern_string(shortcuts) if isinstance(shortcuts, str) else [tuple(int(x) for x in p) for p in shortcuts]
+        unknown = [p for p in pairs if p not in available]
+        if unknown:
+            raise ValueError(
+                f"Shortcut(s) {unknown} are not in this model; it has {available}. A subset of them can be switched on "
+                "at inference; other patterns need a model trained with them."
+            )
+        return sorted(set(pairs))
+
+    def _use_high_res(self, high_res: bool | None, num_views: int) -> bool:
+        if high_res is None:
+            return self.config.high_res and num_views > 1
+        if high_res and not self.config.high_res:
+            raise ValueError("high_res=True, but this model was built without high-res views (config.high_res=False).")
+        return high_res
+
+    def get_shortcut_features(
+        self,
+        pixel_values: torch.Tensor,
+        shortcuts=None,
+        high_res: bool | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[dict[Shortcut, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """pixel_values (I, N, 3, H, W), or (I, 3, H, W) for the low-res view alone ->
+        {shortcut: Z (I, T_img, D_t)}, T_img = M_v (or N * M_v in concat mode), and adapter attentions if asked."""
+        if pixel_values.dim() == 4:
+            pixel_values = pixel_values[:, None]  # (I, 1, 3, H, W)
+        if pixel_values.dim() != 5:
+            raise ValueError(f"pixel_values must be (images, views, 3, H, W) or (images, 3, H, W); got {tuple(pixel_values.shape)}.")
+        num_images, num_views = pixel_values.shape[:2]
+        use_high = self._use_high_res(high_res, num_views)
+        if use_high and num_views != self.config.num_views:
+            raise ValueError(
+                f"High-res needs {self.config.num_views} views per image (1 low-res + {self.config.high_res_grid}x"
+                f"{self.config.high_res_grid} crops); got {num_views}. Use SparseCutProcessor with the model's grid."
+            )
+        if not use_high:
+            pixel_values = pixel_values[:, :1]  # the low-res view only
+        active = self.resolve_shortcuts(shortcuts)
+        attentions = {} if output_attentions else None
+        if not active:
+            return {}, attentions
+        views = pixel_values.shape[1]
+        hidden = vision_hidden_states(
+            self.vision_tower,
+            pixel_values.flatten(0, 1),  # (I * N, 3, H, W): every view in one pass
+            {i for i, _ in active},
+            drop_cls=self.config.vision_feature_select_strategy == "default",
+        )
+        concat = use_high and self.config.high_res_fusion == "concat"
+        features: dict[Shortcut, torch.Tensor] = {}
+        for shortcut in active:
+            adapter = self.adapters[adapter_key(shortcut)]
+            tokens = hidden[shortcut[0]]  # (I * N, M, Dv)
+            if concat:  # Fig. 3a: every view adapted on its own, all views' tokens go to the context
+                z, attn = adapter(tokens, None, output_attentions)
+                z = z.reshape(num_images, views * z.shape[1], z.shape[2])  # (I, N * M, Dt)
+            else:
+                tokens = tokens.reshape(num_images, views, *tokens.shape[1:])  # (I, N, M, Dv)
+                high = tokens[:, 1:].flatten(1, 2) if views > 1 else None  # (I, g*g * M, Dv)
+                z, attn = adapter(tokens[:, 0], high, output_attentions)
+            features[shortcut] = z
+            if output_attentions and attn is not None:
+                attentions[adapter_key(shortcut)] = attn
+        return features, attentions
+
+    def get_placeholder_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool mask of the image placeholder positions."""
+        if input_ids is None:
+            image_embed = self.get_input_embeddings()(
+                torch.full((), self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            return (inputs_embeds == image_embed).all(-1)
+        return input_ids == self.config.image_token_id
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        shortcuts=None,
+        high_res: bool | None = None,
+        output_adapter_attentions: bool = False,
+        **kwargs,
+    ) -> SparseCutModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, Dt)
+        adapter_attentions = None
+        if pixel_values is not None:
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds)  # (B, T)
+            features, adapter_attentions = self.get_shortcut_features(
+                pixel_values, shortcuts, high_res, output_adapter_attentions
+            )
+            num_images = pixel_values.shape[0]
+            tokens_per_image = self._tokens_per_image(pixel_values, high_res)
+            if int(mask.sum()) != num_images * tokens_per_image:
+                raise ValueError(
+                    f"Image features and image tokens do not match: the text has {int(mask.sum())} image placeholder "
+                    f"tokens (id {self.config.image_token_id}) but {num_images} image(s) x {tokens_per_image} tokens "
+                    "were given. Build inputs with SparseCutProcessor using the same high-res setting."
+                )
+            positions = mask.nonzero(as_tuple=True)
+            inputs_embeds = inputs_embeds.masked_fill(mask[..., None], 0.0)  # visual positions start at 0
+            per_layer: dict[int, torch.Tensor] = {}
+            for (_, llm_layer), z in features.items():
+                z = z.reshape(-1, z.shape[-1])  # (T_vis, Dt), images in order of appearance
+                index = llm_layer - 1
+                per_layer[index] = per_layer[index] + z if index in per_layer else z
+            if 0 in per_layer:
+                inputs_embeds = inputs_embeds.index_put(positions, per_layer.pop(0).to(inputs_embeds.dtype), accumulate=True)
+            if per_layer:
+                kwargs[INJECTION_KWARG] = Injection(positions, per_layer)
+        elif input_ids is not None and past_key_values is None and bool((input_ids == self.config.image_token_id).any()):
+            raise ValueError("input_ids contain image placeholder tokens but no pixel_values were given.")
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        return SparseCutModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            adapter_attentions=adapter_attentions,
+        )
+
+    def _tokens_per_image(self, pixel_values: torch.Tensor, high_res: bool | None) -> int:
+        num_views = pixel_values.shape[1] if pixel_values.dim() == 5 else 1
+        use_high = self._use_high_res(high_res, num_views)
+        concat = use_high and self.config.high_res_fusion == "concat"
+        return self.config.image_seq_length * (self.config.num_views if concat else 1)
+
+
+class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixin):
+    """SparseCut with an LM head: ``forward`` (logits, loss) and ``generate`` (KV cache; injection in prefill only).
+
+    Per-call options (safe to mix across threads): ``shortcuts`` (a subset of the model's, as an ablation),
+    ``high_res`` (False to use the low-res view only).
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: SparseCutConfig):
+        super().__init__(config)
+        self.model = SparseCutModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        shortcuts=None,
+        high_res: bool | None = None,
+        output_adapter_attentions: bool = False,
+        **kwargs,
+    ) -> SparseCutCausalLMOutputWithPast:
+        """input_ids (B, T) with M_v image placeholders per image; pixel_values (I, N, 3, H, W) or (I, 3, H, W);
+        labels (B, T) with -100 where not supervised. Returns logits (B, T, V) and the shifted LM loss."""
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            shortcuts=shortcuts,
+            high_res=high_res,
+            output_adapter_attentions=output_adapter_attentions,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+        return SparseCutCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            adapter_attentions=outputs.adapter_attentions,
+        )
