@@ -37,9 +37,10 @@ class SparseCutConfig(PretrainedConfig):
         adapter_kv_source: ``"high"`` (eq. 2: keys/values are the high-res tokens) or ``"low+high"``.
         adapter_mlp: ``"mlp2x_gelu"`` (LLaVA-1.5's projector) or ``"linear"``.
         adapter_bias: biases in the adapter MLP (LLaVA's ``multimodal_projector_bias``).
-        zero_init_extra_shortcuts: every shortcut except LLaVA's ``(L_v - 1, 1)`` gets a per-channel output gate
-            initialised at 0, so an untrained model behaves exactly like its LLaVA shortcut alone (the paper does
-            not say how extra shortcuts start; this is our choice, recorded in the config).
+        zero_init_extra_shortcuts: every shortcut except the input one (``primary_shortcut``) gets a per-channel
+            output gate initialised at 0, so an untrained model behaves exactly like its input shortcut alone, which
+            is LLaVA-1.5 for every pattern that contains ``(L_v - 1, 1)`` (the paper does not say how extra shortcuts
+            start; this is our choice, recorded in the config).
         image_token_id, image_token: the placeholder token id / string in ``input_ids`` / prompts.
         image_seq_length: M_v, the visual tokens per view (derived from the vision config when omitted).
         vision_feature_select_strategy: ``"default"`` drops CLS (CLIP), ``"full"`` keeps every token (SigLIP).
@@ -119,6 +120,13 @@ class SparseCutConfig(PretrainedConfig):
     def llava_shortcut(self) -> Shortcut:
         """LLaVA-1.5's only connection: the penultimate ViT layer into LLM layer 1."""
         return (self.vision_config.num_hidden_layers - 1, 1)
+
+    @property
+    def primary_shortcut(self) -> Shortcut:
+        """The input shortcut, which starts open: into the lowest LLM layer used, from the deepest ViT layer feeding it.
+        (L_v - 1, 1) for LLaVA, sparse-uniform, sparse-bottom and deepstack."""
+        lowest = min(j for _, j in self.shortcut_pairs)
+        return (max(i for i, j in self.shortcut_pairs if j == lowest), lowest)
 
     @property
     def num_views(self) -> int:

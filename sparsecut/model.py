@@ -76,6 +76,47 @@ def decoder_layers_of(language_model: nn.Module) -> nn.ModuleList:
     return layers
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose weights do not fit the requested config."""
+
+    def __init__(self, path, config: SparseCutConfig, problems: dict[str, list[str]]):
+        lines = [f"The checkpoint at {path} does not match the requested SparseCut config."]
+        saved = _saved_config(path)
+        if saved is not None:
+            for field, (was, now) in _config_differences(saved, config).items():
+                lines.append(f"  config.{field}: checkpoint has {was}, requested {now}")
+        for kind, keys in problems.items():
+            if keys:
+                shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+                lines.append(f"  {kind} weights: {shown}")
+        lines.append("Load it with the config saved beside it (omit config=...), or pass strict=False to initialise the rest.")
+        super().__init__("\n".join(lines))
+
+
+def _saved_config(path) -> SparseCutConfig | None:
+    try:
+        return SparseCutConfig.from_pretrained(path)
+    except Exception:  # a hub id that cannot be reached, or a folder with no config: report the weights only
+        return None
+
+
+_COMPARED_FIELDS = (
+    "shortcuts", "high_res", "high_res_grid", "high_res_fusion", "adapter_attention", "adapter_num_heads",
+    "adapter_kv_source", "adapter_mlp", "adapter_bias", "zero_init_extra_shortcuts", "image_seq_length",
+)
+_COMPARED_TOWER_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
+
+
+def _config_differences(saved: SparseCutConfig, wanted: SparseCutConfig) -> dict[str, tuple]:
+    diffs = {f: (getattr(saved, f), getattr(wanted, f)) for f in _COMPARED_FIELDS if getattr(saved, f) != getattr(wanted, f)}
+    for tower in ("vision_config", "text_config"):
+        a, b = getattr(saved, tower), getattr(wanted, tower)
+        for f in _COMPARED_TOWER_FIELDS:
+            if getattr(a, f, None) != getattr(b, f, None):
+                diffs[f"{tower}.{f}"] = (getattr(a, f, None), getattr(b, f, None))
+    return diffs
+
+
 @dataclass
 class SparseCutModelOutputWithPast(BaseModelOutputWithPast):
     """Adds ``adapter_attentions``: {adapter key: (num_images, H, M_v, K)} when asked for."""
@@ -106,6 +147,27 @@ class SparseCutPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
+        """``PreTrainedModel.from_pretrained`` that refuses a checkpoint which does not fit the config.
+
+        Transformers would warn and randomly initialise missing weights; here missing, unexpected or differently
+        shaped weights raise ``CheckpointMismatchError`` naming them and the config fields that differ.
+        ``strict=False`` restores the transformers behaviour."""
+        want_info = kwargs.pop("output_loading_info", False)
+        if strict:  # collect size mismatches in the loading info, then refuse them below with our message
+            kwargs["ignore_mismatched_sizes"] = True
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        if strict:
+            problems = {
+                "missing": sorted(info.get("missing_keys", [])),
+                "unexpected": sorted(info.get("unexpected_keys", [])),
+                "mismatched": sorted(str(k) for k in info.get("mismatched_keys", [])),
+            }
+            if any(problems.values()):
+                raise CheckpointMismatchError(pretrained_model_name_or_path, model.config, problems)
+        return (model, info) if want_info else model
+
     def _init_weights(self, module):
         if isinstance(module, ZeroInitLinear):  # adapter attention output: the adapter starts as LLaVA's projector
             init.zeros_(module.weight)
@@ -124,7 +186,7 @@ class SparseCutModel(SparseCutPreTrainedModel):
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.adapters = nn.ModuleDict(
             {
-                adapter_key(s): ShortcutAdapter(config, gated=config.zero_init_extra_shortcuts and s != config.llava_shortcut)
+                adapter_key(s): ShortcutAdapter(config, gated=config.zero_init_extra_shortcuts and s != config.primary_shortcut)
                 for s in config.shortcut_pairs
             }
         )

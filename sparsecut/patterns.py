@@ -139,9 +139,10 @@ def make_pattern(name: str, vision_layers: int, llm_layers: int, num_shortcuts: 
         if order == "aligned":
             vit = vit[::-1]
         return validate_shortcuts(zip(vit, llm), vision_layers, llm_layers)
+    pairs = parse_pattern_string(name)
     if num_shortcuts is not None:
         raise ValueError("num_shortcuts applies to named patterns only, not to an explicit list.")
-    return validate_shortcuts(parse_pattern_string(name), vision_layers, llm_layers)
+    return validate_shortcuts(pairs, vision_layers, llm_layers)
 
 
 @dataclass(frozen=True)

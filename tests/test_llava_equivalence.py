@@ -1,0 +1,76 @@
+"""LLaVA is the special case S = {(L_v - 1, 1)}: a converted HF LLaVA model must match it exactly."""
+
+import pytest
+import torch
+
+from conftest import M_V, image_batch, make_processor, randomise_gates, tiny_llava
+from sparsecut.convert import from_hf_llava, init_from_llava
+
+
+def _inputs(model, text_type):
+    processor = make_processor(model.config)
+    batch = image_batch(processor, ["What colour is the square?", "How many?"])  # different lengths: left padding
+    assert batch["attention_mask"][1].min() == 0  # the shorter prompt really is padded
+    return batch
+
+
+@pytest.mark.parametrize("text_type", ["llama", "qwen2"])
+def test_from_hf_llava_logits_and_generate_match(text_type):
+    llava = tiny_llava(text_type)
+    model = from_hf_llava(llava)
+    assert model.config.mode == "llava" and model.config.shortcut_pairs == [(5, 1)]
+    batch = _inputs(model, text_type)
+    low_res = batch["pixel_values"][:, 0]  # (B, 3, H, W), the view HF LLaVA takes
+    with torch.no_grad():
+        ref = llava(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=low_res).logits
+        ours = model(**batch).logits
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().max().item() <= 1e-5
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    ref_ids = llava.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=low_res, **kwargs)
+    our_ids = model.generate(**batch, **kwargs)
+    assert torch.equal(ref_ids, our_ids)
+
+
+def test_from_hf_llava_loads_a_saved_folder(tmp_path):
+    llava = tiny_llava()
+    llava.save_pretrained(tmp_path)
+    model = from_hf_llava(str(tmp_path))
+    batch = _inputs(model, "llama")
+    with torch.no_grad():
+        ref = llava(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"][:, 0]).logits
+        assert torch.allclose(model(**batch).logits, ref, atol=1e-5, rtol=0)
+
+
+def test_from_hf_llava_rejects_other_folders(tmp_path):
+    with pytest.raises(Exception):
+        from_hf_llava(str(tmp_path / "missing"))
+    with pytest.raises(TypeError, match="LlavaForConditionalGeneration"):
+        from_hf_llava(42)
+
+
+@pytest.mark.parametrize("pattern", ["sparse-uniform", "sparse-bottom", "deepstack"])
+def test_init_from_llava_starts_as_llava(pattern):
+    """Every adapter MLP seeded with the projector; extra shortcuts gated at 0; attention output at 0."""
+    llava = tiny_llava()
+    model = init_from_llava(llava, pattern=pattern, high_res=True)
+    assert len(model.config.shortcuts) > 1 and model.config.high_res
+    processor = make_processor(model.config)
+    batch = image_batch(processor, ["Is it red?", "Where?"])
+    with torch.no_grad():
+        ref = llava(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"][:, 0]).logits
+        assert (model(**batch).logits - ref).abs().max().item() <= 1e-5
+        projector = llava.model.multi_modal_projector.linear_1.weight
+        for adapter in model.model.adapters.values():
+            assert torch.equal(adapter.mlp.linear_1.weight, projector)
+        randomise_gates(model)  # once the extra shortcuts open up, the answer changes
+        assert (model(**batch).logits - ref).abs().max().item() > 1e-3
+    assert M_V == model.config.image_seq_length
+
+
+def test_init_from_llava_other_patterns_open_their_input_shortcut_only():
+    model = init_from_llava(tiny_llava(), pattern="dense-uniform", high_res=False)
+    assert model.config.primary_shortcut == (6, 1)  # dense patterns start from every ViT layer, the last included
+    open_ = [key for key, adapter in model.model.adapters.items() if adapter.gate is None]
+    assert open_ == ["vit6_llm1"]
+    assert all(float(a.gate.abs().max()) == 0 for a in model.model.adapters.values() if a.gate is not None)
