@@ -56,7 +56,9 @@ def _make_injection_hook(layer_index: int):
             return args, kwargs
         on_args = len(args) > 0
         hidden = args[0] if on_args else kwargs["hidden_states"]
-        hidden = hidden.index_put(injection.positions, injection.per_layer[layer_index].to(hidden.dtype), accumulate=True)
+        positions = tuple(p.to(hidden.device) for p in injection.positions)  # layers may sit on other devices
+        added = injection.per_layer[layer_index].to(hidden.device, hidden.dtype)
+        hidden = hidden.index_put(positions, added, accumulate=True)
         if on_args:
             return (hidden, *args[1:]), kwargs
         kwargs["hidden_states"] = hidden

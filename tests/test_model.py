@@ -88,6 +88,17 @@ def test_kv_cache_generation_equals_no_cache_generation():
     assert torch.equal(with_cache, without)
 
 
+def test_generate_passes_per_call_settings_to_the_prefill():
+    model, batch = _model_and_batch()
+    for settings in (dict(), dict(shortcuts="5:1", high_res=False), dict(shortcuts="3:3")):
+        out = model.generate(**batch, max_new_tokens=2, do_sample=False, pad_token_id=0, output_logits=True,
+                             return_dict_in_generate=True, **settings)
+        with torch.no_grad():
+            expected = model(**batch, **settings).logits[:, -1]
+        assert torch.allclose(out.logits[0], expected, atol=1e-5), settings
+    assert not torch.allclose(model(**batch, shortcuts="5:1").logits, model(**batch).logits)
+
+
 def test_context_length_is_independent_of_high_res_and_concat_appends():
     model = make_model(high_res=True)
     processor = make_processor(model.config)

@@ -1,0 +1,1 @@
+"""Looking inside SparseCut: contributions, attention maps, attributions, pattern diagrams, FLOPs and benchmarks."""
