@@ -59,6 +59,17 @@ def sparsecut_config_from_llava(llava_config: LlavaConfig, **overrides) -> Spars
     return SparseCutConfig(**fields)
 
 
+def _build_from_llava(llava: LlavaForConditionalGeneration, config: SparseCutConfig) -> SparseCutForConditionalGeneration:
+    """A model for ``config`` on LLaVA's device and dtype, carrying LLaVA's weights."""
+    config._attn_implementation = llava.config._attn_implementation
+    model = SparseCutForConditionalGeneration(config).to(dtype=llava.dtype, device=llava.device)
+    _copy_llava_weights(llava, model)
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    model.generation_config = llava.generation_config
+    return model.train(llava.training)
+
+
 def _copy_llava_weights(llava: LlavaForConditionalGeneration, model: SparseCutForConditionalGeneration) -> None:
     """Copy tower, LLM and head; seed every adapter's MLP with LLaVA's projector. Strict about everything else."""
     source = llava.state_dict()
@@ -84,15 +95,7 @@ def from_hf_llava(model_or_path, **load_kwargs) -> SparseCutForConditionalGenera
 
     Same ``input_ids`` (same image token id), same logits. ``load_kwargs`` go to ``from_pretrained``."""
     llava = _load_llava(model_or_path, **load_kwargs)
-    config = sparsecut_config_from_llava(llava.config)
-    config._attn_implementation = llava.config._attn_implementation
-    model = SparseCutForConditionalGeneration(config).to(dtype=llava.dtype, device=llava.device)
-    _copy_llava_weights(llava, model)
-    if model.config.tie_word_embeddings:
-        model.tie_weights()
-    if llava.generation_config is not None:
-        model.generation_config = llava.generation_config
-    return model.eval() if not llava.training else model
+    return _build_from_llava(llava, sparsecut_config_from_llava(llava.config))
 
 
 def init_from_llava(
@@ -117,8 +120,4 @@ def init_from_llava(
         adapter_attention=True,
         **config_overrides,
     )
-    model = SparseCutForConditionalGeneration(config).to(dtype=llava.dtype, device=llava.device)
-    _copy_llava_weights(llava, model)
-    if model.config.tie_word_embeddings:
-        model.tie_weights()
-    return model
+    return _build_from_llava(llava, config)

@@ -31,7 +31,8 @@ class SparseCutProcessor(ProcessorMixin):
         image_seq_length: M_v, visual tokens per view.
         high_res, high_res_grid, high_res_fusion: as in ``SparseCutConfig``.
         image_token: the placeholder string in prompts (one per image); expanded to the model's token count.
-        template: default chat template, one of ``vicuna_v1``, ``plain``, ``tokenizer``.
+        template: default chat template: ``vicuna_v1``, ``plain``, ``tokenizer``, or ``auto`` (the tokenizer's own
+            chat template when it has one, e.g. Qwen; otherwise LLaVA-1.5's ``vicuna_v1``).
         pad_to_square: pad non-square images (LLaVA-1.5) instead of centre-cropping them.
         max_image_pixels: larger images are refused (decompression-bomb guard).
         padding_side: ``left`` for batched generation (default), ``right`` for training.
@@ -47,15 +48,17 @@ class SparseCutProcessor(ProcessorMixin):
         high_res_grid: int = 2,
         high_res_fusion: str = "cross-attention",
         image_token: str = "<image>",
-        template: str = "vicuna_v1",
+        template: str = "auto",
         pad_to_square: bool = True,
         max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
         padding_side: str = "left",
         chat_template=None,
         **kwargs,
     ):
+        if template == "auto":
+            template = "tokenizer" if getattr(tokenizer, "chat_template", None) else "vicuna_v1"
         if template not in TEMPLATE_NAMES:
-            raise ValueError(f"Unknown template {template!r}; choose one of {', '.join(TEMPLATE_NAMES)}.")
+            raise ValueError(f"Unknown template {template!r}; choose one of {', '.join(TEMPLATE_NAMES)} or 'auto'.")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right'; got {padding_side!r}.")
         self.image_size = image_size

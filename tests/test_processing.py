@@ -104,8 +104,10 @@ def test_tokenizer_chat_template():
         "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
-    processor = SparseCutProcessor(image_processor(), tokenizer, image_size=16, image_seq_length=M_V, template="tokenizer")
+    processor = SparseCutProcessor(image_processor(), tokenizer, image_size=16, image_seq_length=M_V)
+    assert processor.template == "tokenizer"  # 'auto' picks the tokenizer's own template when it has one
     assert processor.prompt("Hi?") == "<|user|><image>\nHi?\n<|assistant|>"
+    assert make_processor(sparsecut_config()).template == "vicuna_v1"  # and LLaVA-1.5's otherwise
     with pytest.raises(ValueError, match="needs a tokenizer with a chat_template"):
         render([{"role": "user", "content": "x"}], "tokenizer", TOKENIZER)
     with pytest.raises(ValueError, match="Unknown chat template"):
