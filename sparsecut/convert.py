@@ -121,3 +121,68 @@ def init_from_llava(
         **config_overrides,
     )
     return _build_from_llava(llava, config)
+
+
+def _load_vision_tower(path, dtype):
+    """A CLIP/SigLIP vision model from a vision-only or a full CLIP/SigLIP checkpoint."""
+    from transformers import AutoConfig, CLIPVisionModel, SiglipVisionModel
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    classes = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel, "siglip": SiglipVisionModel, "siglip_vision_model": SiglipVisionModel}
+    if model_type not in classes:
+        raise ValueError(f"{path} is a {model_type!r} checkpoint; the vision tower must be CLIP or SigLIP.")
+    return classes[model_type].from_pretrained(path, dtype=dtype)
+
+
+def from_backbones(
+    vision,
+    text,
+    tokenizer=None,
+    image_processor=None,
+    pattern: str = "sparse-uniform",
+    num_shortcuts: int | None = None,
+    high_res: bool = True,
+    high_res_grid: int = 2,
+    dtype: torch.dtype | str = torch.float32,
+    **config_overrides,
+):
+    """A SparseCut model from a pretrained vision tower and a pretrained causal LM, with fresh adapters: the paper's
+    starting point (stage 1 trains the adapters from scratch). Returns ``(model, processor)``.
+
+    vision: a CLIP/SigLIP checkpoint path or hub id (full or vision-only); text: a causal-LM checkpoint;
+    tokenizer / image_processor: objects or paths (default: from ``text`` / ``vision``). If the tokenizer has no
+    ``<image>`` token it is added and the embeddings grow by one row (initialised at the mean embedding)."""
+    from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
+
+    from .processing import SparseCutProcessor
+
+    image_token = config_overrides.pop("image_token", "<image>")
+    tower = _load_vision_tower(vision, dtype)
+    lm = AutoModelForCausalLM.from_pretrained(text, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer or text) if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+    if image_processor is None or isinstance(image_processor, (str, os.PathLike)):
+        image_processor = AutoImageProcessor.from_pretrained(image_processor or vision)
+    if tokenizer.convert_tokens_to_ids(image_token) in (None, tokenizer.unk_token_id):
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
+        lm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    config = SparseCutConfig(
+        vision_config=tower.config.to_dict(),
+        text_config=lm.config.to_dict(),
+        pattern=pattern,
+        num_shortcuts=num_shortcuts,
+        high_res=high_res,
+        high_res_grid=high_res_grid,
+        image_token=image_token,
+        image_token_id=tokenizer.convert_tokens_to_ids(image_token),
+        tie_word_embeddings=bool(getattr(lm.config, "tie_word_embeddings", False)),
+        **config_overrides,
+    )
+    model = SparseCutForConditionalGeneration(
+        config, vision_tower=tower, language_model=lm.get_decoder(), lm_head=lm.get_output_embeddings()
+    ).to(dtype)
+    model.generation_config = lm.generation_config
+    processor = SparseCutProcessor.from_model_config(config, image_processor, tokenizer)
+    return model, processor

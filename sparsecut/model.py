@@ -183,16 +183,18 @@ class SparseCutPreTrainedModel(PreTrainedModel):
 class SparseCutModel(SparseCutPreTrainedModel):
     """Vision tower + per-shortcut adapters + decoder; returns the last hidden state (no LM head)."""
 
-    def __init__(self, config: SparseCutConfig):
+    def __init__(self, config: SparseCutConfig, vision_tower: nn.Module | None = None, language_model: nn.Module | None = None):
+        """``vision_tower`` / ``language_model`` (a base decoder such as ``LlamaModel``) may be passed already loaded
+        (``sparsecut.convert.from_backbones``); loaded weights are left as they are, the rest is initialised."""
         super().__init__(config)
-        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
         self.adapters = nn.ModuleDict(
             {
                 adapter_key(s): ShortcutAdapter(config, gated=config.zero_init_extra_shortcuts and s != config.primary_shortcut)
                 for s in config.shortcut_pairs
             }
         )
-        self.language_model = AutoModel.from_config(config.text_config)
+        self.language_model = language_model if language_model is not None else AutoModel.from_config(config.text_config)
         for index, layer in enumerate(decoder_layers_of(self.language_model)):
             layer.register_forward_pre_hook(_make_injection_hook(index), with_kwargs=True)
         self.post_init()
@@ -361,10 +363,16 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
 
-    def __init__(self, config: SparseCutConfig):
+    def __init__(
+        self,
+        config: SparseCutConfig,
+        vision_tower: nn.Module | None = None,
+        language_model: nn.Module | None = None,
+        lm_head: nn.Linear | None = None,
+    ):
         super().__init__(config)
-        self.model = SparseCutModel(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.model = SparseCutModel(config, vision_tower, language_model)
+        self.lm_head = lm_head if lm_head is not None else nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self):

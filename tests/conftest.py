@@ -45,7 +45,7 @@ def text_config(model_type: str = "llama", layers: int = 8, vocab_size: int = 12
     return cfg
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
+def make_tokenizer(with_image_token: bool = True) -> PreTrainedTokenizerFast:
     """Character-level tokenizer: <pad>=0, <s>=1, </s>=2, <unk>=3, printable chars, then <image>."""
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
     for ch in string.printable:
@@ -54,7 +54,8 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     backend.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    if with_image_token:
+        tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
     return tok
 
 
@@ -124,3 +125,27 @@ def image_batch(processor: SparseCutProcessor, questions: list[str], seed: int =
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def save_tiny_backbones(root, text_type: str = "llama", chat_template: str | None = None) -> dict:
+    """Save a tiny CLIP vision tower (+ image processor) and a tiny causal LM (+ tokenizer without <image>) to disk."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    paths = {"vision": str(root / "vision"), "text": str(root / "text")}
+    vision = AutoModel.from_config(AutoConfig.for_model(**vision_config()))
+    vision.save_pretrained(paths["vision"])
+    image_processor().save_pretrained(paths["vision"])
+    cfg = text_config(text_type, vocab_size=len(TOKENIZER) - 1)
+    lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))
+    lm.save_pretrained(paths["text"])
+    tokenizer = make_tokenizer(with_image_token=False)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(paths["text"])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones(tmp_path_factory) -> dict:
+    return save_tiny_backbones(tmp_path_factory.mktemp("backbones"))
