@@ -44,45 +44,75 @@ def _normalise(conversation, image_token: str) -> list[tuple[str, str]]:
     return turns
 
 
-def render_vicuna_v1(conversation, add_generation_prompt: bool = True, image_token: str = "<image>") -> str:
+Segments = list[tuple[str, bool]]  # (text, is an assistant reply to supervise)
+
+
+def _vicuna_v1(turns, add_generation_prompt: bool) -> Segments:
     """``SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT:`` exactly as LLaVA-1.5's ``conv_vicuna_v1``."""
-    turns = _normalise(conversation, image_token)
     system = VICUNA_V1_SYSTEM
-    if turns[0][0] == "system":
+    if turns and turns[0][0] == "system":
         system, turns = turns[0][1], turns[1:]
-    text = system + " "
+    segments: Segments = [(system + " ", False)]
     for role, content in turns:
         if role == "user":
-            text += f"USER: {content} "
+            segments.append((f"USER: {content} ", False))
         else:
-            text += f"ASSISTANT: {content}</s>"
+            segments += [("ASSISTANT:", False), (f" {content}</s>", True)]
     if add_generation_prompt and (not turns or turns[-1][0] == "user"):
-        text += "ASSISTANT:"
-    return text
+        segments.append(("ASSISTANT:", False))
+    return segments
 
 
-def render_plain(conversation, add_generation_prompt: bool = True, image_token: str = "<image>") -> str:
-    """LLaVA's stage-1 ``plain`` format: the image, then the caption and a newline; no roles, no system."""
-    turns = [t for t in _normalise(conversation, image_token) if t[0] != "system"]
+def _plain(turns, image_token: str) -> Segments:
+    """LLaVA's stage-1 ``plain`` format: the image(s), then the caption and a newline; no roles, no system."""
     images = sum(content.count(image_token) for role, content in turns if role == "user")
-    text = image_token * images
-    for role, content in turns:
-        if role == "assistant":
-            text += content + "\n"
-    return text
+    segments: Segments = [(image_token * images, False)]
+    segments += [(content + "\n", True) for role, content in turns if role == "assistant"]
+    return segments
+
+
+def _tokenizer_template(turns, tokenizer, add_generation_prompt: bool) -> Segments:
+    """The tokenizer's own chat template; each reply is what rendering through it adds after the generation prompt."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("Template 'tokenizer' needs a tokenizer with a chat_template; use 'vicuna_v1' or 'plain'.")
+    messages = [{"role": role, "content": content} for role, content in turns]
+
+    def apply(upto: int, generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=generation_prompt)
+
+    segments: Segments = []
+    done = ""
+    for k, (role, _) in enumerate(turns):
+        if role != "assistant":
+            continue
+        prompt, full = apply(k, True), apply(k + 1, False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise ValueError("The tokenizer's chat template does not render conversations prefix by prefix; its replies cannot be located.")
+        segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        done = full
+    rest = apply(len(turns), add_generation_prompt)
+    if not rest.startswith(done):
+        raise ValueError("The tokenizer's chat template does not render conversations prefix by prefix; its replies cannot be located.")
+    segments.append((rest[len(done):], False))
+    return [seg for seg in segments if seg[0]]
+
+
+def render_segments(
+    conversation, template: str, tokenizer=None, add_generation_prompt: bool = True, image_token: str = "<image>"
+) -> Segments:
+    """The prompt as ``(text, supervised)`` pieces: assistant replies are marked for the training labels."""
+    turns = _normalise(conversation, image_token)
+    if template == "vicuna_v1":
+        return _vicuna_v1(turns, add_generation_prompt)
+    if template == "plain":
+        return _plain([t for t in turns if t[0] != "system"], image_token)
+    if template == "tokenizer":
+        return _tokenizer_template(turns, tokenizer, add_generation_prompt)
+    raise ValueError(f"Unknown chat template {template!r}; choose one of {', '.join(TEMPLATE_NAMES)}.")
 
 
 def render(
     conversation, template: str, tokenizer=None, add_generation_prompt: bool = True, image_token: str = "<image>"
 ) -> str:
     """Render ``conversation`` with a named template (``TEMPLATE_NAMES``) to a prompt string."""
-    if template == "vicuna_v1":
-        return render_vicuna_v1(conversation, add_generation_prompt, image_token)
-    if template == "plain":
-        return render_plain(conversation, add_generation_prompt, image_token)
-    if template == "tokenizer":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("Template 'tokenizer' needs a tokenizer with a chat_template; use 'vicuna_v1' or 'plain'.")
-        messages = [{"role": role, "content": content} for role, content in _normalise(conversation, image_token)]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    raise ValueError(f"Unknown chat template {template!r}; choose one of {', '.join(TEMPLATE_NAMES)}.")
+    return "".join(text for text, _ in render_segments(conversation, template, tokenizer, add_generation_prompt, image_token))

@@ -1,0 +1,100 @@
+"""python -m training: the paper's two-stage recipe (or any recipe) on LLaVA-format data.
+
+    python -m training --recipe stage1 --vision CLIP --text LLM --data captions.json --images DIR --output out/stage1
+    python -m training --recipe stage2 --model out/stage1 --data conversations.json --images DIR --output out/stage2
+
+Every recipe field is a flag (``--learning-rate 2e-5``, ``--global-batch-size 64``, ...). Run under
+``accelerate launch`` (configs in training/accelerate/) for several GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from .recipes import Recipe, load_recipe, parse_field, recipe_names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", required=True, help=f"a named recipe ({', '.join(recipe_names())}) or a JSON path")
+    parser.add_argument("--data", required=True, help="LLaVA-format JSON (a list) or JSONL file")
+    parser.add_argument("--images", default=None, help="folder the records' image paths are relative to")
+    parser.add_argument("--output", required=True, help="output folder: the final model, checkpoints/, metrics.jsonl, tensorboard/")
+    source = parser.add_argument_group("model (one of --model, or --vision with --text)")
+    source.add_argument("--model", help="a SparseCut folder (e.g. stage 1's output) or an HF LLaVA folder / hub id")
+    source.add_argument("--vision", help="a CLIP/SigLIP checkpoint (with --text: fresh adapters)")
+    source.add_argument("--text", help="a causal-LM checkpoint (with --vision)")
+    source.add_argument("--pattern", default="sparse-uniform", help="shortcut pattern for a new model (name or '23:1,20:5')")
+    source.add_argument("--num-shortcuts", type=int, default=None)
+    source.add_argument("--high-res", action=argparse.BooleanOptionalAction, default=True, help="fuse g x g high-res crops")
+    source.add_argument("--grid", type=int, default=2, help="high-res grid g (2 -> four crops)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--resume", nargs="?", const=True, default=False, help="resume from the latest checkpoint in --output, or from PATH")
+    run.add_argument("--dry-run", action="store_true", help="validate every sample (decoding every image), print the plan, train nothing")
+    run.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of skipping it")
+    run.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    recipe = parser.add_argument_group("recipe overrides (default: the recipe's value)")
+    for f in dataclasses.fields(Recipe):
+        recipe.add_argument(f"--{f.name.replace('_', '-')}", dest=f"recipe_{f.name}", default=None, metavar=f.name.upper())
+    return parser
+
+
+def recipe_overrides(args) -> dict:
+    return {
+        f.name: parse_field(f.name, getattr(args, f"recipe_{f.name}"))
+        for f in dataclasses.fields(Recipe)
+        if getattr(args, f"recipe_{f.name}") is not None
+    }
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data import BadSample, LlavaDataset, read_records
+    from .engine import Trainer, TrainingDiverged
+    from .model_source import load_model
+
+    try:
+        recipe = load_recipe(args.recipe, recipe_overrides(args))
+        model, processor = load_model(args.model, args.vision, args.text, args.pattern, args.num_shortcuts, args.high_res, args.grid)
+        template = processor.template if recipe.template == "auto" else recipe.template
+        dataset = LlavaDataset(
+            read_records(args.data), processor, args.images, template, recipe.max_length, model.config.high_res, args.strict
+        )
+        report = dataset.validate(decode_images=args.dry_run)
+        for reason, example in sorted(report.examples.items()):
+            print(f"warning: skipped {report.skipped[reason]} sample(s) [{reason}], e.g. {example}", file=sys.stderr)
+        os.makedirs(args.output, exist_ok=True)
+        trainer = Trainer(model, processor, dataset, recipe, args.output, resume=args.resume, cpu=args.cpu, log=print)
+    except (BadSample, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    plan = trainer.plan()
+    if trainer.accelerator.is_main_process:
+        print(plan, flush=True)
+        with open(os.path.join(args.output, "plan.txt"), "w", encoding="utf-8") as handle:
+            handle.write(plan + "\n")
+    if args.dry_run:
+        print("Dry run: every sample validated; nothing trained.")
+        return 0
+    try:
+        summary = trainer.train()
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except BadSample as err:  # --strict and an image that fails to decode mid-run
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    trainer.save_model()
+    if trainer.accelerator.is_main_process:
+        with open(os.path.join(args.output, "training_summary.json"), "w", encoding="utf-8") as handle:
+            json.dump({"recipe": dataclasses.asdict(recipe), "data": report.summary(), **summary}, handle, indent=2)
+        print(f"Done: step {summary['step']}, loss {summary['final_loss']:.4f}. Model saved to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
