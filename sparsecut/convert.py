@@ -151,7 +151,7 @@ def from_backbones(
 
     vision: a CLIP/SigLIP checkpoint path or hub id (full or vision-only); text: a causal-LM checkpoint;
     tokenizer / image_processor: objects or paths (default: from ``text`` / ``vision``). If the tokenizer has no
-    ``<image>`` token it is added and the embeddings grow by one row (initialised at the mean embedding)."""
+    ``<image>`` token it is added and the embeddings grow by one row (set to the mean row)."""
     from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
 
     from .processing import SparseCutProcessor
@@ -166,8 +166,12 @@ def from_backbones(
         tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
-        lm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    old_rows = lm.get_input_embeddings().num_embeddings
+    if len(tokenizer) > old_rows:
+        lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():  # new rows start at the mean row: deterministic (the image token's input row is never read)
+            for matrix in {lm.get_input_embeddings().weight, lm.get_output_embeddings().weight}:
+                matrix[old_rows:] = matrix[:old_rows].mean(0)
     config = SparseCutConfig(
         vision_config=tower.config.to_dict(),
         text_config=lm.config.to_dict(),

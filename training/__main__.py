@@ -53,12 +53,15 @@ def recipe_overrides(args) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from accelerate.utils import set_seed
+
     from .data import BadSample, LlavaDataset, read_records
     from .engine import Trainer, TrainingDiverged
     from .model_source import load_model
 
     try:
         recipe = load_recipe(args.recipe, recipe_overrides(args))
+        set_seed(recipe.seed)  # new adapters are initialised from it: the same seed gives the same run
         model, processor = load_model(args.model, args.vision, args.text, args.pattern, args.num_shortcuts, args.high_res, args.grid)
         template = processor.template if recipe.template == "auto" else recipe.template
         dataset = LlavaDataset(

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -130,6 +131,10 @@ class Trainer:
             drop_last=True,
         )
         self.model, self.optimizer, self.loader = self.accelerator.prepare(model, optimizer, loader)
+        self.scheduler = get_scheduler(  # before any resume: it records each group's base lr as initial_lr
+            "constant_with_warmup" if recipe.lr_schedule == "constant" else recipe.lr_schedule,
+            self.optimizer.optimizer, num_warmup_steps=self.warmup_steps, num_training_steps=self.total_steps,
+        )
         self.state = TrainState()
         remove_unfinished(output_dir) if self.accelerator.is_main_process else None
         self.accelerator.wait_for_everyone()
@@ -139,12 +144,10 @@ class Trainer:
             self.log(f"Resumed from {start} at step {self.state.step} (epoch {self.state.epoch}).")
         elif resume:
             self.log(f"No checkpoint under {output_dir} yet; starting from the beginning.")
-        self.scheduler = get_scheduler(
-            "constant_with_warmup" if recipe.lr_schedule == "constant" else recipe.lr_schedule,
-            self.optimizer.optimizer, num_warmup_steps=self.warmup_steps, num_training_steps=self.total_steps,
-        )
-        for _ in range(self.state.step):  # the schedule is a function of the step: replay it instead of unpickling
-            self.scheduler.step()
+        with warnings.catch_warnings():  # replaying a schedule without optimizer steps is intended here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(self.state.step):  # the schedule is a function of the step: replay it instead of unpickling
+                self.scheduler.step()
 
     # ---- reporting ----------------------------------------------------------------------------------------------
 
