@@ -128,3 +128,15 @@ def test_recipes_load_and_override():
         load_recipe("stage1", {"train_modules": ["projector"]})
     with pytest.raises(ValueError, match="expected an integer"):
         parse_field("global_batch_size", "2.5")
+
+
+def test_training_benchmark_runs(tmp_path):
+    from training.bench import main as bench
+
+    out = tmp_path / "bench.json"
+    assert bench(["--preset", "tiny", "--steps", "1", "--warmup", "0", "--json", str(out)]) == 0
+    import json
+
+    results = json.loads(out.read_text())
+    assert [r["stage"] for r in results] == [1, 2] and all(r["tokens_per_s"] > 0 for r in results)
+    assert results[0]["trainable_params"] < results[1]["trainable_params"]  # stage 1: adapters only
