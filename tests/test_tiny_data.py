@@ -1,0 +1,136 @@
+"""The synthetic benchmark: deterministic, and every answer follows from the scene's specification."""
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pytest
+
+from conftest import make_processor, sparsecut_config
+from training.data import LlavaDataset, read_records
+from training.tiny.dataset import scene_for, write_split
+from training.tiny.font import CHARACTERS, draw_text, text_size
+from training.tiny.questions import FAMILIES, LETTERS, ask, caption, existence
+from training.tiny.scenes import COLOURS, SHAPES, WORDS, position_name, render, sample_scene
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_same_seed_same_bytes_and_questions(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        write_split(str(root), "train", seed=5, num_images=6, kind="instruct")
+        write_split(str(root), "test", seed=6, num_images=6, kind="eval")
+    for name in ("train.json", "test.jsonl"):
+        assert (a / name).read_text() == (b / name).read_text()
+    for image in sorted((a / "images" / "train").iterdir()):
+        assert _digest(image) == _digest(b / "images" / "train" / image.name)
+    write_split(str(tmp_path / "c"), "train", seed=7, num_images=6, kind="instruct")
+    assert (tmp_path / "c" / "train.json").read_text() != (a / "train.json").read_text()
+
+
+def _expected(scene, question: str) -> str:
+    """An independent reading of each question template against the scene."""
+    q = question.split("\n")[0]
+    names = {f"{s.colour} {s.shape}": s for s in scene.shapes}
+    if m := re.fullmatch(r"What color is the (\w+)\?", q):
+        found = [s for s in scene.shapes if s.shape == m[1]]
+        return found[0].colour if len(found) == 1 else "unanswerable"
+    if m := re.fullmatch(r"What shape is the (\w+) object\?", q):
+        return [s.shape for s in scene.shapes if s.colour == m[1]][0]
+    if m := re.fullmatch(r"Is the (\w+ \w+) small or large\?", q):
+        return names[m[1]].size
+    singular = {"circles": "circle", "squares": "square", "triangles": "triangle", "crosses": "cross"}
+    if q == "How many shapes are there?":
+        return str(len(scene.shapes))
+    if m := re.fullmatch(r"How many (circles|squares|triangles|crosses) are there\?", q):
+        return str(sum(s.shape == singular[m[1]] for s in scene.shapes))
+    if m := re.fullmatch(r"How many (\w+) objects are there\?", q):
+        return str(sum(s.colour == m[1] for s in scene.shapes))
+    if m := re.fullmatch(r"Where is the (\w+ \w+)\?", q):
+        return position_name(names[m[1]].cell)
+    if m := re.fullmatch(r"Is the (\w+ \w+) to the left of the (\w+ \w+)\?", q):
+        return "yes" if names[m[1]].center[0] < names[m[2]].center[0] else "no"
+    if m := re.fullmatch(r"Is the (\w+ \w+) above the (\w+ \w+)\?", q):
+        return "yes" if names[m[1]].center[1] < names[m[2]].center[1] else "no"
+    if m := re.fullmatch(r"Is there a (\w+ \w+) in the image\?", q):
+        return "yes" if m[1] in names else "no"
+    if q == "What is written in the image?":
+        return scene.text.text if scene.text is not None and scene.text.legible else "unanswerable"
+    raise AssertionError(f"unknown question {question!r}")
+
+
+def test_every_answer_checks_against_its_scene():
+    seen = set()
+    for index in range(300):
+        scene, rng = scene_for(11, index)
+        for family in FAMILIES:
+            qa = ask(scene, family, rng)
+            if qa is None:
+                continue
+            seen.add((qa.family, qa.subtype))
+            if family == "choice":
+                lines = qa.question.split("\n")
+                options = {line[0]: line[3:] for line in lines[1:5]}
+                assert list(options) == list(LETTERS)
+                assert options[qa.answer] == _expected(scene, lines[0])
+                assert len(set(options.values())) == 4
+            else:
+                assert qa.answer == _expected(scene, qa.question), qa
+    for needed in [("existence", t) for t in ("positive", "random", "popular", "adversarial")] + [
+        ("unanswerable", t) for t in ("no-text", "illegible", "absent-object")
+    ] + [("reading", "digits"), ("reading", "word"), ("position", "where"), ("attribute", "colour")]:
+        assert needed in seen, needed
+
+
+def test_pope_negatives_follow_their_definitions():
+    for index in range(200):
+        scene, rng = scene_for(3, index)
+        present = {(s.colour, s.shape) for s in scene.shapes}
+        for subtype in ("popular", "adversarial"):
+            qa = existence(scene, rng, subtype)
+            if qa is None:
+                continue
+            colour, shape = re.fullmatch(r"Is there a (\w+) (\w+) in the image\?", qa.question.split("\n")[0]).groups()
+            assert (colour, shape) not in present and qa.answer == "no"
+            assert shape in {s for _, s in present}
+            if subtype == "adversarial":
+                assert colour in {c for c, _ in present}
+
+
+def test_scenes_and_captions():
+    scene = sample_scene(np.random.default_rng(1))
+    assert 1 <= len(scene.shapes) <= 5
+    assert len({s.cell for s in scene.shapes}) == len(scene.shapes)
+    assert len({(s.colour, s.shape) for s in scene.shapes}) == len(scene.shapes)
+    text = caption(scene)
+    for s in scene.shapes:
+        assert f"{s.size} {s.colour} {s.shape}" in text
+    image = render(scene)
+    assert image.size == (128, 128) and image.mode == "RGB"
+    assert set(WORDS) and all(set(w) <= set(CHARACTERS) for w in WORDS) and set(COLOURS) and set(SHAPES)
+
+
+def test_font_draws_known_glyphs_only():
+    canvas = np.zeros((10, 20, 3), dtype=np.uint8)
+    draw_text(canvas, "17", 1, 1, (255, 255, 255))
+    assert canvas[1:8, 1:6].any() and text_size("17") == (11, 7)
+    with pytest.raises(ValueError, match="No glyph"):
+        draw_text(canvas, "q", 0, 0, (1, 1, 1))
+
+
+def test_training_cli_reads_the_splits_unchanged(tmp_path):
+    pretrain = write_split(str(tmp_path), "pretrain", seed=1, num_images=5, kind="pretrain")
+    instruct = write_split(str(tmp_path), "instruct", seed=2, num_images=5, kind="instruct")
+    processor = make_processor(sparsecut_config())
+    for path, template in ((pretrain, "plain"), (instruct, "vicuna_v1")):
+        dataset = LlavaDataset(read_records(path), processor, str(tmp_path / "images"), template, 4096, True, strict=True)
+        report = dataset.validate(decode_images=True)
+        assert len(report.kept) == 5 and not report.skipped
+        assert dataset[0]["pixel_values"].shape == (1, 5, 3, 16, 16)
+    records = json.loads((tmp_path / "instruct.json").read_text())
+    assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in records)
+    assert all(len(r["conversations"]) == 6 for r in records)

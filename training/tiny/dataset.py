@@ -1,0 +1,81 @@
+"""Write the synthetic benchmark as files: PNG images, LLaVA JSON for stage 1 and stage 2, JSONL for evaluation.
+
+Image ``i`` of a split is drawn from ``numpy.random.default_rng([seed, i])``: each image is reproducible on its own,
+and splits with different seeds never share a scene generator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+import numpy as np
+
+from .questions import FAMILIES, ask, caption
+from .scenes import Scene, render, sample_scene
+
+DESCRIBE = "Describe the image briefly."
+# how often each family is drawn for a stage-2 turn (reading and unanswerable only where the scene allows)
+TRAIN_WEIGHTS = {"attribute": 2, "count": 2, "position": 2, "existence": 3, "reading": 3, "unanswerable": 2, "choice": 1}
+
+
+def scene_for(seed: int, index: int) -> tuple[Scene, np.random.Generator]:
+    rng = np.random.default_rng([seed, index])
+    return sample_scene(rng), rng
+
+
+def _save_image(scene: Scene, seed: int, index: int, folder: str, name: str) -> str:
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        render(scene, seed=seed * 1_000_003 + index).save(path, format="PNG", optimize=False)
+    return name
+
+
+def _families(rng, weights: dict[str, int], k: int) -> list[str]:
+    names = list(weights)
+    p = np.array([weights[n] for n in names], dtype=float)
+    return [names[i] for i in rng.choice(len(names), size=k, replace=False, p=p / p.sum())]
+
+
+def write_split(root: str, name: str, seed: int, num_images: int, kind: str, turns: int = 3) -> str:
+    """Write split ``name`` under ``root``: images in ``root/images/name/``, and
+
+    - kind ``pretrain``: ``name.json``, one caption per image (stage 1);
+    - kind ``instruct``: ``name.json``, a ``turns``-turn conversation per image (stage 2);
+    - kind ``eval``: ``name.jsonl``, one question per family per image where the scene allows it.
+    Returns the path of the written JSON/JSONL."""
+    folder = os.path.join(root, "images", name)
+    os.makedirs(folder, exist_ok=True)
+    records = []
+    for index in range(num_images):
+        scene, rng = scene_for(seed, index)
+        image = f"{name}/{_save_image(scene, seed, index, folder, f'{index:06d}.png')}"
+        if kind == "pretrain":
+            records.append({"id": f"{name}-{index}", "image": image, "conversations": [
+                {"from": "human", "value": f"<image>\n{DESCRIBE}"}, {"from": "gpt", "value": caption(scene)}]})
+        elif kind == "instruct":
+            conversation = []
+            for family in _families(rng, TRAIN_WEIGHTS, len(TRAIN_WEIGHTS)):
+                qa = ask(scene, family, rng)
+                if qa is None:
+                    continue
+                prefix = "<image>\n" if not conversation else ""
+                conversation += [{"from": "human", "value": prefix + qa.question}, {"from": "gpt", "value": qa.answer}]
+                if len(conversation) == 2 * turns:
+                    break
+            records.append({"id": f"{name}-{index}", "image": image, "conversations": conversation})
+        elif kind == "eval":
+            for family in FAMILIES:
+                qa = ask(scene, family, rng)
+                if qa is not None:
+                    records.append({"id": f"{name}-{index}-{family}", "image": image, **asdict(qa), "scene": index})
+        else:
+            raise ValueError(f"kind must be pretrain, instruct or eval; got {kind!r}.")
+    path = os.path.join(root, f"{name}.{'jsonl' if kind == 'eval' else 'json'}")
+    with open(path, "w", encoding="utf-8") as handle:
+        if kind == "eval":
+            handle.writelines(json.dumps(r) + "\n" for r in records)
+        else:
+            json.dump(records, handle)
+    return path

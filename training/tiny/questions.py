@@ -1,0 +1,169 @@
+"""Questions, answers and captions derived from a scene's specification, in families mirroring the paper's benchmarks.
+
+| family       | mirrors          | asks                                                        | answers              |
+|--------------|------------------|-------------------------------------------------------------|----------------------|
+| attribute    | GQA              | colour / shape / size of a uniquely described object       | red, circle, small   |
+| count        | VQAv2 (number)   | how many shapes / colours / objects                         | 0..5                 |
+| position     | VQAv2 (other)    | where an object is; is A left of / above B                  | top left, yes, no    |
+| existence    | POPE             | is there a <colour> <shape>; negatives random/popular/adversarial | yes, no        |
+| reading      | TextVQA          | what is written (legible only at full resolution)           | 46, CAT              |
+| unanswerable | VizWiz           | reading with no or illegible text; an absent object's colour | unanswerable       |
+| choice       | ScienceQA/MMBench| lettered options for attribute / count questions            | A..D                 |
+
+POPE negatives here: random = any absent (colour, shape); popular = an absent colour of a shape that is present;
+adversarial = an absent pairing of a colour and a shape that are both present on other objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .scenes import COLOURS, SHAPES, Scene, position_name
+
+FAMILIES = ("attribute", "count", "position", "existence", "reading", "unanswerable", "choice")
+SHORT = "Answer the question using a single word or phrase."
+UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'. " + SHORT
+CHOICE = "Answer with the option's letter from the given choices directly."
+LETTERS = "ABCD"
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str  # as the model sees it, instruction suffix included
+    answer: str
+    family: str
+    subtype: str
+
+
+def _plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith("s") else "s")
+
+
+def _unique(scene: Scene, key) -> list:
+    values = [key(s) for s in scene.shapes]
+    return [s for s in scene.shapes if values.count(key(s)) == 1]
+
+
+def attribute(scene: Scene, rng) -> QA | None:
+    options = []
+    for s in _unique(scene, lambda s: s.shape):
+        options.append(QA(f"What color is the {s.shape}?\n{SHORT}", s.colour, "attribute", "colour"))
+    for s in _unique(scene, lambda s: s.colour):
+        options.append(QA(f"What shape is the {s.colour} object?\n{SHORT}", s.shape, "attribute", "shape"))
+    for s in scene.shapes:
+        options.append(QA(f"Is the {s.name} small or large?\n{SHORT}", s.size, "attribute", "size"))
+    return options[int(rng.integers(len(options)))] if options else None
+
+
+def count(scene: Scene, rng) -> QA:
+    kind = int(rng.integers(3))
+    if kind == 0:
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        n = sum(s.shape == shape for s in scene.shapes)
+        return QA(f"How many {_plural(shape)} are there?\n{SHORT}", str(n), "count", "shape")
+    if kind == 1:
+        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        n = sum(s.colour == colour for s in scene.shapes)
+        return QA(f"How many {colour} objects are there?\n{SHORT}", str(n), "count", "colour")
+    return QA(f"How many shapes are there?\n{SHORT}", str(len(scene.shapes)), "count", "all")
+
+
+def position(scene: Scene, rng) -> QA:
+    target = scene.shapes[int(rng.integers(len(scene.shapes)))]
+    if len(scene.shapes) > 1 and rng.random() < 0.4:
+        other = [s for s in scene.shapes if s is not target][int(rng.integers(len(scene.shapes) - 1))]
+        if target.cell[1] != other.cell[1]:
+            answer = "yes" if target.cell[1] < other.cell[1] else "no"
+            return QA(f"Is the {target.name} to the left of the {other.name}?\n{SHORT}", answer, "position", "left-of")
+        if target.cell[0] != other.cell[0]:
+            answer = "yes" if target.cell[0] < other.cell[0] else "no"
+            return QA(f"Is the {target.name} above the {other.name}?\n{SHORT}", answer, "position", "above")
+    return QA(f"Where is the {target.name}?\n{SHORT}", position_name(target.cell), "position", "where")
+
+
+def existence(scene: Scene, rng, subtype: str | None = None) -> QA | None:
+    """Half positives; negatives of the given (or a random) POPE subtype."""
+    present = {(s.colour, s.shape) for s in scene.shapes}
+    subtype = subtype or ("positive", "random", "popular", "adversarial")[int(rng.integers(4))]
+    if subtype == "positive":
+        pool = sorted(present)
+    else:
+        absent = [(c, s) for s in SHAPES for c in COLOURS if (c, s) not in present]
+        if subtype == "popular":
+            absent = [p for p in absent if p[1] in {s for _, s in present}]
+        elif subtype == "adversarial":
+            absent = [p for p in absent if p[0] in {c for c, _ in present} and p[1] in {s for _, s in present}]
+        pool = absent
+    if not pool:
+        return None
+    colour, shape = pool[int(rng.integers(len(pool)))]
+    answer = "yes" if subtype == "positive" else "no"
+    return QA(f"Is there a {colour} {shape} in the image?\n{SHORT}", answer, "existence", subtype)
+
+
+def reading(scene: Scene, rng) -> QA | None:
+    if scene.text is None or not scene.text.legible:
+        return None
+    return QA(f"What is written in the image?\n{UNANSWERABLE}", scene.text.text, "reading", "digits" if scene.text.text.isdigit() else "word")
+
+
+def unanswerable(scene: Scene, rng) -> QA | None:
+    options = []
+    if scene.text is None:
+        options.append(QA(f"What is written in the image?\n{UNANSWERABLE}", "unanswerable", "unanswerable", "no-text"))
+    elif not scene.text.legible:
+        options.append(QA(f"What is written in the image?\n{UNANSWERABLE}", "unanswerable", "unanswerable", "illegible"))
+    absent = [s for s in SHAPES if s not in {x.shape for x in scene.shapes}]
+    if absent:
+        shape = absent[int(rng.integers(len(absent)))]
+        options.append(QA(f"What color is the {shape}?\n{UNANSWERABLE}", "unanswerable", "unanswerable", "absent-object"))
+    return options[int(rng.integers(len(options)))] if options else None
+
+
+def choice(scene: Scene, rng) -> QA | None:
+    base = attribute(scene, rng) if rng.random() < 0.7 else count(scene, rng)
+    if base is None or base.subtype == "size":
+        base = count(scene, rng)
+    pool = {"colour": list(COLOURS), "shape": list(SHAPES)}.get(base.subtype, [str(n) for n in range(6)])
+    distractors = [v for v in pool if v != base.answer]
+    picks = [distractors[i] for i in rng.choice(len(distractors), size=3, replace=False)]
+    options = picks + [base.answer]
+    order = rng.permutation(4)
+    options = [options[i] for i in order]
+    letter = LETTERS[options.index(base.answer)]
+    question = base.question.split("\n")[0]
+    lines = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(options))
+    return QA(f"{question}\n{lines}\n{CHOICE}", letter, "choice", base.subtype)
+
+
+ASKERS = {
+    "attribute": attribute,
+    "count": count,
+    "position": position,
+    "existence": existence,
+    "reading": reading,
+    "unanswerable": unanswerable,
+    "choice": choice,
+}
+
+
+def ask(scene: Scene, family: str, rng: np.random.Generator) -> QA | None:
+    """A question of ``family`` about ``scene``, or None when the scene cannot pose one (e.g. reading without text)."""
+    return ASKERS[family](scene, rng)
+
+
+def caption(scene: Scene) -> str:
+    """A stage-1 caption listing every object with size, colour, shape and position, and the text."""
+    parts = [f"a {s.size} {s.name} {_where(s.cell)}" for s in sorted(scene.shapes, key=lambda s: s.cell)]
+    text = "There " + ("is " if len(parts) == 1 else "are ") + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] + "."
+    if scene.text is not None:
+        where = _where(scene.text.cell)
+        text += f" The text {scene.text.text} is written {where}." if scene.text.legible else f" There is an illegible scribble {where}."
+    return text
+
+
+def _where(cell) -> str:
+    name = position_name(cell)
+    return "in the center" if name == "center" else f"at the {name}" if " " in name else f"on the {name}" if name in ("left", "right") else f"at the {name}"
