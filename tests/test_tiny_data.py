@@ -134,3 +134,32 @@ def test_training_cli_reads_the_splits_unchanged(tmp_path):
     records = json.loads((tmp_path / "instruct.json").read_text())
     assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in records)
     assert all(len(r["conversations"]) == 6 for r in records)
+
+
+def test_tiny_tokenizer_round_trips_and_supervises_replies(tmp_path):
+    from transformers import AutoTokenizer
+
+    from conftest import image_processor
+    from sparsecut import SparseCutProcessor
+    from training.data import IGNORE_INDEX, encode
+    from training.tiny.tokenizer import build_tokenizer
+
+    corpus = []
+    for index in range(100):
+        scene, rng = scene_for(1, index)
+        corpus.append(caption(scene))
+        corpus += [f"{qa.question} {qa.answer}" for f in FAMILIES if (qa := ask(scene, f, rng))]
+    tokenizer = build_tokenizer(corpus, vocab_size=400)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded("What is 46?")["input_ids"] == tokenizer("What is 46?")["input_ids"]
+    assert loaded.tokenize("46") == ["▁", "4", "6"]  # digits one by one
+    assert loaded.decode(loaded("There is a small red circle.")["input_ids"], skip_special_tokens=True) == "There is a small red circle."
+    processor = SparseCutProcessor(image_processor(), loaded, image_size=16, image_seq_length=16)
+    assert processor.template == "tokenizer"
+    record = {"image": "x.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is written in the image?"}, {"from": "gpt", "value": "46"},
+        {"from": "human", "value": "What color is the circle?"}, {"from": "gpt", "value": "red"}]}
+    encoded = encode(record, processor, "tokenizer", 1000, high_res=True)
+    supervised = [loaded.decode([i]) for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+    assert "".join(supervised).replace(" ", "") == "46</s>red</s>"
