@@ -163,3 +163,21 @@ def test_tiny_tokenizer_round_trips_and_supervises_replies(tmp_path):
     encoded = encode(record, processor, "tokenizer", 1000, high_res=True)
     supervised = [loaded.decode([i]) for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
     assert "".join(supervised).replace(" ", "") == "46</s>red</s>"
+
+
+def test_tiny_lm_pretraining_learns_and_is_deterministic():
+    from training.tiny.lm import lm_config, pretrain_lm
+    from training.tiny.tokenizer import build_tokenizer
+
+    texts = []
+    for index in range(60):
+        scene, rng = scene_for(2, index)
+        texts.append(caption(scene))
+        texts += [f"{qa.question} {qa.answer}" for f in FAMILIES if (qa := ask(scene, f, rng))]
+    tokenizer = build_tokenizer(texts, vocab_size=300)
+    config = lm_config(tokenizer, hidden=32, layers=2, heads=2)
+    model, losses = pretrain_lm(tokenizer, texts, steps=60, batch_size=8, block=64, lr=1e-2, config=config, progress=False)
+    assert sum(losses[-5:]) / 5 < 0.6 * losses[0]
+    again, losses_again = pretrain_lm(tokenizer, texts, steps=60, batch_size=8, block=64, lr=1e-2, config=config, progress=False)
+    assert losses == losses_again
+    assert model.config.vocab_size == len(tokenizer) and model.config.tie_word_embeddings
