@@ -181,3 +181,39 @@ def test_tiny_lm_pretraining_learns_and_is_deterministic():
     again, losses_again = pretrain_lm(tokenizer, texts, steps=60, batch_size=8, block=64, lr=1e-2, config=config, progress=False)
     assert losses == losses_again
     assert model.config.vocab_size == len(tokenizer) and model.config.tie_word_embeddings
+
+
+def test_scores_per_family_f1_and_unanswerable_recall():
+    from training.tiny.evaluate import score
+
+    records = [
+        {"family": "existence", "answer": "yes"}, {"family": "existence", "answer": "no"},
+        {"family": "existence", "answer": "yes"}, {"family": "reading", "answer": "CAT"},
+        {"family": "unanswerable", "answer": "unanswerable"}, {"family": "count", "answer": "2"},
+    ]
+    predictions = ["Yes", "yes", "no", "cat.", "Unanswerable", "3"]
+    result = score(records, predictions)
+    assert result["families"] == {"count": 0.0, "existence": 1 / 3, "reading": 1.0, "unanswerable": 1.0}
+    assert result["overall"] == 3 / 6 and result["count"] == 6
+    assert abs(result["existence_f1"] - 0.5) < 1e-9  # precision 1/2, recall 1/2
+    assert result["unanswerable_recall"] == 1.0
+
+
+def test_tiny_clip_pretraining_runs_and_crops_are_described():
+    from training.tiny.clip import clip_config, crop_caption, pairs, pretrain_clip
+    from training.tiny.tokenizer import build_tokenizer
+
+    texts = []
+    for index in range(40):
+        scene, _ = scene_for(4, index)
+        texts += [caption(scene)] + [crop_caption(scene, q) for q in range(4)]
+    tokenizer = build_tokenizer(texts, vocab_size=200)
+    scene, _ = scene_for(4, 0)
+    described = " ".join(crop_caption(scene, q) for q in range(4))
+    assert all(f"{s.size} {s.name}" in described for s in scene.shapes)  # every shape lies in exactly one quadrant
+    (low, _), (crop, _) = pairs(4, 0)
+    assert low.shape == crop.shape == (3, 64, 64)
+    config = clip_config(tokenizer, hidden=32, layers=2, heads=2)
+    tower, losses = pretrain_clip(tokenizer, seed=4, num_scenes=40, steps=30, batch_size=16, lr=3e-3, config=config, progress=False)
+    assert sum(losses[-5:]) / 5 < losses[0]
+    assert type(tower).__name__ == "CLIPVisionModel" and tower.config.image_size == 64

@@ -1,0 +1,89 @@
+"""Pretrain the tiny family's CLIP-style ViT contrastively on synthetic scenes (as the paper starts from CLIP).
+
+Each scene gives two (image, caption) pairs: the whole image at the tower's input size (the low-res view) with
+the scene's caption, and one full-resolution quadrant (a high-res crop) with a caption of what lies in it. The
+crops teach the tower the glyphs that only the high-res views show legibly. Loss: CLIP's symmetric InfoNCE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import CLIPConfig, CLIPModel, CLIPVisionModel, get_cosine_schedule_with_warmup
+
+from .dataset import scene_for
+from .questions import caption
+from .scenes import IMAGE_SIZE, Scene, render
+
+VIEW = IMAGE_SIZE // 2  # the tower's input size: 64 px
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def clip_config(tokenizer, hidden: int = 128, layers: int = 8, heads: int = 4, patch: int = 8) -> CLIPConfig:
+    return CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=2,
+                         num_attention_heads=heads, max_position_embeddings=96, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
+        vision_config=dict(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers, num_attention_heads=heads,
+                           image_size=VIEW, patch_size=patch),
+        projection_dim=hidden,
+    )
+
+
+def crop_caption(scene: Scene, quadrant: int) -> str:
+    """What lies in quadrant 0..3 (row-major) of the image: the shapes centred there and text starting there."""
+    row, column = divmod(quadrant, 2)
+    inside = lambda x, y: (x >= VIEW) == bool(column) and (y >= VIEW) == bool(row)  # noqa: E731
+    parts = [f"a {s.size} {s.name}" for s in scene.shapes if inside(*s.center)]
+    text = "A part of the image with " + (", ".join(parts) if parts else "no shape") + "."
+    if scene.text is not None and inside(*scene.text.origin):
+        text += f" The text {scene.text.text} is written there." if scene.text.legible else " There is an illegible scribble."
+    return text
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return ((array - MEAN) / STD).transpose(2, 0, 1)
+
+
+def pairs(seed: int, index: int) -> list[tuple[np.ndarray, str]]:
+    """The (pixels (3, 64, 64), caption) pairs of one scene: the low-res view and one full-resolution crop."""
+    scene, rng = scene_for(seed, index)
+    image = render(scene, seed=seed * 1_000_003 + index)
+    quadrant = int(rng.integers(4))
+    row, column = divmod(quadrant, 2)
+    crop = image.crop((column * VIEW, row * VIEW, (column + 1) * VIEW, (row + 1) * VIEW))
+    low = image.resize((VIEW, VIEW), Image.BICUBIC)
+    return [(_pixels(low), caption(scene)), (_pixels(crop), crop_caption(scene, quadrant))]
+
+
+def pretrain_clip(tokenizer, seed: int, num_scenes: int, steps: int, batch_size: int = 64, lr: float = 1e-3,
+                  config: CLIPConfig | None = None, progress: bool = True) -> tuple[CLIPVisionModel, list[float]]:
+    """Contrastive pretraining on ``num_scenes`` scenes of split ``seed``; returns the vision tower and losses."""
+    torch.manual_seed(seed)
+    config = config or clip_config(tokenizer)
+    model = CLIPModel(config)
+    data = [pair for index in range(num_scenes) for pair in pairs(seed, index)]
+    pixels = torch.tensor(np.stack([p for p, _ in data]))
+    tokens = tokenizer([c for _, c in data], padding="max_length", truncation=True,
+                       max_length=config.text_config.max_position_embeddings, return_tensors="pt")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, math.ceil(0.05 * steps)), steps)
+    losses = []
+    model.train()
+    for _ in tqdm(range(steps), desc="tiny CLIP", disable=not progress):
+        rows = torch.randperm(len(data), generator=generator)[:batch_size]
+        out = model(input_ids=tokens["input_ids"][rows], attention_mask=tokens["attention_mask"][rows],
+                    pixel_values=pixels[rows], return_loss=True)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(out.loss.item())
+    return model.vision_model.eval(), losses  # a CLIPVisionModel
