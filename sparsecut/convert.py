@@ -117,8 +117,7 @@ def init_from_llava(
         num_shortcuts=num_shortcuts,
         high_res=high_res,
         high_res_grid=high_res_grid,
-        adapter_attention=True,
-        **config_overrides,
+        **{"adapter_attention": True, **config_overrides},
     )
     return _build_from_llava(llava, config)
 

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--num-shortcuts", type=int, default=None)
     source.add_argument("--high-res", action=argparse.BooleanOptionalAction, default=True, help="fuse g x g high-res crops")
     source.add_argument("--grid", type=int, default=2, help="high-res grid g (2 -> four crops)")
+    source.add_argument("--adapter-attention", action=argparse.BooleanOptionalAction, default=True,
+                        help="adapters start with an attention block (SparseCut); --no-adapter-attention: LLaVA's MLP only")
     run = parser.add_argument_group("run")
     run.add_argument("--resume", nargs="?", const=True, default=False, help="resume from the latest checkpoint in --output, or from PATH")
     run.add_argument("--dry-run", action="store_true", help="validate every sample (decoding every image), print the plan, train nothing")
@@ -62,7 +64,9 @@ def main(argv=None) -> int:
     try:
         recipe = load_recipe(args.recipe, recipe_overrides(args))
         set_seed(recipe.seed)  # new adapters are initialised from it: the same seed gives the same run
-        model, processor = load_model(args.model, args.vision, args.text, args.pattern, args.num_shortcuts, args.high_res, args.grid)
+        model, processor = load_model(
+            args.model, args.vision, args.text, args.pattern, args.num_shortcuts, args.high_res, args.grid, args.adapter_attention
+        )
         template = processor.template if recipe.template == "auto" else recipe.template
         dataset = LlavaDataset(
             read_records(args.data), processor, args.images, template, recipe.max_length, model.config.high_res, args.strict

@@ -17,7 +17,8 @@ def _model_type(path: str) -> str | None:
         return json.load(handle).get("model_type")
 
 
-def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num_shortcuts=None, high_res=True, grid=2):
+def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num_shortcuts=None, high_res=True, grid=2,
+               adapter_attention=True):
     """(model, processor) for training.
 
     - ``model`` a SparseCut ``save_pretrained`` folder (e.g. stage 1's output): loaded as is (pattern options ignored);
@@ -28,14 +29,16 @@ def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num
     if model is None:
         if not (vision and text):
             raise ValueError("Give --model (a SparseCut or LLaVA checkpoint) or both --vision and --text (backbones).")
-        return from_backbones(vision, text, pattern=pattern, num_shortcuts=num_shortcuts, high_res=high_res, high_res_grid=grid)
+        return from_backbones(vision, text, pattern=pattern, num_shortcuts=num_shortcuts, high_res=high_res, high_res_grid=grid,
+                              adapter_attention=adapter_attention)
     kind = _model_type(model) if os.path.isdir(model) else "llava"
     if kind == "sparsecut":
         return SparseCutForConditionalGeneration.from_pretrained(model), SparseCutProcessor.from_pretrained(model)
     if kind == "llava":
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        built = init_from_llava(model, pattern=pattern, num_shortcuts=num_shortcuts, high_res=high_res, high_res_grid=grid)
+        built = init_from_llava(model, pattern=pattern, num_shortcuts=num_shortcuts, high_res=high_res, high_res_grid=grid,
+                                adapter_attention=adapter_attention)
         processor = SparseCutProcessor.from_model_config(
             built.config, AutoImageProcessor.from_pretrained(model), AutoTokenizer.from_pretrained(model)
         )

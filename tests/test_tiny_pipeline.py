@@ -1,0 +1,20 @@
+"""python -m training.tiny --quick: every stage of the family pipeline, a few steps each, through the training CLI."""
+
+import json
+
+from sparsecut import SparseCutForConditionalGeneration
+from training.tiny.__main__ import main
+
+
+def test_quick_pipeline_trains_and_scores_two_members(tmp_path):
+    assert main(["--output", str(tmp_path), "--quick", "--cpu", "--models", "sparsecut-tiny,llava-tiny"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["results"]) == {"sparsecut-tiny", "llava-tiny"}
+    for scores in results["results"].values():
+        assert 0.0 <= scores["overall"] <= 1.0 and scores["count"] > 20
+    sparse = SparseCutForConditionalGeneration.from_pretrained(tmp_path / "models" / "sparsecut-tiny")
+    llava = SparseCutForConditionalGeneration.from_pretrained(tmp_path / "models" / "llava-tiny")
+    assert sparse.config.high_res and sparse.config.pattern == "sparse-uniform" and len(sparse.config.shortcuts) == 7
+    assert llava.config.mode == "llava"  # pattern llava, no high-res, projector only
+    assert (tmp_path / "backbones" / "text" / "tokenizer.json").exists()
+    assert json.loads((tmp_path / "backbones" / "pretraining.json").read_text())["corpus_texts"] > 0

@@ -1,0 +1,87 @@
+"""The tiny family's members, its budget, its data splits and its pretrained backbones."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from transformers import CLIPImageProcessor
+
+from .clip import MEAN, STD, VIEW, clip_config, crop_caption, pretrain_clip
+from .dataset import scene_for, write_split
+from .lm import lm_config, pretrain_lm
+from .questions import FAMILIES, ask, caption
+from .tokenizer import build_tokenizer
+
+# name -> how it differs; everything else (backbones, recipe, budget) is shared
+FAMILY = {
+    "sparsecut-tiny": {"pattern": "sparse-uniform", "high_res": True},
+    "llava-tiny": {"pattern": "llava", "high_res": False, "adapter_attention": False},  # LLaVA's MLP projector only
+    "sparsecut-tiny-lowres": {"pattern": "sparse-uniform", "high_res": False},
+    "sparsecut-tiny-dense-bottom": {"pattern": "dense-bottom", "high_res": False},
+    "sparsecut-tiny-dense-uniform": {"pattern": "dense-uniform", "high_res": False},
+    "sparsecut-tiny-sparse-bottom": {"pattern": "sparse-bottom", "high_res": False},
+    "sparsecut-tiny-sparse-top": {"pattern": "sparse-top", "high_res": False},
+    "sparsecut-tiny-sparse-reverse-uniform": {"pattern": "sparse-reverse-uniform", "high_res": False},
+}
+# split seeds: training splits and the held-out test split never share a generator
+SPLIT_SEEDS = {"pretrain": 1, "instruct": 2, "backbone": 3, "test": 9}
+
+
+@dataclass
+class Budget:
+    pretrain_images: int = 3000
+    instruct_images: int = 6000
+    test_images: int = 320  # ~6.3 questions each: >= 2,000 held-out questions
+    lm_steps: int = 150
+    clip_steps: int = 300
+    stage1_steps: int = 100
+    stage2_steps: int = 400
+    stage2_lr: float = 1e-3
+    batch: int = 32
+
+
+def split_seed(seed: int, split: str) -> int:
+    return 1000 * seed + SPLIT_SEEDS[split]
+
+
+def write_data(root: str, budget: Budget, seed: int) -> None:
+    data = os.path.join(root, "data")
+    write_split(data, "pretrain", split_seed(seed, "pretrain"), budget.pretrain_images, "pretrain")
+    write_split(data, "instruct", split_seed(seed, "instruct"), budget.instruct_images, "instruct")
+    write_split(data, "test", split_seed(seed, "test"), budget.test_images, "eval")
+
+
+def backbone_dirs(root: str) -> tuple[str, str]:
+    return os.path.join(root, "backbones", "vision"), os.path.join(root, "backbones", "text")
+
+
+def _corpus(seed: int, images: int) -> list[str]:
+    texts = []
+    for index in range(images):
+        scene, rng = scene_for(seed, index)
+        texts.append(caption(scene))
+        texts += [crop_caption(scene, q) for q in range(4)]
+        texts += [f"{qa.question} {qa.answer}" for family in FAMILIES if (qa := ask(scene, family, rng)) is not None]
+    return texts
+
+
+def build_backbones(root: str, budget: Budget, seed: int) -> None:
+    """Tokenizer, LM and CLIP ViT from the backbone split; saved as HF folders (vision/, text/)."""
+    vision_dir, text_dir = backbone_dirs(root)
+    if os.path.isfile(os.path.join(vision_dir, "model.safetensors")) and os.path.isfile(os.path.join(text_dir, "model.safetensors")):
+        return
+    backbone_seed = split_seed(seed, "backbone")
+    corpus = _corpus(backbone_seed, budget.pretrain_images)
+    tokenizer = build_tokenizer(corpus)
+    lm, lm_losses = pretrain_lm(tokenizer, corpus, steps=budget.lm_steps, seed=seed, config=lm_config(tokenizer))
+    lm.save_pretrained(text_dir)
+    tokenizer.save_pretrained(text_dir)
+    tower, clip_losses = pretrain_clip(tokenizer, backbone_seed, budget.pretrain_images, steps=budget.clip_steps,
+                                       config=clip_config(tokenizer))
+    tower.save_pretrained(vision_dir)
+    CLIPImageProcessor(size={"shortest_edge": VIEW}, crop_size={"height": VIEW, "width": VIEW},
+                       image_mean=list(MEAN), image_std=list(STD)).save_pretrained(vision_dir)
+    with open(os.path.join(root, "backbones", "pretraining.json"), "w", encoding="utf-8") as handle:
+        json.dump({"lm_final_loss": lm_losses[-1], "clip_final_loss": clip_losses[-1], "corpus_texts": len(corpus)}, handle, indent=2)
