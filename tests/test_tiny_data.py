@@ -10,6 +10,7 @@ import pytest
 from conftest import make_processor, sparsecut_config
 from training.data import LlavaDataset, read_records
 from training.tiny.dataset import scene_for, write_split
+from training.tiny.family import corpus
 from training.tiny.font import CHARACTERS, draw_text, text_size
 from training.tiny.questions import FAMILIES, LETTERS, ask, caption, existence
 from training.tiny.scenes import COLOURS, SHAPES, WORDS, position_name, render, sample_scene
@@ -144,12 +145,7 @@ def test_tiny_tokenizer_round_trips_and_supervises_replies(tmp_path):
     from training.data import IGNORE_INDEX, encode
     from training.tiny.tokenizer import build_tokenizer
 
-    corpus = []
-    for index in range(100):
-        scene, rng = scene_for(1, index)
-        corpus.append(caption(scene))
-        corpus += [f"{qa.question} {qa.answer}" for f in FAMILIES if (qa := ask(scene, f, rng))]
-    tokenizer = build_tokenizer(corpus, vocab_size=400)
+    tokenizer = build_tokenizer(corpus(1, 100), vocab_size=400)
     tokenizer.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert loaded("What is 46?")["input_ids"] == tokenizer("What is 46?")["input_ids"]
@@ -169,11 +165,7 @@ def test_tiny_lm_pretraining_learns_and_is_deterministic():
     from training.tiny.lm import lm_config, pretrain_lm
     from training.tiny.tokenizer import build_tokenizer
 
-    texts = []
-    for index in range(60):
-        scene, rng = scene_for(2, index)
-        texts.append(caption(scene))
-        texts += [f"{qa.question} {qa.answer}" for f in FAMILIES if (qa := ask(scene, f, rng))]
+    texts = corpus(2, 60)
     tokenizer = build_tokenizer(texts, vocab_size=300)
     config = lm_config(tokenizer, hidden=32, layers=2, heads=2)
     model, losses = pretrain_lm(tokenizer, texts, steps=60, batch_size=8, block=64, lr=1e-2, config=config, progress=False)
@@ -203,11 +195,7 @@ def test_tiny_clip_pretraining_runs_and_crops_are_described():
     from training.tiny.clip import clip_config, crop_caption, pairs, pretrain_clip
     from training.tiny.tokenizer import build_tokenizer
 
-    texts = []
-    for index in range(40):
-        scene, _ = scene_for(4, index)
-        texts += [caption(scene)] + [crop_caption(scene, q) for q in range(4)]
-    tokenizer = build_tokenizer(texts, vocab_size=200)
+    tokenizer = build_tokenizer(corpus(4, 40), vocab_size=200)
     scene, _ = scene_for(4, 0)
     described = " ".join(crop_caption(scene, q) for q in range(4))
     assert all(f"{s.size} {s.name}" in described for s in scene.shapes)  # every shape lies in exactly one quadrant

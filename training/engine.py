@@ -21,7 +21,7 @@ from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from .checkpoints import find_resume_point, load_checkpoint, remove_unfinished, save_checkpoint
+from .checkpoints import complete_checkpoints, find_resume_point, load_checkpoint, remove_unfinished, save_checkpoint
 from .data import IGNORE_INDEX, Collator, EpochOrder
 from .recipes import Recipe
 
@@ -136,7 +136,8 @@ class Trainer:
             self.optimizer.optimizer, num_warmup_steps=self.warmup_steps, num_training_steps=self.total_steps,
         )
         self.state = TrainState()
-        remove_unfinished(output_dir) if self.accelerator.is_main_process else None
+        if self.accelerator.is_main_process:
+            remove_unfinished(output_dir)
         self.accelerator.wait_for_everyone()
         start = find_resume_point(output_dir, resume)
         if start:
@@ -273,11 +274,8 @@ class Trainer:
         return {"final_loss": last_loss, **asdict(state)}
 
     def _diverged_message(self, state: TrainState) -> str:
-        found = [p for p in sorted(os.listdir(os.path.join(self.output_dir, "checkpoints")))] if os.path.isdir(
-            os.path.join(self.output_dir, "checkpoints")
-        ) else []
-        last = [f for f in found if f.startswith("step-") and not f.endswith(".tmp")]
-        where = f"the last good checkpoint is {os.path.join(self.output_dir, 'checkpoints', last[-1])}" if last else "no checkpoint was written yet"
+        saved = complete_checkpoints(self.output_dir)
+        where = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was written yet"
         return (
             f"The loss became NaN/inf at step {state.step + 1} (epoch {state.epoch}); training stopped without applying "
             f"that update, and {where}. Resume with --resume and a lower --learning-rate, or fp32/bf16 instead of fp16."

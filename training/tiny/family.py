@@ -57,7 +57,8 @@ def backbone_dirs(root: str) -> tuple[str, str]:
     return os.path.join(root, "backbones", "vision"), os.path.join(root, "backbones", "text")
 
 
-def _corpus(seed: int, images: int) -> list[str]:
+def corpus(seed: int, images: int) -> list[str]:
+    """The synthetic text of ``images`` scenes: captions, crop captions, questions with answers."""
     texts = []
     for index in range(images):
         scene, rng = scene_for(seed, index)
@@ -73,9 +74,9 @@ def build_backbones(root: str, budget: Budget, seed: int) -> None:
     if os.path.isfile(os.path.join(vision_dir, "model.safetensors")) and os.path.isfile(os.path.join(text_dir, "model.safetensors")):
         return
     backbone_seed = split_seed(seed, "backbone")
-    corpus = _corpus(backbone_seed, budget.pretrain_images)
-    tokenizer = build_tokenizer(corpus)
-    lm, lm_losses = pretrain_lm(tokenizer, corpus, steps=budget.lm_steps, seed=seed, config=lm_config(tokenizer))
+    texts = corpus(backbone_seed, budget.pretrain_images)
+    tokenizer = build_tokenizer(texts)
+    lm, lm_losses = pretrain_lm(tokenizer, texts, steps=budget.lm_steps, seed=seed, config=lm_config(tokenizer))
     lm.save_pretrained(text_dir)
     tokenizer.save_pretrained(text_dir)
     tower, clip_losses = pretrain_clip(tokenizer, backbone_seed, budget.pretrain_images, steps=budget.clip_steps,
@@ -84,4 +85,4 @@ def build_backbones(root: str, budget: Budget, seed: int) -> None:
     CLIPImageProcessor(size={"shortest_edge": VIEW}, crop_size={"height": VIEW, "width": VIEW},
                        image_mean=list(MEAN), image_std=list(STD)).save_pretrained(vision_dir)
     with open(os.path.join(root, "backbones", "pretraining.json"), "w", encoding="utf-8") as handle:
-        json.dump({"lm_final_loss": lm_losses[-1], "clip_final_loss": clip_losses[-1], "corpus_texts": len(corpus)}, handle, indent=2)
+        json.dump({"lm_final_loss": lm_losses[-1], "clip_final_loss": clip_losses[-1], "corpus_texts": len(texts)}, handle, indent=2)
