@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel, get_cosine_schedule_with_warmup
@@ -61,6 +62,20 @@ def pairs(seed: int, index: int) -> list[tuple[np.ndarray, str]]:
     return [(_pixels(low), caption(scene)), (_pixels(crop), crop_caption(scene, quadrant))]
 
 
+def contrastive_loss(model: CLIPModel, input_ids, attention_mask, pixel_values) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE, with each caption embedded at its last token (the appended </s>).
+
+    CLIPModel's own text pooling takes the position of the largest token id when eos_token_id is 2 (a legacy of
+    the original CLIP vocabulary), which for this tokenizer would be an arbitrary word; so pooling is explicit."""
+    hidden = model.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
+    last = attention_mask.sum(1) - 1
+    text = F.normalize(model.text_projection(hidden[torch.arange(len(last)), last]), dim=-1)
+    image = F.normalize(model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output), dim=-1)
+    logits = model.logit_scale.exp() * image @ text.t()  # (B, B)
+    targets = torch.arange(len(logits))
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
+
 def pretrain_clip(tokenizer, seed: int, num_scenes: int, steps: int, batch_size: int = 64, lr: float = 1e-3,
                   config: CLIPConfig | None = None, progress: bool = True) -> tuple[CLIPVisionModel, list[float]]:
     """Contrastive pretraining on ``num_scenes`` scenes of split ``seed``; returns the vision tower and losses."""
@@ -69,7 +84,7 @@ def pretrain_clip(tokenizer, seed: int, num_scenes: int, steps: int, batch_size:
     model = CLIPModel(config)
     data = [pair for index in range(num_scenes) for pair in pairs(seed, index)]
     pixels = torch.tensor(np.stack([p for p, _ in data]))
-    tokens = tokenizer([c for _, c in data], padding="max_length", truncation=True,
+    tokens = tokenizer([c + tokenizer.eos_token for _, c in data], padding="max_length", truncation=True,
                        max_length=config.text_config.max_position_embeddings, return_tensors="pt")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
@@ -78,12 +93,11 @@ def pretrain_clip(tokenizer, seed: int, num_scenes: int, steps: int, batch_size:
     model.train()
     for _ in tqdm(range(steps), desc="tiny CLIP", disable=not progress):
         rows = torch.randperm(len(data), generator=generator)[:batch_size]
-        out = model(input_ids=tokens["input_ids"][rows], attention_mask=tokens["attention_mask"][rows],
-                    pixel_values=pixels[rows], return_loss=True)
+        loss = contrastive_loss(model, tokens["input_ids"][rows], tokens["attention_mask"][rows], pixels[rows])
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(out.loss.item())
+        losses.append(loss.item())
     return model.vision_model.eval(), losses  # a CLIPVisionModel
