@@ -151,11 +151,16 @@ class SparseCutPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
-        """``PreTrainedModel.from_pretrained`` that refuses a checkpoint which does not fit the config.
+        """``PreTrainedModel.from_pretrained`` that also takes shipped names (``sparsecut.zoo``) and refuses a
+        checkpoint which does not fit the config.
 
         Transformers would warn and randomly initialise missing weights; here missing, unexpected or differently
         shaped weights raise ``CheckpointMismatchError`` naming them and the config fields that differ.
         ``strict=False`` restores the transformers behaviour."""
+        from . import zoo
+
+        if zoo.is_known(pretrained_model_name_or_path):  # a shipped name such as "sparsecut-tiny"
+            pretrained_model_name_or_path = zoo.resolve(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
         if strict:  # collect size mismatches in the loading info, then refuse them below with our message
             kwargs["ignore_mismatched_sizes"] = True

@@ -81,6 +81,15 @@ class SparseCutProcessor(ProcessorMixin):
         self.image_token_id = token_id
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``ProcessorMixin.from_pretrained``, also for shipped names such as ``"sparsecut-tiny"`` (``sparsecut.zoo``)."""
+        from . import zoo
+
+        if zoo.is_known(pretrained_model_name_or_path):
+            pretrained_model_name_or_path = zoo.resolve(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
     def from_model_config(cls, config, image_processor, tokenizer, **kwargs) -> "SparseCutProcessor":
         """A processor matching a ``SparseCutConfig`` (image size, M_v, high-res settings, image token)."""
         fields = dict(
