@@ -17,4 +17,6 @@ def test_quick_pipeline_trains_and_scores_two_members(tmp_path):
     assert sparse.config.high_res and sparse.config.pattern == "sparse-uniform" and len(sparse.config.shortcuts) == 7
     assert llava.config.mode == "llava"  # pattern llava, no high-res, projector only
     assert (tmp_path / "backbones" / "text" / "tokenizer.json").exists()
+    table = (tmp_path / "results.md").read_text()
+    assert "| sparsecut-tiny |" in table and "| llava-tiny |" in table and "existence F1" in table
     assert json.loads((tmp_path / "backbones" / "pretraining.json").read_text())["corpus_texts"] > 0

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from .family import FAMILY, Budget, backbone_dirs, build_backbones, write_data
+from .family import FAMILY, Budget, backbone_dirs, build_backbones, split_seed, write_data
 
 QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, lm_steps=5, clip_steps=5, stage1_steps=2,
                stage2_steps=2, batch=8)
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     os.makedirs(args.output, exist_ok=True)
     write_data(args.output, budget, args.seed)
     build_backbones(args.output, budget, args.seed)
-    from .evaluate import predict, read_eval, score
+    from .evaluate import predict, read_eval, results_table, score
 
     from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
 
@@ -87,6 +87,9 @@ def main(argv=None) -> int:
         print(f"[{time.time() - started:6.0f}s] {name}: overall {results[name]['overall']:.3f}", flush=True)
     with open(os.path.join(args.output, "results.json"), "w", encoding="utf-8") as handle:
         json.dump({"seed": args.seed, "budget": budget.__dict__, "seconds": time.time() - started, "results": results}, handle, indent=2)
+    with open(os.path.join(args.output, "results.md"), "w", encoding="utf-8") as handle:
+        handle.write(f"Held-out split: {len(test)} questions (seed {split_seed(args.seed, 'test')}), accuracy in %.\n\n")
+        handle.write(results_table(results))
     print(f"Done in {time.time() - started:.0f}s: {os.path.join(args.output, 'results.json')}")
     return 0
 

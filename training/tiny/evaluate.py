@@ -71,3 +71,14 @@ def score(records: list[dict], predictions: list[str]) -> dict:
         "unanswerable_recall": sum(unanswerable_hits) / len(unanswerable_hits) if unanswerable_hits else 0.0,
         "count": len(every),
     }
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """Markdown: one row per model, accuracy (%) per family, overall, existence F1 and unanswerable recall."""
+    header = ["model", *FAMILIES, "overall", "existence F1", "unanswerable recall"]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, r in results.items():
+        cells = [f"{100 * r['families'][f]:.1f}" if f in r["families"] else "-" for f in FAMILIES]
+        cells += [f"{100 * r['overall']:.1f}", f"{r['existence_f1']:.3f}", f"{r['unanswerable_recall']:.3f}"]
+        rows.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(rows) + "\n"
