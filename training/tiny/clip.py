@@ -7,14 +7,13 @@ crops teach the tower the glyphs that only the high-res views show legibly. Loss
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
-from transformers import CLIPConfig, CLIPModel, CLIPVisionModel, get_cosine_schedule_with_warmup
+from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
+
+from .loop import fit
 
 from .dataset import scene_for
 from .questions import caption
@@ -86,18 +85,11 @@ def pretrain_clip(tokenizer, seed: int, num_scenes: int, steps: int, batch_size:
     pixels = torch.tensor(np.stack([p for p, _ in data]))
     tokens = tokenizer([c + tokenizer.eos_token for _, c in data], padding="max_length", truncation=True,
                        max_length=config.text_config.max_position_embeddings, return_tensors="pt")
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
-    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, math.ceil(0.05 * steps)), steps)
-    losses = []
-    model.train()
-    for _ in tqdm(range(steps), desc="tiny CLIP", disable=not progress):
+
+    def step_loss(generator):
         rows = torch.randperm(len(data), generator=generator)[:batch_size]
-        loss = contrastive_loss(model, tokens["input_ids"][rows], tokens["attention_mask"][rows], pixels[rows])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-    return model.vision_model.eval(), losses  # a CLIPVisionModel
+        return contrastive_loss(model, tokens["input_ids"][rows], tokens["attention_mask"][rows], pixels[rows])
+
+    losses = fit(model, step_loss, steps, lr, seed, weight_decay=0.1, betas=(0.9, 0.98), warmup_ratio=0.05,
+                 desc="tiny CLIP", progress=progress)
+    return model.vision_model, losses  # a CLIPVisionModel, in eval mode  # a CLIPVisionModel

@@ -6,12 +6,11 @@ cosine schedule. Deterministic for a seed on the CPU.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from .loop import fit
 
 
 def lm_config(tokenizer, hidden: int = 128, layers: int = 8, heads: int = 4, max_positions: int = 512) -> LlamaConfig:
@@ -47,20 +46,12 @@ def pretrain_lm(tokenizer, texts: list[str], steps: int, batch_size: int = 32, b
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config or lm_config(tokenizer))
     data = pack(tokenizer, texts, block)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
-    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, math.ceil(0.03 * steps)), steps)
-    losses = []
-    model.train()
-    for _ in tqdm(range(steps), desc="tiny LM", disable=not progress):
-        rows = torch.randint(0, data.shape[0], (batch_size,), generator=generator)
-        batch = data[rows]
+
+    def step_loss(generator):
+        batch = data[torch.randint(0, data.shape[0], (batch_size,), generator=generator)]  # (B, block)
         logits = model(input_ids=batch).logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-    return model.eval(), losses
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
+
+    losses = fit(model, step_loss, steps, lr, seed, weight_decay=0.0, betas=(0.9, 0.95), warmup_ratio=0.03,
+                 desc="tiny LM", progress=progress)
+    return model, losses

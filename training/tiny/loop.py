@@ -1,0 +1,30 @@
+"""The plain loop both tiny backbones are pretrained with: AdamW, warm-up + cosine, gradient clipping at 1."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+
+def fit(model: torch.nn.Module, step_loss: Callable[[torch.Generator], torch.Tensor], steps: int, lr: float, seed: int,
+        weight_decay: float, betas: tuple[float, float], warmup_ratio: float, desc: str, progress: bool) -> list[float]:
+    """Run ``steps`` optimizer steps of ``step_loss(generator)`` (which draws its own batch); return the losses."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, math.ceil(warmup_ratio * steps)), steps)
+    losses = []
+    model.train()
+    for _ in tqdm(range(steps), desc=desc, disable=not progress):
+        loss = step_loss(generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
