@@ -205,3 +205,8 @@ def test_tiny_clip_pretraining_runs_and_crops_are_described():
     tower, losses = pretrain_clip(tokenizer, seed=4, num_scenes=40, steps=30, batch_size=16, lr=3e-3, config=config, progress=False)
     assert sum(losses[-5:]) / 5 < losses[0]
     assert type(tower).__name__ == "CLIPVisionModel" and tower.config.image_size == 64
+
+
+def test_existence_questions_are_balanced_like_pope():
+    answers = [existence(scene, rng).answer for scene, rng in (scene_for(8, i) for i in range(400))]
+    assert 0.4 < answers.count("yes") / len(answers) < 0.6

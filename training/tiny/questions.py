@@ -84,9 +84,10 @@ def position(scene: Scene, rng) -> QA:
 
 
 def existence(scene: Scene, rng, subtype: str | None = None) -> QA | None:
-    """Half positives; negatives of the given (or a random) POPE subtype."""
+    """Half positives, half negatives of the given (or a random) POPE subtype, balanced as POPE is."""
     present = {(s.colour, s.shape) for s in scene.shapes}
-    subtype = subtype or ("positive", "random", "popular", "adversarial")[int(rng.integers(4))]
+    if subtype is None:
+        subtype = "positive" if rng.random() < 0.5 else ("random", "popular", "adversarial")[int(rng.integers(3))]
     if subtype == "positive":
         pool = sorted(present)
     else:
