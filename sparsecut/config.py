@@ -133,11 +133,15 @@ class SparseCutConfig(PretrainedConfig):
         """N: views per image fed to the vision tower (1 low-res + g*g crops)."""
         return 1 + self.high_res_grid**2 if self.high_res else 1
 
+    def tokens_per_image(self, use_high_res: bool) -> int:
+        """Visual tokens per image in the LLM context: M_v, or N * M_v when high-res views are concatenated."""
+        concat = use_high_res and self.high_res_fusion == "concat"
+        return self.image_seq_length * (self.num_views if concat else 1)
+
     @property
     def num_image_tokens(self) -> int:
-        """Visual tokens per image in the LLM context: M_v, or N * M_v when high-res views are concatenated."""
-        concat = self.high_res and self.high_res_fusion == "concat"
-        return self.image_seq_length * (self.num_views if concat else 1)
+        """Visual tokens per image with the config's own high-res setting."""
+        return self.tokens_per_image(self.high_res)
 
     @property
     def mode(self) -> str:

@@ -133,6 +133,13 @@ def _load_vision_tower(path, dtype):
     return classes[model_type].from_pretrained(path, dtype=dtype)
 
 
+def _loaded(obj, default_path, auto_class):
+    """``obj`` itself, or loaded with ``auto_class`` when it is a path (``default_path`` when None)."""
+    if obj is None or isinstance(obj, (str, os.PathLike)):
+        return auto_class.from_pretrained(obj or default_path)
+    return obj
+
+
 def from_backbones(
     vision,
     text,
@@ -158,9 +165,8 @@ def from_backbones(
     image_token = config_overrides.pop("image_token", "<image>")
     tower = _load_vision_tower(vision, dtype)
     lm = AutoModelForCausalLM.from_pretrained(text, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer or text) if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)) else tokenizer
-    if image_processor is None or isinstance(image_processor, (str, os.PathLike)):
-        image_processor = AutoImageProcessor.from_pretrained(image_processor or vision)
+    tokenizer = _loaded(tokenizer, text, AutoTokenizer)
+    image_processor = _loaded(image_processor, vision, AutoImageProcessor)
     if tokenizer.convert_tokens_to_ids(image_token) in (None, tokenizer.unk_token_id):
         tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:

@@ -354,9 +354,7 @@ class SparseCutModel(SparseCutPreTrainedModel):
 
     def _tokens_per_image(self, pixel_values: torch.Tensor, high_res: bool | None) -> int:
         num_views = pixel_values.shape[1] if pixel_values.dim() == 5 else 1
-        use_high = self._use_high_res(high_res, num_views)
-        concat = use_high and self.config.high_res_fusion == "concat"
-        return self.config.image_seq_length * (self.config.num_views if concat else 1)
+        return self.config.tokens_per_image(self._use_high_res(high_res, num_views))
 
 
 class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixin):
