@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -18,6 +19,15 @@ from .config import SparseCutConfig
 from .model import SparseCutForConditionalGeneration, adapter_key
 
 _LLAVA_PROJECTOR = "model.multi_modal_projector."
+
+
+def saved_model_type(path: str) -> str | None:
+    """The ``model_type`` in ``path/config.json`` (``"sparsecut"``, ``"llava"``, ...), or None without one."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return None
+    with open(config, encoding="utf-8") as handle:
+        return json.load(handle).get("model_type")
 
 
 def _load_llava(model_or_path, **load_kwargs) -> LlavaForConditionalGeneration:

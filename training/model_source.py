@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
-from sparsecut.convert import from_backbones, init_from_llava
-
-
-def _model_type(path: str) -> str | None:
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return None
-    with open(config, encoding="utf-8") as handle:
-        return json.load(handle).get("model_type")
+from sparsecut.convert import from_backbones, init_from_llava, saved_model_type
 
 
 def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num_shortcuts=None, high_res=True, grid=2,
@@ -31,7 +22,7 @@ def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num
             raise ValueError("Give --model (a SparseCut or LLaVA checkpoint) or both --vision and --text (backbones).")
         return from_backbones(vision, text, pattern=pattern, num_shortcuts=num_shortcuts, high_res=high_res, high_res_grid=grid,
                               adapter_attention=adapter_attention)
-    kind = _model_type(model) if os.path.isdir(model) else "llava"
+    kind = saved_model_type(model) if os.path.isdir(model) else "llava"
     if kind == "sparsecut":
         return SparseCutForConditionalGeneration.from_pretrained(model), SparseCutProcessor.from_pretrained(model)
     if kind == "llava":

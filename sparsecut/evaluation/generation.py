@@ -1,0 +1,93 @@
+"""Load a model for evaluation and answer a batch of (image, question) pairs greedily.
+
+``load(name_or_path)`` takes a shipped name (``sparsecut.zoo``, e.g. ``sparsecut-tiny``), a SparseCut
+``save_pretrained`` folder, or an HF LLaVA folder (``model_type`` ``llava``), which becomes the llava-mode
+SparseCut baseline through ``sparsecut.convert.from_hf_llava`` with LLaVA-1.5's ``vicuna_v1`` prompt.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU that supports it, float32 otherwise."""
+    if name == "auto":
+        cuda = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"Unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def load(name_or_path: str, device="cpu", dtype: str = "auto", template: str | None = None):
+    """(model in eval mode on ``device``, processor) for a shipped name, a SparseCut folder or an HF LLaVA folder."""
+    from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor, zoo
+    from sparsecut.convert import saved_model_type
+
+    device = torch.device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    path = zoo.resolve(name_or_path) if zoo.is_known(name_or_path) else name_or_path
+    if not os.path.isdir(path):
+        known = ", ".join(sorted(zoo.available())) or "none shipped yet"
+        raise FileNotFoundError(f"Model {name_or_path!r} is neither a folder nor a shipped name ({known}). Pass a "
+                                "SparseCut save_pretrained folder, an HF LLaVA folder, or a shipped name.")
+    kind = saved_model_type(path)
+    if kind == "llava":
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        from sparsecut.convert import from_hf_llava
+
+        model = from_hf_llava(path, dtype=torch_dtype)
+        processor = SparseCutProcessor.from_model_config(model.config, AutoImageProcessor.from_pretrained(path),
+                                                         AutoTokenizer.from_pretrained(path),
+                                                         template=template or "vicuna_v1")
+    elif kind == "sparsecut":
+        model = SparseCutForConditionalGeneration.from_pretrained(path, dtype=torch_dtype)
+        processor = SparseCutProcessor.from_pretrained(path)
+        if template:
+            processor.template = template
+    else:
+        raise ValueError(f"{path} holds a {kind!r} checkpoint; expected a SparseCut (model_type 'sparsecut') or an "
+                         "HF LLaVA (model_type 'llava') folder.")
+    return model.to(device).eval(), processor
+
+
+def _as_list(images) -> list:
+    return [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
+
+
+def user_content(processor, question: str, images) -> str:
+    """The user turn: ``<image>\\n`` per image before the question (LLaVA-1.5's order), unless the question already
+    places its image placeholders (then their count must match)."""
+    count = len(_as_list(images))
+    placed = question.count(processor.image_token)
+    if placed and placed != count:
+        raise ValueError(f"The question places {placed} image placeholder(s) but comes with {count} image(s).")
+    return question if placed else f"{processor.image_token}\n" * count + question
+
+
+def prompt(processor, question: str, images) -> str:
+    """The chat prompt for one question and its images, ending where the assistant's answer starts."""
+    return processor.apply_chat_template([{"role": "user", "content": user_content(processor, question, images)}])
+
+
+@torch.no_grad()
+def answer(model, processor, images: list, questions: list[str], max_new_tokens: int, **generate_kwargs) -> list[str]:
+    """Greedy answers, stripped, for one batch. ``images[i]``: a path, bytes or PIL image, a list of them, or None
+    (text only). ``generate_kwargs`` override the greedy defaults (e.g. ``do_sample=True, temperature=0.7``)."""
+    texts = [prompt(processor, q, im) for q, im in zip(questions, images)]
+    flat = [im for item in images for im in _as_list(item)]
+    batch = processor(images=flat or None, text=texts, padding_side="left")
+    batch = batch.to(model.device)
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    tokenizer = processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    settings = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": pad, **generate_kwargs}
+    out = model.generate(**batch, **settings)
+    return [text.strip() for text in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
