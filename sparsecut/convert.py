@@ -72,7 +72,9 @@ def sparsecut_config_from_llava(llava_config: LlavaConfig, **overrides) -> Spars
 def _build_from_llava(llava: LlavaForConditionalGeneration, config: SparseCutConfig) -> SparseCutForConditionalGeneration:
     """A model for ``config`` on LLaVA's device and dtype, carrying LLaVA's weights."""
     config._attn_implementation = llava.config._attn_implementation
-    model = SparseCutForConditionalGeneration(config).to(dtype=llava.dtype, device=llava.device)
+    # built in LLaVA's dtype rather than cast to it: a cast would also round fp32 buffers (rotary inv_freq) that HF
+    # keeps in fp32, and the logits would then differ from LLaVA's in bf16
+    model = SparseCutForConditionalGeneration._from_config(config, dtype=llava.dtype).to(device=llava.device)
     _copy_llava_weights(llava, model)
     if model.config.tie_word_embeddings:
         model.tie_weights()

@@ -201,7 +201,9 @@ class SparseCutModel(SparseCutPreTrainedModel):
         )
         self.language_model = language_model if language_model is not None else AutoModel.from_config(config.text_config)
         for index, layer in enumerate(decoder_layers_of(self.language_model)):
-            layer.register_forward_pre_hook(_make_injection_hook(index), with_kwargs=True)
+            if not getattr(layer, "_sparsecut_injection_hook", False):  # once per layer, even if models share an LLM
+                layer.register_forward_pre_hook(_make_injection_hook(index), with_kwargs=True)
+                layer._sparsecut_injection_hook = True
         self.post_init()
 
     def get_input_embeddings(self):

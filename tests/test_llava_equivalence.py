@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers import LlavaForConditionalGeneration
 
 from conftest import M_V, image_batch, make_processor, randomise_gates, tiny_llava
 from sparsecut.convert import from_hf_llava, init_from_llava
@@ -30,6 +31,21 @@ def test_from_hf_llava_logits_and_generate_match(text_type):
     ref_ids = llava.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=low_res, **kwargs)
     our_ids = model.generate(**batch, **kwargs)
     assert torch.equal(ref_ids, our_ids)
+
+
+def test_from_hf_llava_matches_in_bf16(tmp_path):
+    """Loaded in bf16, HF keeps the rotary inv_freq buffer in fp32; the conversion must too (not cast it), so the
+    converted model's logits are bitwise LLaVA's."""
+    tiny_llava("llama").save_pretrained(tmp_path)
+    llava = LlavaForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    model = from_hf_llava(llava)
+    assert model.model.language_model.rotary_emb.inv_freq.dtype == torch.float32
+    batch = _inputs(model, "llama")
+    pixels = batch["pixel_values"].to(torch.bfloat16)
+    with torch.no_grad():
+        ref = llava(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=pixels[:, 0]).logits
+        ours = model(**{**batch, "pixel_values": pixels}).logits
+    assert torch.equal(ours, ref)
 
 
 def test_from_hf_llava_loads_a_saved_folder(tmp_path):

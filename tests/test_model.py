@@ -270,3 +270,14 @@ def test_two_threads_with_different_settings_get_what_each_gets_alone():
     assert not errors, errors
     assert results == {0: True, 1: True, 2: True}
     assert not torch.equal(alone[0], alone[1])
+
+
+def test_models_sharing_one_llm_register_its_injection_hook_once():
+    first = make_model(pattern="sparse-uniform")
+    second = SparseCutForConditionalGeneration(first.config, language_model=first.model.language_model)
+    for layer in decoder_layers_of(second.model.language_model):
+        assert len(layer._forward_pre_hooks) == 1
+    batch = image_batch(make_processor(first.config), ["What colour is the square?"])
+    second.load_state_dict(first.state_dict())
+    with torch.no_grad():
+        assert torch.equal(first(**batch).logits, second(**batch).logits)
