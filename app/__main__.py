@@ -1,9 +1,65 @@
-"""Entry point of the demo. The app issue builds it on top of the core library and the embedded models."""
+"""python -m app: serve the demo (default: the embedded sparsecut-tiny family on http://127.0.0.1:7860).
 
+    python -m app                                                  # sparsecut-tiny and its siblings vs llava-tiny
+    python -m app --model runs/stage2 --baseline llava-hf/llava-1.5-7b-hf --device cuda
+    python -m app --model runs/sparse-uniform --model runs/sparse-top --baseline runs/llava --port 8080
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
 
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", default=None, metavar="PATH_OR_HUB_ID",
+                        help="a SparseCut checkpoint folder, an HF LLaVA-1.5 folder or hub id, or a shipped name; "
+                             "repeat for one pattern choice per model (default: the embedded family)")
+    parser.add_argument("--baseline", metavar="PATH_OR_HUB_ID",
+                        help="the LLaVA model to compare with (default: llava-tiny with the embedded family; none with --model)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: bfloat16 on a GPU that supports it, float32 otherwise")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument("--max-image-mb", type=float, default=10.0, help="largest accepted image file (default: 10 MB)")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests run at once per action (default: 2)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from .models import FamilyNotShipped, check_spec, default_family
+
+    if args.max_image_mb <= 0:
+        sys.exit(f"--max-image-mb must be > 0; got {args.max_image_mb}.")
+    try:
+        if args.model:
+            models, baseline = [check_spec(m) for m in args.model], args.baseline and check_spec(args.baseline)
+        else:
+            models, baseline = default_family()
+            baseline = check_spec(args.baseline) if args.baseline else baseline
+    except (FamilyNotShipped, ValueError) as err:
+        sys.exit(f"python -m app: {err}")
+
+    from .engine import Engine
+    from .requests import RequestError
+    from .ui import build_demo
+
+    engine = Engine(models, baseline, device=args.device, dtype=args.dtype, max_image_mb=args.max_image_mb)
+    for name in dict.fromkeys([engine.models[0], *([engine.baseline] if engine.baseline else [])]):
+        try:  # load the defaults now, so the first request does not wait; a failure is shown in the page when used
+            engine.load(name)
+        except RequestError as err:
+            print(f"warning: {err}", file=sys.stderr)
+    demo = build_demo(engine, concurrency=args.concurrency)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                max_file_size=int(2 * args.max_image_mb * 2**20))  # uploads over twice the limit never reach the disk
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(
-        "SparseCut app: not built yet. The model library (sparsecut/) is ready; the Gradio demo and the embedded "
-        "sparsecut-tiny models land with their own issues. See README.md for what works today."
-    )
+    sys.exit(main())
