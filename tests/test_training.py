@@ -99,12 +99,18 @@ def test_unfrozen_vit_and_lora_recipes(tmp_path, tiny_backbones):
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, tiny_backbones):
+    """Every run is a fresh CLI process, as a user runs it (in-process runs would share global state with the tests
+    that ran before them)."""
     data = write_dataset(tmp_path)
     common = ["--max-steps", 40, "--epochs", 20, "--save-every", 2, "--gradient-checkpointing", "false"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert run(stage1_args(tiny_backbones, data, straight, *common)) == 0
-    command = [sys.executable, "-m", "training", *map(str, stage1_args(tiny_backbones, data, killed, *common))]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=os.getcwd())
+
+    def command(output, *extra):
+        return [sys.executable, "-m", "training", *map(str, stage1_args(tiny_backbones, data, output, *common, *extra))]
+
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=os.getcwd())
+    assert subprocess.run(command(straight), **quiet).returncode == 0
+    proc = subprocess.Popen(command(killed), **quiet)
     deadline = time.time() + 600  # generous: a loaded machine can take minutes to import and start
     while time.time() < deadline and len(complete_checkpoints(str(killed))) < 2:
         time.sleep(0.05)
@@ -112,7 +118,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, tiny_backbon
     proc.wait()
     saved = [os.path.basename(p) for p in complete_checkpoints(str(killed))]
     assert saved and "step-00000040" not in saved and not (killed / "model.safetensors").exists()  # killed mid-run
-    assert run(stage1_args(tiny_backbones, data, killed, *common, "--resume")) == 0
+    assert subprocess.run(command(killed, "--resume"), **quiet).returncode == 0
     a, b = weights(straight), weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
