@@ -159,6 +159,8 @@ def test_tiny_tokenizer_round_trips_and_supervises_replies(tmp_path):
     encoded = encode(record, processor, "tokenizer", 1000, high_res=True)
     supervised = [loaded.decode([i]) for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
     assert "".join(supervised).replace(" ", "") == "46</s>red</s>"
+    prompt = loaded(processor.prompt("What is written in the image?"))["input_ids"]  # the chat template's own words too
+    assert loaded.unk_token_id not in prompt and loaded.tokenize(" ASSISTANT:") == ["▁ASSISTANT", ":"]
 
 
 def test_tiny_lm_pretraining_learns_and_is_deterministic():

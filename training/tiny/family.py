@@ -58,13 +58,14 @@ def backbone_dirs(root: str) -> tuple[str, str]:
 
 
 def corpus(seed: int, images: int) -> list[str]:
-    """The synthetic text of ``images`` scenes: captions, crop captions, questions with answers."""
+    """The synthetic text of ``images`` scenes: captions, crop captions, and questions with answers in the chat
+    template's format (so the tokenizer learns its words, and the LM the turn structure stage 2 uses)."""
     texts = []
     for index in range(images):
         scene, rng = scene_for(seed, index)
         texts.append(caption(scene))
         texts += [crop_caption(scene, q) for q in range(4)]
-        texts += [f"{qa.question} {qa.answer}" for family in FAMILIES if (qa := ask(scene, family, rng)) is not None]
+        texts += [f"USER: {qa.question} ASSISTANT: {qa.answer}" for family in FAMILIES if (qa := ask(scene, family, rng)) is not None]
     return texts
 
 
