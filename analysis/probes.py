@@ -53,9 +53,12 @@ class ContextHooks:
         self._handles.append(module.register_forward_hook(lambda m, a, o: fn(m, a, o) if self._active() else None))
 
     def _forward_pre_hook(self, module: nn.Module, fn) -> None:
-        """fn(module, args, kwargs) -> None, or replacement ``(args, kwargs)``."""
+        """fn(module, args, kwargs) -> None, or replacement ``(args, kwargs)``.
+
+        ``k`` has a default because torch registers a with-kwargs hook in two steps: a forward running meanwhile in
+        another thread may call it without kwargs. Such a call is never this context's, so it does nothing."""
         self._handles.append(
-            module.register_forward_pre_hook(lambda m, a, k: fn(m, a, k) if self._active() else None, with_kwargs=True)
+            module.register_forward_pre_hook(lambda m, a, k=None: fn(m, a, k) if self._active() else None, with_kwargs=True)
         )
 
     def __enter__(self):
