@@ -209,6 +209,21 @@ def _check_steps(n_steps: int, method: str) -> None:
         raise ValueError(f"Unknown integration method {method!r}; use one of {', '.join(METHODS)}.")
 
 
+def _integrate(score_fn, inputs: tuple, baselines: tuple, n_steps: int, method: str, internal_batch_size):
+    """captum IG of ``score_fn(*inputs)`` from ``baselines``: (attributions per input, delta, score, baseline score)."""
+    attributions, delta = IntegratedGradients(score_fn).attribute(
+        inputs,
+        baselines=baselines,
+        n_steps=n_steps,
+        method=method,
+        internal_batch_size=internal_batch_size,
+        return_convergence_delta=True,
+    )
+    with torch.no_grad():
+        score, base_score = score_fn(*(torch.cat([x, b]) for x, b in zip(inputs, baselines))).tolist()
+    return attributions, float(delta), score, base_score
+
+
 def integrated_gradients(
     model,
     example: Example,
@@ -222,16 +237,9 @@ def integrated_gradients(
     _check_steps(n_steps, method)
     score_fn = _score_of_pixels(model, example)
     base = image_baseline(example, baseline)
-    attributions, delta = IntegratedGradients(score_fn).attribute(
-        example.pixel_values,
-        baselines=base,
-        n_steps=n_steps,
-        method=method,
-        internal_batch_size=internal_batch_size,
-        return_convergence_delta=True,
+    (attributions,), delta, score, base_score = _integrate(
+        score_fn, (example.pixel_values,), (base,), n_steps, method, internal_batch_size
     )
-    with torch.no_grad():
-        score, base_score = score_fn(torch.cat([example.pixel_values, base])).tolist()
     attributions = attributions[0].detach().float().cpu()  # (N, 3, S, S)
     return ImageAttribution(
         method="integrated gradients",
@@ -239,7 +247,7 @@ def integrated_gradients(
         maps=_pixel_maps(example, attributions.sum(1)),
         score=score,
         baseline_score=base_score,
-        delta=float(delta),
+        delta=delta,
         settings={
             "n_steps": n_steps,
             "method": method,
@@ -331,22 +339,13 @@ def shortcut_attribution(
             return answer_logprobs(model, example, pixel_values=example.pixel_values.expand(k, -1, -1, -1, -1)).sum(-1)
 
     baselines = tuple(torch.zeros_like(z) for z in outputs)
-    attributions, delta = IntegratedGradients(score_fn).attribute(
-        outputs,
-        baselines=baselines,
-        n_steps=n_steps,
-        method=method,
-        internal_batch_size=internal_batch_size,
-        return_convergence_delta=True,
-    )
-    with torch.no_grad():
-        score, base_score = score_fn(*(torch.cat([z, b]) for z, b in zip(outputs, baselines))).tolist()
+    attributions, delta, score, base_score = _integrate(score_fn, outputs, baselines, n_steps, method, internal_batch_size)
     return ShortcutAttribution(
         shortcuts=shortcuts,
         per_token=torch.stack([a[0].sum(-1) for a in attributions]).detach().float().cpu(),  # (S, T_img)
         score=score,
         baseline_score=base_score,
-        delta=float(delta),
+        delta=delta,
         settings={"n_steps": n_steps, "method": method},
         grid=example.grid,
         image=example.image,

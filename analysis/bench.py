@@ -32,7 +32,6 @@ import contextlib
 import gc
 import json
 import os
-import platform
 import sys
 import time
 
@@ -45,6 +44,7 @@ from sparsecut.config import pattern_config
 from sparsecut.convert import from_hf_llava
 from sparsecut.model import INJECTION_KWARG, Injection
 from sparsecut.patterns import make_pattern
+from training.bench import cpu_name
 
 from .flops import DEFAULT_TEXT_TOKENS, forward_flops, mode_config
 from .presets import ALIASES, PRESETS, preset_config
@@ -388,13 +388,9 @@ def _grid_sweep(models: dict, settings) -> list[dict]:
 # ----------------------------------------------------------------------------- report
 
 
-def _machine(device: torch.device) -> dict:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or "cpu"
-        with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as handle:
-            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), name)
+def machine(device: torch.device) -> dict:
+    """Which device, threads and torch a benchmark ran on."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"device": name, "device_type": device.type, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
@@ -543,7 +539,7 @@ def run(settings: dict) -> dict:
     config = preset_config(settings["preset"])
     shown = {**settings, "device": str(device), "dtype": settings["dtype_name"], "parts": sorted(parts)}
     del shown["dtype_name"]
-    results = {"machine": _machine(device), "settings": shown}
+    results = {"machine": machine(device), "settings": shown}
     if parts & {"prefill", "overhead", "generation", "scaling"}:
         _progress(f"building the {settings['preset']} models")
         hf = build_hf_llava(config, device, dtype)

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from analysis.bench import _machine, interleaved, summary
+from analysis.bench import machine, interleaved, summary
 
 from .examples import load_examples
 from .requests import Decoding
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         result = run(engine, args.repeats, args.warmup, args.max_new_tokens)
     except (FamilyNotShipped, ValueError) as err:  # RequestError is a ValueError: a model that fails to load
         sys.exit(f"python -m app.bench: {err}")
-    result["machine"] = _machine(torch.device(args.device))
+    result["machine"] = machine(torch.device(args.device))
     print(format_report(result))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -149,3 +150,14 @@ def save_tiny_backbones(root, text_type: str = "llama", chat_template: str | Non
 @pytest.fixture(scope="session")
 def tiny_backbones(tmp_path_factory) -> dict:
     return save_tiny_backbones(tmp_path_factory.mktemp("backbones"))
+
+
+@contextmanager
+def one_torch_thread():
+    """Tiny models run fastest on one intra-op thread (the CPU is shared); the previous count is restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import M_V, make_model, make_processor, randomise_gates
+from conftest import M_V, make_model, make_processor, one_torch_thread, randomise_gates
 from test_model import _llava_mode_copy
 from analysis.ablation import shortcut_ablation
 from analysis.attributions import integrated_gradients, occlusion, shortcut_attribution
@@ -24,11 +24,8 @@ SIDE, GRID = 4, 2  # 16-px views in 4-px patches; 2x2 crops
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Tiny models run fastest on one intra-op thread (the CPU is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def tiny_image(seed: int = 0) -> Image.Image:

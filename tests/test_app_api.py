@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+from conftest import one_torch_thread
 from test_app_models import export_tiny_family
 
 from app.engine import Engine
@@ -36,9 +36,7 @@ def free_port() -> int:
 @contextmanager
 def tiny_family_served(root, concurrency: int = 8, extra_models=(), max_image_mb: float = 1.0):
     """The app for a tiny random family (plus ``extra_models``) on 127.0.0.1: yields (engine, url)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
+    with one_torch_thread(), pytest.MonkeyPatch.context() as patch:
         patch.setenv("SPARSECUT_ASSETS", str(root / "assets"))
         patch.setenv("SPARSECUT_CACHE", str(root / "cache"))
         export_tiny_family(str(root / "assets"))
@@ -50,7 +48,6 @@ def tiny_family_served(root, concurrency: int = 8, extra_models=(), max_image_mb
             yield engine, url
         finally:
             demo.close()
-            torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

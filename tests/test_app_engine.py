@@ -5,8 +5,8 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
+from conftest import one_torch_thread
 from test_app_models import MEMBERS, export_tiny_family
 
 from analysis.flops import forward_flops
@@ -23,14 +23,11 @@ QUESTION = "What is written in the image?"
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("app-engine")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
+    with one_torch_thread(), pytest.MonkeyPatch.context() as patch:
         patch.setenv("SPARSECUT_ASSETS", str(root / "assets"))
         patch.setenv("SPARSECUT_CACHE", str(root / "cache"))
         export_tiny_family(str(root / "assets"))
         yield Engine.embedded(max_image_mb=1)
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from conftest import one_torch_thread
 from test_evaluation_runner import save_eval_model
 
 from sparsecut.evaluation import generation
@@ -16,10 +17,8 @@ from sparsecut.evaluation import generation
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: more threads only slow a hidden-32 model down
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_model, make_processor, randomise_gates
+from conftest import make_model, make_processor, one_torch_thread, randomise_gates
 from test_evaluation_readers import SHORT, dump_lines, image, mmb_row, write_mmbench, write_pope
 
 from sparsecut.evaluation import generation, tables
@@ -25,10 +25,8 @@ def _one_thread_and_fresh_accelerate_state():
 
     AcceleratorState._reset_state(True)
     PartialState._reset_state()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: more threads only slow a hidden-32 model down
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def save_eval_model(root) -> str:

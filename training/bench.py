@@ -51,7 +51,8 @@ PRESETS = {
 }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
@@ -115,7 +116,7 @@ def run(preset: str, stage: int, batch: int, steps: int, warmup: int, pattern: s
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "preset": preset, "stage": stage, "pattern": pattern, "high_res": high_res, "batch": batch, "seq_len": seq,
-        "dtype": dtype, "device": torch.cuda.get_device_name(device_t) if device_t.type == "cuda" else _cpu_name(),
+        "dtype": dtype, "device": torch.cuda.get_device_name(device_t) if device_t.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(), "trainable_params": trainable, "step_s": elapsed,
         "samples_per_s": batch / elapsed, "tokens_per_s": batch * seq / elapsed, "peak_memory_gb": _peak_memory_gb(device_t),
     }
