@@ -201,12 +201,28 @@ def test_tiny_clip_pretraining_runs_and_crops_are_described():
     scene, _ = scene_for(4, 0)
     described = " ".join(crop_caption(scene, q) for q in range(4))
     assert all(f"{s.size} {s.name}" in described for s in scene.shapes)  # every shape lies in exactly one quadrant
-    (low, _), (crop, _) = pairs(4, 0)
-    assert low.shape == crop.shape == (3, 64, 64)
+    (low, text, negative), (crop, _, _) = pairs(4, 0)
+    assert low.shape == crop.shape == (3, 64, 64) and text == caption(scene)
+    assert negative != text and len(negative.split()) == len(text.split())  # one word (or number) changed
     config = clip_config(tokenizer, hidden=32, layers=2, heads=2)
     tower, losses = pretrain_clip(tokenizer, seed=4, num_scenes=40, steps=30, batch_size=16, lr=3e-3, config=config, progress=False)
     assert sum(losses[-5:]) / 5 < losses[0]
     assert type(tower).__name__ == "CLIPVisionModel" and tower.config.image_size == 64
+
+
+def test_hard_negatives_change_exactly_one_thing():
+    from training.tiny.clip import perturb
+
+    for index in range(200):
+        scene, rng = scene_for(5, index)
+        other = perturb(scene, rng)
+        pairs_before = {(s.colour, s.shape) for s in scene.shapes}
+        pairs_after = {(s.colour, s.shape) for s in other.shapes}
+        assert len(pairs_after) == len(scene.shapes)  # still distinct pairings
+        assert [s.cell for s in other.shapes] == [s.cell for s in scene.shapes]
+        changed_shapes = len(pairs_before - pairs_after)
+        changed_text = scene.text != other.text
+        assert changed_shapes + changed_text == 1, (scene, other)
 
 
 def test_existence_questions_are_balanced_like_pope():

@@ -1,4 +1,5 @@
-"""python -m training.tiny --quick: every stage of the family pipeline, a few steps each, through the training CLI."""
+"""python -m training.tiny --quick: every stage of the family pipeline, a few steps each, through the training CLI,
+then the export in the zoo's format and the scoring of the exported checkpoints."""
 
 import json
 
@@ -6,8 +7,9 @@ from sparsecut import SparseCutForConditionalGeneration
 from training.tiny.__main__ import main
 
 
-def test_quick_pipeline_trains_and_scores_two_members(tmp_path):
-    assert main(["--output", str(tmp_path), "--quick", "--cpu", "--models", "sparsecut-tiny,llava-tiny"]) == 0
+def test_quick_pipeline_trains_ships_and_scores_two_members(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSECUT_CACHE", str(tmp_path / "cache"))
+    assert main(["--output", str(tmp_path), "--quick", "--cpu", "--jobs", "2", "--models", "sparsecut-tiny,llava-tiny"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["results"]) == {"sparsecut-tiny", "llava-tiny"}
     for scores in results["results"].values():
@@ -20,3 +22,8 @@ def test_quick_pipeline_trains_and_scores_two_members(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| sparsecut-tiny |" in table and "| llava-tiny |" in table and "existence F1" in table
     assert json.loads((tmp_path / "backbones" / "pretraining.json").read_text())["corpus_texts"] > 0
+    shipped = tmp_path / "family"  # the zoo's format, scored as shipped
+    assert json.loads((shipped / "family.json").read_text())["models"].keys() == {"sparsecut-tiny", "llava-tiny"}
+    assert json.loads((shipped / "results.json").read_text())["results"] == results["results"]
+    card = (shipped / "MODEL_CARD.md").read_text()
+    assert "python -m training.tiny --output" in card and "| sparsecut-tiny |" in card and results["run"]["jobs"] == 2

@@ -1,40 +1,46 @@
-"""python -m training.tiny: build the synthetic benchmark, pretrain the tiny backbones, train the family, score it.
+"""python -m training.tiny: build the synthetic benchmark, pretrain the tiny backbones, train the family, ship it, score it.
 
     python -m training.tiny --output runs/tiny                 # everything, from scratch, deterministic for --seed
+    python -m training.tiny --output runs/tiny --ship assets/sparsecut-tiny   # ... and replace the shipped family
     python -m training.tiny --output runs/tiny --quick         # a few steps of every stage (what the tests run)
     python -m training.tiny --output runs/tiny --models sparsecut-tiny,llava-tiny
 
 Each family member is trained by the training CLI (``python -m training``) on the LLaVA JSON this writes, stage 1
-then stage 2, with the same recipe and budget; results land in OUTPUT/results.json and OUTPUT/results.md.
+then stage 2, with the same recipe and budget; ``--jobs`` members train side by side (on a CPU each gets its share
+of the cores). The members are then exported in the zoo's format (to ``--ship``, default OUTPUT/family) and the
+exported checkpoints scored on the held-out split: OUTPUT/results.json and results.md, and the same beside the
+shipped family with its MODEL_CARD.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from .family import FAMILY, Budget, backbone_dirs, build_backbones, split_seed, write_data
+from .family import FAMILY, Budget, backbone_dirs, build_backbones, write_data
 
 QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, lm_steps=5, clip_steps=5, stage1_steps=2,
                stage2_steps=2, batch=8)
 
 
-def _train(args: list[str], log_path: str) -> None:
+def _train(args: list[str], log_path: str, threads: int | None) -> None:
     """One training CLI run in a subprocess (a fresh accelerate state each time); its output goes to a log."""
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     with open(log_path, "w", encoding="utf-8") as log:
-        code = subprocess.run([sys.executable, "-m", "training", *args], stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run([sys.executable, "-m", "training", *args], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0:
         with open(log_path, encoding="utf-8") as log:
             tail = log.read()[-2000:]
         raise RuntimeError(f"training failed ({code}); see {log_path}:\n{tail}")
 
 
-def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: list[str]) -> str:
-    """Stage 1 then stage 2 for family member ``name``; returns the final model folder."""
+def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: list[str], threads: int | None = None) -> str:
+    """Stage 1 then stage 2 for family member ``name`` (``threads``: the CPU threads it may use); returns the final
+    model folder."""
     spec = FAMILY[name]
     vision, text = backbone_dirs(root)
     out = os.path.join(root, "models", name)
@@ -46,10 +52,10 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
             "--high-res" if spec["high_res"] else "--no-high-res",
             "--adapter-attention" if spec.get("adapter_attention", True) else "--no-adapter-attention", "--data", os.path.join(root, "data", "pretrain.json"),
             "--output", out + "-stage1", "--max-steps", str(budget.stage1_steps), "--epochs", "1000", *common],
-           out + "-stage1.log")
+           out + "-stage1.log", threads)
     _train(["--recipe", "stage2", "--model", out + "-stage1", "--data", os.path.join(root, "data", "instruct.json"),
             "--output", out, "--max-steps", str(budget.stage2_steps), "--epochs", "1000",
-            "--learning-rate", str(budget.stage2_lr), *common], out + ".log")
+            "--learning-rate", str(budget.stage2_lr), *common], out + ".log", threads)
     return out
 
 
@@ -60,38 +66,53 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(FAMILY), help=f"comma-separated subset of {', '.join(FAMILY)}")
     parser.add_argument("--quick", action="store_true", help="a few steps of every stage: checks the pipeline, trains nothing useful")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="members trained side by side (default: one per 1-2 CPU cores on a CPU, 1 on a GPU)")
+    parser.add_argument("--ship", default=None, help="family folder to export to (default OUTPUT/family); "
+                        "assets/sparsecut-tiny replaces the shipped family")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in FAMILY]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; the family is {', '.join(FAMILY)}")
     budget = QUICK if args.quick else Budget()
-    device_flags = ["--cpu", "--mixed-precision", "no"] if args.cpu or not _has_gpu() else ["--mixed-precision", "bf16"]
+    on_cpu = args.cpu or not _has_gpu()
+    device_flags = ["--cpu", "--mixed-precision", "no"] if on_cpu else ["--mixed-precision", "bf16"]
+    cores = os.cpu_count() or 1
+    jobs = max(1, min(len(names), args.jobs or (cores if on_cpu else 1)))
+    threads = max(1, cores // jobs) if on_cpu else None
     started = time.time()
     os.makedirs(args.output, exist_ok=True)
     write_data(args.output, budget, args.seed)
     build_backbones(args.output, budget, args.seed)
-    from .evaluate import predict, read_eval, results_table, score
+    print(f"[{time.time() - started:6.0f}s] backbones ready; training {len(names)} member(s), {jobs} at a time", flush=True)
 
-    from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
+    def run(name: str) -> str:
+        folder = train_member(name, args.output, budget, args.seed, device_flags, threads)
+        print(f"[{time.time() - started:6.0f}s] trained {name}", flush=True)
+        return folder
 
-    results = {}
-    test = read_eval(os.path.join(args.output, "data", "test.jsonl"))
-    for name in names:
-        print(f"[{time.time() - started:6.0f}s] training {name}", flush=True)
-        folder = train_member(name, args.output, budget, args.seed, device_flags)
-        model = SparseCutForConditionalGeneration.from_pretrained(folder)
-        processor = SparseCutProcessor.from_pretrained(folder)
-        predictions = predict(model, processor, test, os.path.join(args.output, "data", "images"))
-        results[name] = score(test, predictions)
-        print(f"[{time.time() - started:6.0f}s] {name}: overall {results[name]['overall']:.3f}", flush=True)
-    with open(os.path.join(args.output, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump({"seed": args.seed, "budget": budget.__dict__, "seconds": time.time() - started, "results": results}, handle, indent=2)
-    with open(os.path.join(args.output, "results.md"), "w", encoding="utf-8") as handle:
-        handle.write(f"Held-out split: {len(test)} questions (seed {split_seed(args.seed, 'test')}), accuracy in %.\n\n")
-        handle.write(results_table(results))
-    print(f"Done in {time.time() - started:.0f}s: {os.path.join(args.output, 'results.json')}")
+    with ThreadPoolExecutor(jobs) as pool:  # each member trains in its own subprocesses
+        list(pool.map(run, names))
+    trained = time.time() - started
+    from .ship import export, score_shipped, write_card, write_results
+
+    ship = args.ship or os.path.join(args.output, "family")
+    export(args.output, names, ship)
+    scored = score_shipped(ship, names, args.seed, images=budget.test_images)
+    run_info = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "train_seconds": trained,
+                "seconds": time.time() - started, "device": "cpu" if on_cpu else "cuda", "command": _command(argv)}
+    for folder in {args.output, ship}:
+        write_results(folder, {**scored, "run": run_info})
+    write_card(ship, args.output, {**scored, "run": run_info})
+    for name, result in scored["results"].items():
+        print(f"{name}: overall {result['overall']:.3f}", flush=True)
+    print(f"Done in {time.time() - started:.0f}s: {os.path.join(ship, 'results.md')}")
     return 0
+
+
+def _command(argv) -> str:
+    return "python -m training.tiny " + " ".join(sys.argv[1:] if argv is None else argv)
 
 
 def _has_gpu() -> bool:

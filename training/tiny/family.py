@@ -34,11 +34,11 @@ class Budget:
     pretrain_images: int = 3000
     instruct_images: int = 6000
     test_images: int = 320  # ~6.3 questions each: >= 2,000 held-out questions
-    lm_steps: int = 150
-    clip_steps: int = 300
+    lm_steps: int = 300
+    clip_steps: int = 600
     stage1_steps: int = 100
-    stage2_steps: int = 400
-    stage2_lr: float = 1e-3
+    stage2_steps: int = 600
+    stage2_lr: float = 2e-3
     batch: int = 32
 
 

@@ -1,0 +1,56 @@
+"""The shipped sparsecut-tiny family (assets/sparsecut-tiny): loads by name through the zoo and reproduces its
+results table on the first 200 held-out questions (within 2 points), and fits the assets budget."""
+
+import json
+import os
+
+import pytest
+
+from sparsecut import SparseCutForConditionalGeneration, zoo
+from training.tiny.family import FAMILY
+from training.tiny.ship import score_shipped
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(ROOT, "assets", "sparsecut-tiny")
+RESULTS = os.path.join(SHIPPED, "results.json")
+
+
+@pytest.fixture(scope="module")
+def table():
+    with open(RESULTS, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def test_every_member_is_shipped_and_loads_by_name(monkeypatch, tmp_path):
+    monkeypatch.delenv("SPARSECUT_ASSETS", raising=False)
+    monkeypatch.setenv("SPARSECUT_CACHE", str(tmp_path))
+    assert set(FAMILY) <= set(zoo.available())
+    model = SparseCutForConditionalGeneration.from_pretrained("sparsecut-tiny")
+    assert model.config.pattern == "sparse-uniform" and model.config.high_res
+    assert SparseCutForConditionalGeneration.from_pretrained("llava-tiny").config.mode == "llava"
+
+
+def test_the_table_covers_every_member_on_2000_held_out_questions(table):
+    assert table["questions"] >= 2000 and set(table["results"]) == set(FAMILY)
+    markdown = open(os.path.join(SHIPPED, "results.md"), encoding="utf-8").read()
+    assert all(f"| {name} |" in markdown for name in FAMILY)
+
+
+def test_shipped_checkpoints_reproduce_the_table_on_200_questions(table, monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARSECUT_CACHE", str(tmp_path))
+    subset = table["subset"]
+    images = table["images"] * subset["questions"] // table["questions"] + 8  # enough scenes for the first 200
+    rescored = score_shipped(SHIPPED, list(FAMILY), seed=table["run"]["seed"], images=images,
+                             subset=subset["questions"], progress=False)
+    for name in FAMILY:
+        expected, got = subset["results"][name], rescored["subset"]["results"][name]
+        assert got["count"] == subset["questions"]
+        assert abs(got["overall"] - expected["overall"]) <= 0.02, (name, got["overall"], expected["overall"])
+        for family, accuracy in expected["families"].items():  # ~28 questions each: one flipped answer is 3.6 points
+            assert abs(got["families"][family] - accuracy) <= 0.05, (name, family, got["families"][family], accuracy)
+
+
+def test_assets_stay_within_60_mb():
+    total = sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(os.path.join(ROOT, "assets"))
+                for name in names)
+    assert total <= 60 * 2**20, f"assets/ holds {total / 2**20:.1f} MB"
