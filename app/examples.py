@@ -36,7 +36,7 @@ class Case:
 
 CASES = (
     Case("small-text-digits", "small text", "reading", "digits", {"text_probability": 1.0, "scribble_probability": 0.0},
-         "Two digits, one glyph per 8-px patch: legible in the high-res crops, a blur in the low-res view."),
+         "Two digits, 8 px apart at full resolution: legible in the high-res crops, a blur in the low-res view."),
     Case("small-text-word", "small text", "reading", "word", {"text_probability": 1.0, "scribble_probability": 0.0},
          "A three-letter word in the same small font."),
     Case("unanswerable-scribble", "unanswerable", "unanswerable", "illegible",

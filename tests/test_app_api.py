@@ -34,12 +34,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def tiny_family_served(root, concurrency: int = 8, extra_models=(), max_image_mb: float = 1.0):
-    """The app for a tiny random family (plus ``extra_models``) on 127.0.0.1: yields (engine, url)."""
+def tiny_family_served(root, concurrency: int = 8, extra_models=(), max_image_mb: float = 1.0, shipped: bool = False):
+    """The app for a tiny random family (or, ``shipped``, the family in assets/) plus ``extra_models`` on
+    127.0.0.1: yields (engine, url)."""
     with one_torch_thread(), pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SPARSECUT_ASSETS", str(root / "assets"))
         patch.setenv("SPARSECUT_CACHE", str(root / "cache"))
-        export_tiny_family(str(root / "assets"))
+        if shipped:
+            patch.delenv("SPARSECUT_ASSETS", raising=False)
+        else:
+            patch.setenv("SPARSECUT_ASSETS", str(root / "assets"))
+            export_tiny_family(str(root / "assets"))
         engine = Engine.embedded(max_image_mb=max_image_mb)
         engine = Engine([*engine.models, *extra_models], engine.baseline, max_image_mb=max_image_mb)
         demo = build_demo(engine, concurrency=concurrency)

@@ -2,8 +2,9 @@
 
 Loads the page, picks a case study, asks, waits for both answers (equal to the engine's) and a rendered plotly
 plot, checks that the page fetched nothing from outside the app (it works offline), and saves a screenshot.
-Skipped where Chromium is absent; ``.ci/run`` installs it. ``SPARSECUT_APP_SCREENSHOT=PATH`` also copies the
-screenshot there (the README's ``assets/app-screenshot.png`` is made this way).
+Skipped where Chromium is absent; ``.ci/run`` installs it. ``SPARSECUT_APP_SCREENSHOT=PATH`` serves the shipped
+family (assets/sparsecut-tiny) instead of the random one and copies the screenshot there (the README's
+``assets/app-screenshot.png`` is made this way).
 """
 
 import json
@@ -36,7 +37,7 @@ def test_pick_an_example_ask_and_see_both_answers_and_a_plot(tmp_path):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     case = load_examples()[0]
-    with tiny_family_served(tmp_path) as (engine, url):
+    with tiny_family_served(tmp_path, shipped=bool(os.environ.get("SPARSECUT_APP_SCREENSHOT"))) as (engine, url):
         ours, theirs = list(engine.compare(case.path, case.question, decoding=Decoding(max_new_tokens=32)))[-1]
         driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
         try:

@@ -29,7 +29,7 @@ COLOURS = {
 SIZES = {"small": 9, "large": 17}  # half-widths in pixels
 ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "center", "right")
 WORDS = ("CAT", "DOG", "SUN", "BOX", "MAP", "KEY", "CUP", "PEN", "HAT", "BUS", "FOX", "OWL")
-TEXT_ADVANCE = 8  # one glyph per 8-px patch of a full-resolution crop
+TEXT_ADVANCE = 8  # glyph advance in pixels at full resolution (two glyphs per 16-px patch of a high-res crop)
 TEXT_COLOUR = (20, 20, 20)
 
 
