@@ -32,16 +32,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .models import FamilyNotShipped, check_spec, default_family
+    from .models import FamilyNotShipped, served_specs
 
     if args.max_image_mb <= 0:
         sys.exit(f"--max-image-mb must be > 0; got {args.max_image_mb}.")
     try:
-        if args.model:
-            models, baseline = [check_spec(m) for m in args.model], args.baseline and check_spec(args.baseline)
-        else:
-            models, baseline = default_family()
-            baseline = check_spec(args.baseline) if args.baseline else baseline
+        models, baseline = served_specs(args.model, args.baseline)
     except (FamilyNotShipped, ValueError) as err:
         sys.exit(f"python -m app: {err}")
 

@@ -94,15 +94,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     from .engine import Engine
-    from .models import FamilyNotShipped, check_spec
+    from .models import FamilyNotShipped, served_specs
 
     torch.set_num_threads(args.threads)
     if bool(args.model) != bool(args.baseline):
         parser.error("give both --model and --baseline, or neither (the embedded family)")
     try:
-        engine = (Engine([check_spec(args.model)], check_spec(args.baseline), args.device, args.dtype) if args.model
-                  else Engine.embedded(device=args.device, dtype=args.dtype))
-        result = run(engine, args.repeats, args.warmup, args.max_new_tokens)
+        models, baseline = served_specs(args.model and [args.model], args.baseline)
+        result = run(Engine(models, baseline, args.device, args.dtype), args.repeats, args.warmup, args.max_new_tokens)
     except (FamilyNotShipped, ValueError) as err:  # RequestError is a ValueError: a model that fails to load
         sys.exit(f"python -m app.bench: {err}")
     result["machine"] = machine(torch.device(args.device))

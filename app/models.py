@@ -38,6 +38,15 @@ def default_family() -> tuple[list[str], str]:
     return [DEFAULT_MODEL, *members], DEFAULT_BASELINE
 
 
+def served_specs(models: list[str] | None, baseline: str | None) -> tuple[list[str], str | None]:
+    """The (models, baseline) to serve, checked: ``models`` as given (and ``baseline``, none by default), or the
+    embedded family with ``llava-tiny`` unless another ``baseline`` is given."""
+    if models:
+        return [check_spec(m) for m in models], baseline and check_spec(baseline)
+    family, default = default_family()
+    return family, check_spec(baseline) if baseline else default
+
+
 def check_spec(spec: str) -> str:
     """``spec`` if it names a shipped model, an existing folder or a hub id; a ValueError saying why not otherwise."""
     if zoo.is_known(spec) or os.path.isdir(spec) or HUB_ID.match(spec):

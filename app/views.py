@@ -50,10 +50,11 @@ def _answer(example: Example) -> str:
 
 def contributions(model, example: Example, ratio: bool = False, **_) -> ViewResult:
     result = contribution_norms(model, example)
-    top = max(result.table(), key=lambda row: row["mean_ratio"])
+    rows = result.table()
+    top = max(rows, key=lambda row: row["mean_ratio"])
     return ViewResult(
         result.plotly(ratio=ratio),
-        result.table(),
+        rows,
         f"Largest share of the stream: {top['shortcut']} (mean ||Z|| / ||h|| = {top['mean_ratio']:.3f}); {_answer(example)}.",
     )
 

@@ -99,12 +99,12 @@ def main(argv=None) -> int:
 
     ship = args.ship or os.path.join(args.output, "family")
     export(args.output, names, ship)
-    scored = score_shipped(ship, names, args.seed, images=budget.test_images)
-    run_info = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "train_seconds": trained,
-                "seconds": time.time() - started, "device": "cpu" if on_cpu else "cuda", "command": _command(argv)}
+    scored = score_shipped(ship, names, args.seed, data_dir=os.path.join(args.output, "data"))  # the split written above
+    scored["run"] = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "train_seconds": trained,
+                     "seconds": time.time() - started, "device": "cpu" if on_cpu else "cuda", "command": _command(argv)}
     for folder in {args.output, ship}:
-        write_results(folder, {**scored, "run": run_info})
-    write_card(ship, args.output, {**scored, "run": run_info})
+        write_results(folder, scored)
+    write_card(ship, args.output, scored)
     for name, result in scored["results"].items():
         print(f"{name}: overall {result['overall']:.3f}", flush=True)
     print(f"Done in {time.time() - started:.0f}s: {os.path.join(ship, 'results.md')}")

@@ -103,21 +103,18 @@ def _embed_text(model: CLIPModel, input_ids, attention_mask) -> torch.Tensor:
     return F.normalize(model.text_projection(hidden[torch.arange(len(last)), last]), dim=-1)
 
 
-def contrastive_loss(model: CLIPModel, input_ids, attention_mask, pixel_values, negative_ids=None, negative_mask=None,
-                     negative_valid=None) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE over a batch of B pairs; with hard negatives (B more captions, ``negative_valid``
-    (B,) saying which differ from their positive), image-to-text picks among 2B captions."""
+def contrastive_loss(model: CLIPModel, input_ids, attention_mask, pixel_values, negative_ids, negative_mask,
+                     negative_valid) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE over a batch of B pairs, with B hard negative captions (``negative_valid`` (B,):
+    which differ from their positive): image-to-text picks among 2B captions, text-to-image among B images."""
     text = _embed_text(model, input_ids, attention_mask)  # (B, P)
     image = F.normalize(model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output), dim=-1)
     scale = model.logit_scale.exp()
     logits = scale * image @ text.t()  # (B, B)
+    negatives = scale * image @ _embed_text(model, negative_ids, negative_mask).t()  # (B, B)
+    negatives = negatives.masked_fill(~negative_valid[None, :], float("-inf"))
     targets = torch.arange(len(logits))
-    text_to_image = F.cross_entropy(logits.t(), targets)
-    if negative_ids is not None:
-        negatives = scale * image @ _embed_text(model, negative_ids, negative_mask).t()  # (B, B)
-        negatives = negatives.masked_fill(~negative_valid[None, :], float("-inf"))
-        logits = torch.cat([logits, negatives], dim=1)  # (B, 2B)
-    return (F.cross_entropy(logits, targets) + text_to_image) / 2
+    return (F.cross_entropy(torch.cat([logits, negatives], dim=1), targets) + F.cross_entropy(logits.t(), targets)) / 2
 
 
 def pretrain_clip(tokenizer, seed: int, num_scenes: int, steps: int, batch_size: int = 64, lr: float = 1e-3,
@@ -129,14 +126,12 @@ def pretrain_clip(tokenizer, seed: int, num_scenes: int, steps: int, batch_size:
     data = [pair for index in range(num_scenes) for pair in pairs(seed, index)]
     pixels = torch.tensor(np.stack([p for p, _, _ in data]))
 
-    def encode(captions):
-        # padded to the longest caption of all (not to the text tower's 96 positions: half the text compute)
-        return tokenizer([c + tokenizer.eos_token for c in captions], padding="max_length", truncation=True,
-                         max_length=longest, return_tensors="pt")
-
-    longest = min(config.text_config.max_position_embeddings,
-                  max(len(ids) for ids in tokenizer([c for _, c, n in data] + [n for _, _, n in data])["input_ids"]) + 1)
-    tokens, negatives = encode([c for _, c, _ in data]), encode([n for _, _, n in data])
+    # positives and negatives padded together to the longest caption of all (not to the text tower's 96 positions)
+    encoded = tokenizer([c + tokenizer.eos_token for _, c, _ in data] + [n + tokenizer.eos_token for _, _, n in data],
+                        padding="longest", truncation=True, max_length=config.text_config.max_position_embeddings,
+                        return_tensors="pt")
+    tokens = {k: v[: len(data)] for k, v in encoded.items()}
+    negatives = {k: v[len(data) :] for k, v in encoded.items()}
     valid = torch.tensor([c != n for _, c, n in data])
 
     def step_loss(generator):
@@ -146,4 +141,4 @@ def pretrain_clip(tokenizer, seed: int, num_scenes: int, steps: int, batch_size:
 
     losses = fit(model, step_loss, steps, lr, seed, weight_decay=0.1, betas=(0.9, 0.98), warmup_ratio=0.05,
                  desc="tiny CLIP", progress=progress)
-    return model.vision_model, losses  # a CLIPVisionModel, in eval mode  # a CLIPVisionModel
+    return model.vision_model, losses  # a CLIPVisionModel, in eval mode

@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from .dataset import write_split
 from .evaluate import predict, read_eval, results_table, score
@@ -57,23 +57,30 @@ def assets_at(family_dir: str):
 
 
 def score_shipped(family_dir: str, names: list[str], seed: int = 0, images: int = TEST_IMAGES,
-                  subset: int | None = SUBSET, progress: bool = True) -> dict:
+                  subset: int | None = SUBSET, progress: bool = True, data_dir: str | None = None) -> dict:
     """Score the models ``names`` shipped in ``family_dir``, loaded by name through the zoo, on the held-out split:
-    {"seed", "questions", "images", "results", "subset"}."""
+    {"seed", "questions", "images", "results", "subset"}. ``data_dir``: a folder that already holds the split
+    (``test.jsonl`` and ``images/``, as the pipeline's OUTPUT/data does); otherwise its first ``images`` scenes are
+    written to a temporary folder."""
     from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
 
-    with tempfile.TemporaryDirectory() as folder, assets_at(family_dir):
-        records = held_out(seed, images, folder)
+    with ExitStack() as stack:
+        stack.enter_context(assets_at(family_dir))
+        if data_dir is None:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory())
+            records = held_out(seed, images, data_dir)
+        else:
+            records = read_eval(os.path.join(data_dir, "test.jsonl"))
         results, first = {}, {}
         for name in names:
             model = SparseCutForConditionalGeneration.from_pretrained(name).eval()
-            predictions = predict(model, SparseCutProcessor.from_pretrained(name), records, os.path.join(folder, "images"),
+            predictions = predict(model, SparseCutProcessor.from_pretrained(name), records, os.path.join(data_dir, "images"),
                                   progress=progress)
             results[name] = score(records, predictions)
             if subset:
                 first[name] = score(records[:subset], predictions[:subset])
-    return {"seed": split_seed(seed, "test"), "questions": len(records), "images": images, "results": results,
-            "subset": {"questions": subset, "results": first}}
+    return {"seed": split_seed(seed, "test"), "questions": len(records), "images": len({r["scene"] for r in records}),
+            "results": results, "subset": {"questions": subset, "results": first}}
 
 
 def write_results(out_dir: str, scored: dict) -> str:
