@@ -20,9 +20,9 @@ DESCRIBE = "Describe the image briefly."
 TRAIN_WEIGHTS = {"attribute": 2, "count": 2, "position": 2, "existence": 3, "reading": 3, "unanswerable": 2, "choice": 1}
 
 
-def scene_for(seed: int, index: int) -> tuple[Scene, np.random.Generator]:
+def scene_for(seed: int, index: int, max_shapes: int = 5) -> tuple[Scene, np.random.Generator]:
     rng = np.random.default_rng([seed, index])
-    return sample_scene(rng), rng
+    return sample_scene(rng, max_shapes=max_shapes), rng
 
 
 def _save_image(scene: Scene, seed: int, index: int, folder: str, name: str) -> str:

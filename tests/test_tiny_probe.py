@@ -1,0 +1,83 @@
+"""python -m training.tiny.probe: a member's recipe trained briefly on single-turn questions, scored by teacher-forced
+exact match."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from training.data import Collator
+from training.tiny.__main__ import QUICK
+from training.tiny.dataset import scene_for
+from training.tiny.family import build_backbones
+from training.tiny.probe import build_model, exact_match, main, probe, questions
+
+SMALL = dict(steps=2, batch=4, scenes=8, test_scenes=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe-run")
+    build_backbones(str(root), QUICK, seed=0)  # the probe then finds them and builds nothing
+    return str(root)
+
+
+def test_probe_is_deterministic_and_reports_every_family(run):
+    first = probe(run, "llava-tiny", ["existence", "count"], **SMALL)
+    again = probe(run, "llava-tiny", ["existence", "count"], **SMALL)
+    assert first["scores"] == again["scores"] and first["final_loss"] == again["final_loss"]
+    assert set(first["scores"]) == {"existence", "count", "overall"}
+    assert all(0.0 <= v <= 1.0 for v in first["scores"].values())
+    assert first["questions"] == 8 and first["settings"]["member"] == "llava-tiny"  # 4 scenes x 2 families, always askable
+
+
+def test_fresh_lm_replaces_only_the_llm_and_freezing_is_stage_2s(run):
+    pretrained, _ = build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0)
+    fresh, _ = build_model(run, "sparsecut-tiny", fresh_lm=True, seed=0)
+    weights = lambda m, part: {k: v for k, v in m.state_dict().items() if part in k}  # noqa: E731
+    assert all(torch.equal(v, weights(fresh, "vision_tower")[k]) for k, v in weights(pretrained, "vision_tower").items())
+    llm = weights(pretrained, "language_model.layers.0.self_attn.q_proj")
+    assert all(not torch.equal(v, weights(fresh, "language_model.layers.0.self_attn.q_proj")[k]) for k, v in llm.items())
+    trainable = {name.split(".")[1] for name, p in fresh.named_parameters() if p.requires_grad}
+    assert "vision_tower" not in trainable and {"language_model", "adapters"} <= trainable
+    assert fresh.config.high_res and fresh.config.pattern == "sparse-uniform"
+
+
+def test_exact_match_needs_every_answer_token(run):
+    _, processor = build_model(run, "llava-tiny", fresh_lm=False, seed=0)
+    items, views = questions(processor, seed=5, scenes=3, families=["existence", "attribute"], high_res=False, max_shapes=2)
+    collate = Collator(processor.tokenizer.pad_token_id)
+    vocab = len(processor.tokenizer)
+    unique = [i for i in items if sum(torch.equal(i["input_ids"], j["input_ids"]) for j in items) == 1]
+    wrong_item = unique[0]  # the oracle recognises it by its tokens alone
+
+    class Oracle(torch.nn.Module):  # logits at position t predict token t + 1, except for one question
+        def forward(self, input_ids, attention_mask, pixel_values):
+            logits = torch.nn.functional.one_hot(torch.roll(input_ids, -1, dims=1), vocab).float()
+            for row in range(len(input_ids)):
+                n = int(attention_mask[row].sum())
+                if torch.equal(input_ids[row, :n], wrong_item["input_ids"]):
+                    logits[row, n - 2] = torch.nn.functional.one_hot(torch.tensor(0), vocab).float()  # wrong </s>
+            return SimpleNamespace(logits=logits)
+
+    scores = exact_match(Oracle(), items, views, collate, batch_size=2)
+    per_family = {f: sum(i["family"] == f for i in items) for f in ("existence", "attribute")}
+    other = "attribute" if wrong_item["family"] == "existence" else "existence"
+    assert scores[other] == 1.0
+    assert scores[wrong_item["family"]] == pytest.approx(1 - 1 / per_family[wrong_item["family"]])
+    assert scores["overall"] == pytest.approx(1 - 1 / len(items))
+
+
+def test_max_shapes_bounds_the_scenes():
+    assert all(len(scene_for(11, i, max_shapes=1)[0].shapes) == 1 for i in range(20))
+    assert max(len(scene_for(11, i)[0].shapes) for i in range(40)) > 1
+
+
+def test_bad_arguments_say_what_is_wrong(run, capsys):
+    with pytest.raises(ValueError, match="unknown question families \\['colour'\\]"):
+        probe(run, "llava-tiny", ["colour"], **SMALL)
+    with pytest.raises(ValueError, match="max_shapes must be 1..5"):
+        probe(run, "llava-tiny", ["count"], max_shapes=9, **SMALL)
+    with pytest.raises(SystemExit):
+        main(["--run", run, "--families", "existence,nonsense", "--steps", "1"])
+    assert "unknown question families ['nonsense']" in capsys.readouterr().err

@@ -1,0 +1,165 @@
+"""python -m training.tiny.probe: what one family member's recipe learns, in minutes, without the whole pipeline.
+
+A member's model is built from the backbones of a pipeline run (as stage 1 does; built first, with the pipeline's
+budget and seed, if the run folder has none) and trained as stage 2 (vision tower
+frozen; adapters and LLM trained) on single-turn questions of the chosen families, then scored on held-out scenes
+by teacher-forced exact match of the answer tokens (no generation: fast, and the same for every answer length).
+Training scenes come from the instruct split's seed, held-out scenes from the test split's. The README's "why the
+family falls short" probes are runs of it.
+
+    python -m training.tiny.probe --run runs/tiny --steps 600 --json probe.json
+    python -m training.tiny.probe --run runs/tiny --families existence --max-shapes 2 --fresh-lm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from sparsecut.convert import from_backbones
+from training.data import IGNORE_INDEX, Collator, encode
+from training.engine import apply_freezing
+from training.recipes import load_recipe
+
+from .dataset import scene_for
+from .family import FAMILY, Budget, backbone_dirs, build_backbones, split_seed
+from .loop import fit
+from .questions import FAMILIES, ask
+from .scenes import render
+
+PROBED = ("existence", "attribute", "count", "position")
+
+
+def build_model(run: str, member: str, fresh_lm: bool, seed: int):
+    """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
+    absent), with fresh adapters; ``fresh_lm`` re-initialises the LLM (no text pretraining). Frozen as stage 2."""
+    build_backbones(run, Budget(), seed)  # returns at once when run/backbones/ holds both
+    vision, text = backbone_dirs(run)
+    spec = FAMILY[member]
+    torch.manual_seed(seed)
+    model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"],
+                                      adapter_attention=spec.get("adapter_attention", True))
+    if fresh_lm:  # the LLM as transformers initialises it from its config
+        fresh = AutoModelForCausalLM.from_config(model.config.text_config)
+        model.model.language_model.load_state_dict(fresh.model.state_dict())
+        model.lm_head.load_state_dict(fresh.lm_head.state_dict())
+    apply_freezing(model, load_recipe("stage2"))
+    return model, processor
+
+
+def questions(processor, seed: int, scenes: int, families: list[str], high_res: bool, max_shapes: int) -> tuple[list[dict], torch.Tensor]:
+    """One question per family per scene where the scene allows it, encoded as the training CLI encodes LLaVA records:
+    (items with ``input_ids``, ``labels``, ``scene``, ``family``; views (scenes, N, 3, S, S))."""
+    items, views = [], []
+    for index in range(scenes):
+        scene, rng = scene_for(seed, index, max_shapes=max_shapes)
+        views.append(processor.image_views(render(scene, seed=seed * 1_000_003 + index), high_res))
+        for family in families:
+            qa = ask(scene, family, rng)
+            if qa is None:
+                continue
+            record = {"id": f"{index}-{family}", "image": "scene", "conversations": [
+                {"from": "human", "value": f"{processor.image_token}\n{qa.question}"}, {"from": "gpt", "value": qa.answer}]}
+            encoded = encode(record, processor, processor.template, max_length=10_000, high_res=high_res)
+            items.append({"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels),
+                          "scene": index, "family": family})
+    return items, torch.stack(views)
+
+
+def batch_of(items: list[dict], views: torch.Tensor, collate: Collator) -> dict:
+    batch = collate([{**item, "pixel_values": views[item["scene"]][None]} for item in items])
+    batch.pop("skipped")
+    return batch
+
+
+@torch.no_grad()
+def exact_match(model, items: list[dict], views: torch.Tensor, collate: Collator, batch_size: int = 64) -> dict[str, float]:
+    """family -> share of questions whose answer tokens (and </s>) are all the model's argmax; plus ``overall``."""
+    model.eval()
+    hits: dict[str, list[bool]] = {}
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        batch = batch_of(chunk, views, collate)
+        labels = batch.pop("labels")[:, 1:]
+        predicted = model(**batch).logits[:, :-1].argmax(-1)
+        correct = ((predicted == labels) | (labels == IGNORE_INDEX)).all(1)
+        for item, ok in zip(chunk, correct.tolist()):
+            hits.setdefault(item["family"], []).append(ok)
+    scores = {family: sum(v) / len(v) for family, v in hits.items()}
+    scores["overall"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
+    return scores
+
+
+def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 600, lr: float = 1e-3,
+          batch: int = 32, scenes: int = 4000, test_scenes: int = 300, max_shapes: int = 5, fresh_lm: bool = False,
+          seed: int = 0, progress: bool = True) -> dict:
+    """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings."""
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES)}.")
+    if member not in FAMILY:
+        raise ValueError(f"unknown member {member!r}; the family is {', '.join(FAMILY)}.")
+    if not 1 <= max_shapes <= 5:
+        raise ValueError(f"max_shapes must be 1..5 (the scenes hold at most 5 objects); got {max_shapes}.")
+    model, processor = build_model(run, member, fresh_lm, seed)
+    high_res = model.config.high_res
+    train, train_views = questions(processor, split_seed(seed, "instruct"), scenes, list(families), high_res, max_shapes)
+    test, test_views = questions(processor, split_seed(seed, "test"), test_scenes, list(families), high_res, max_shapes)
+    collate = Collator(processor.tokenizer.pad_token_id)
+
+    def step_loss(generator):
+        rows = torch.randint(0, len(train), (batch,), generator=generator).tolist()
+        return model(**batch_of([train[r] for r in rows], train_views, collate)).loss
+
+    started = time.time()
+    losses = fit(model, step_loss, steps, lr, seed, weight_decay=0.0, betas=(0.9, 0.999), warmup_ratio=0.03,
+                 desc=f"probe {member}", progress=progress)
+    return {"scores": exact_match(model, test, test_views, collate), "questions": len(test), "train_questions": len(train),
+            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "train_seconds": time.time() - started,
+            "settings": {"member": member, "families": list(families), "steps": steps, "lr": lr, "batch": batch,
+                         "scenes": scenes, "test_scenes": test_scenes, "max_shapes": max_shapes, "fresh_lm": fresh_lm,
+                         "seed": seed}}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.tiny.probe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a `python -m training.tiny --output` folder (its backbones/ are "
+                        "used, or built there first)")
+    parser.add_argument("--member", default="llava-tiny", choices=list(FAMILY), help="whose architecture to probe")
+    parser.add_argument("--families", default=",".join(PROBED), help=f"comma-separated subset of {', '.join(FAMILIES)}")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--scenes", type=int, default=4000, help="training scenes (each gives one question per family)")
+    parser.add_argument("--test-scenes", type=int, default=300)
+    parser.add_argument("--max-shapes", type=int, default=5, help="objects per scene at most (1..5)")
+    parser.add_argument("--fresh-lm", action="store_true", help="re-initialise the LLM instead of using the pretrained one")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", default=None, help="write the result here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    try:
+        result = probe(args.run, args.member, families, args.steps, args.lr, args.batch, args.scenes,
+                       args.test_scenes, args.max_shapes, args.fresh_lm, args.seed)
+    except ValueError as err:
+        parser.error(str(err))
+    print(f"{args.member}, {args.steps} steps, {result['questions']} held-out questions (teacher-forced exact match):")
+    for family, score in result["scores"].items():
+        print(f"  {family:<13} {100 * score:5.1f}%")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
