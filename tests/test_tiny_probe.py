@@ -45,7 +45,8 @@ def test_fresh_lm_replaces_only_the_llm_and_freezing_is_stage_2s(run):
 
 def test_exact_match_needs_every_answer_token(run):
     _, processor = build_model(run, "llava-tiny", fresh_lm=False, seed=0)
-    items, views = questions(processor, seed=5, scenes=3, families=["existence", "attribute"], high_res=False, max_shapes=2)
+    items, views = questions(processor, seed=5, scenes=3, families=["existence", "attribute"], high_res=False, max_shapes=2,
+                             max_length=2048)
     collate = Collator(processor.tokenizer.pad_token_id)
     vocab = len(processor.tokenizer)
     unique = [i for i in items if sum(torch.equal(i["input_ids"], j["input_ids"]) for j in items) == 1]

@@ -20,9 +20,9 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
 from .loop import fit
 
-from .dataset import scene_for
+from .dataset import image_for, scene_for
 from .questions import caption
-from .scenes import COLOURS, IMAGE_SIZE, SHAPES, WORDS, Scene, Text, render
+from .scenes import COLOURS, IMAGE_SIZE, SHAPES, WORDS, Scene, Text
 
 VIEW = IMAGE_SIZE // 2  # the tower's input size: 64 px
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -83,7 +83,7 @@ def pairs(seed: int, index: int) -> list[tuple[np.ndarray, str, str]]:
     crop. A crop's negative is the crop caption of the perturbed scene (the same as its own when the change lies in
     another quadrant; such a negative is masked out of the loss)."""
     scene, rng = scene_for(seed, index)
-    image = render(scene, seed=seed * 1_000_003 + index)
+    image = image_for(scene, seed, index)
     quadrant = int(rng.integers(4))
     row, column = divmod(quadrant, 2)
     crop = image.crop((column * VIEW, row * VIEW, (column + 1) * VIEW, (row + 1) * VIEW))

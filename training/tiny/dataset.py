@@ -11,6 +11,7 @@ import os
 from dataclasses import asdict
 
 import numpy as np
+from PIL import Image
 
 from .questions import FAMILIES, ask, caption
 from .scenes import Scene, render, sample_scene
@@ -25,10 +26,15 @@ def scene_for(seed: int, index: int, max_shapes: int = 5) -> tuple[Scene, np.ran
     return sample_scene(rng, max_shapes=max_shapes), rng
 
 
+def image_for(scene: Scene, seed: int, index: int) -> Image.Image:
+    """Image ``index`` of split ``seed``: ``scene`` rendered, its scribbles (if any) drawn from its own seed."""
+    return render(scene, seed=seed * 1_000_003 + index)
+
+
 def _save_image(scene: Scene, seed: int, index: int, folder: str, name: str) -> str:
     path = os.path.join(folder, name)
     if not os.path.exists(path):
-        render(scene, seed=seed * 1_000_003 + index).save(path, format="PNG", optimize=False)
+        image_for(scene, seed, index).save(path, format="PNG", optimize=False)
     return name
 
 

@@ -26,18 +26,18 @@ from training.data import IGNORE_INDEX, Collator, encode
 from training.engine import apply_freezing
 from training.recipes import load_recipe
 
-from .dataset import scene_for
+from .dataset import image_for, scene_for
 from .family import FAMILY, Budget, backbone_dirs, build_backbones, split_seed
 from .loop import fit
 from .questions import FAMILIES, ask
-from .scenes import render
 
 PROBED = ("existence", "attribute", "count", "position")
 
 
-def build_model(run: str, member: str, fresh_lm: bool, seed: int):
+def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
-    absent), with fresh adapters; ``fresh_lm`` re-initialises the LLM (no text pretraining). Frozen as stage 2."""
+    absent), with fresh adapters; ``fresh_lm`` re-initialises the LLM (no text pretraining). Frozen as ``recipe``
+    (default: stage 2) freezes."""
     build_backbones(run, Budget(), seed)  # returns at once when run/backbones/ holds both
     vision, text = backbone_dirs(run)
     spec = FAMILY[member]
@@ -48,24 +48,25 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int):
         fresh = AutoModelForCausalLM.from_config(model.config.text_config)
         model.model.language_model.load_state_dict(fresh.model.state_dict())
         model.lm_head.load_state_dict(fresh.lm_head.state_dict())
-    apply_freezing(model, load_recipe("stage2"))
+    apply_freezing(model, recipe or load_recipe("stage2"))
     return model, processor
 
 
-def questions(processor, seed: int, scenes: int, families: list[str], high_res: bool, max_shapes: int) -> tuple[list[dict], torch.Tensor]:
+def questions(processor, seed: int, scenes: int, families: list[str], high_res: bool, max_shapes: int,
+              max_length: int) -> tuple[list[dict], torch.Tensor]:
     """One question per family per scene where the scene allows it, encoded as the training CLI encodes LLaVA records:
     (items with ``input_ids``, ``labels``, ``scene``, ``family``; views (scenes, N, 3, S, S))."""
     items, views = [], []
     for index in range(scenes):
         scene, rng = scene_for(seed, index, max_shapes=max_shapes)
-        views.append(processor.image_views(render(scene, seed=seed * 1_000_003 + index), high_res))
+        views.append(processor.image_views(image_for(scene, seed, index), high_res))
         for family in families:
             qa = ask(scene, family, rng)
             if qa is None:
                 continue
             record = {"id": f"{index}-{family}", "image": "scene", "conversations": [
                 {"from": "human", "value": f"{processor.image_token}\n{qa.question}"}, {"from": "gpt", "value": qa.answer}]}
-            encoded = encode(record, processor, processor.template, max_length=10_000, high_res=high_res)
+            encoded = encode(record, processor, processor.template, max_length, high_res)
             items.append({"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels),
                           "scene": index, "family": family})
     return items, torch.stack(views)
@@ -106,10 +107,12 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         raise ValueError(f"unknown member {member!r}; the family is {', '.join(FAMILY)}.")
     if not 1 <= max_shapes <= 5:
         raise ValueError(f"max_shapes must be 1..5 (the scenes hold at most 5 objects); got {max_shapes}.")
-    model, processor = build_model(run, member, fresh_lm, seed)
-    high_res = model.config.high_res
-    train, train_views = questions(processor, split_seed(seed, "instruct"), scenes, list(families), high_res, max_shapes)
-    test, test_views = questions(processor, split_seed(seed, "test"), test_scenes, list(families), high_res, max_shapes)
+    recipe = load_recipe("stage2")
+    model, processor = build_model(run, member, fresh_lm, seed, recipe)
+    setting = dict(families=list(families), high_res=model.config.high_res, max_shapes=max_shapes,
+                   max_length=recipe.max_length)
+    train, train_views = questions(processor, split_seed(seed, "instruct"), scenes, **setting)
+    test, test_views = questions(processor, split_seed(seed, "test"), test_scenes, **setting)
     collate = Collator(processor.tokenizer.pad_token_id)
 
     def step_loss(generator):
