@@ -21,10 +21,11 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
 from .adapter import ShortcutAdapter, ZeroInitLinear
+from .cache_name import CACHE_KWARG, one_cache
 from .config import SparseCutConfig
 from .patterns import Shortcut, parse_pattern_string
 from .vision import vision_hidden_states
@@ -127,12 +128,9 @@ class SparseCutModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class SparseCutCausalLMOutputWithPast(ModelOutput):
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor] | None = None
-    attentions: tuple[torch.FloatTensor] | None = None
+class SparseCutCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """Adds ``adapter_attentions`` as above; the cache field is named as in the installed transformers."""
+
     adapter_attentions: dict | None = None
 
 
@@ -143,7 +141,7 @@ class SparseCutPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_KWARG]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -300,6 +298,7 @@ class SparseCutModel(SparseCutPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         shortcuts=None,
@@ -309,6 +308,7 @@ class SparseCutModel(SparseCutPreTrainedModel):
     ) -> SparseCutModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        cache = one_cache(cache, past_key_values)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, Dt)
         adapter_attentions = None
@@ -336,19 +336,19 @@ class SparseCutModel(SparseCutPreTrainedModel):
                 inputs_embeds = inputs_embeds.index_put(positions, per_layer.pop(0).to(inputs_embeds.dtype), accumulate=True)
             if per_layer:
                 kwargs[INJECTION_KWARG] = Injection(positions, per_layer)
-        elif input_ids is not None and past_key_values is None and bool((input_ids == self.config.image_token_id).any()):
+        elif input_ids is not None and cache is None and bool((input_ids == self.config.image_token_id).any()):
             raise ValueError("input_ids contain image placeholder tokens but no pixel_values were given.")
 
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
+            **{CACHE_KWARG: cache},
             **kwargs,
         )
         return SparseCutModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_KWARG: outputs.get(CACHE_KWARG)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             adapter_attentions=adapter_attentions,
@@ -398,6 +398,7 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -414,7 +415,7 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             shortcuts=shortcuts,
             high_res=high_res,
@@ -429,7 +430,7 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
         return SparseCutCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_KWARG: outputs.get(CACHE_KWARG)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             adapter_attentions=outputs.adapter_attentions,

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from sparsecut.cache_name import CACHE_KWARG
 from conftest import one_torch_thread
 from test_evaluation_runner import save_eval_model
 
@@ -84,7 +85,7 @@ def test_lmms_eval_loglikelihood_matches_incremental_decoding(model_dir, images)
             logits = out.logits[0, -1]
             total += float(torch.log_softmax(logits, -1)[token])
             all_argmax &= int(logits.argmax()) == token
-            out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=torch.tensor([[token]]), cache=out[CACHE_KWARG], use_cache=True)
     assert logprob == pytest.approx(total, abs=1e-4) and -math.inf < logprob < 0
     assert greedy == all_argmax
     with pytest.raises(NotImplementedError, match="multi-round"):

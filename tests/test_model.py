@@ -7,6 +7,7 @@ import torch
 
 from conftest import IMAGE_TOKEN_ID, M_V, image_batch, make_model, make_processor, randomise_gates, sparsecut_config
 from sparsecut import SparseCutForConditionalGeneration
+from sparsecut.cache_name import CACHE_KWARG
 from sparsecut.config import pattern_config
 from sparsecut.model import CheckpointMismatchError, decoder_layers_of
 
@@ -86,6 +87,26 @@ def test_kv_cache_generation_equals_no_cache_generation():
     without = model.generate(**batch, use_cache=False, **kwargs)
     assert with_cache.shape[1] == batch["input_ids"].shape[1] + 10
     assert torch.equal(with_cache, without)
+
+
+def test_cache_is_taken_under_either_name_and_returned_under_the_installed_one():
+    """transformers 5.24 renamed ``past_key_values`` to ``cache``; forward takes both, outputs use the installed name."""
+    model, batch = _model_and_batch()
+    with torch.no_grad():
+        prefill = model(**batch, use_cache=True)
+        assert CACHE_KWARG in prefill and prefill[CACHE_KWARG].get_seq_length() == batch["input_ids"].shape[1]
+        step = dict(input_ids=batch["input_ids"][:, -1:] * 0 + 7,
+                    attention_mask=torch.cat([batch["attention_mask"], torch.ones_like(batch["attention_mask"][:, :1])], 1))
+        logits = {}
+        for name in ("cache", "past_key_values"):
+            cache = model(**batch, use_cache=True)[CACHE_KWARG]
+            logits[name] = model(**step, **{name: cache}, use_cache=True).logits
+        full = model(input_ids=torch.cat([batch["input_ids"], step["input_ids"]], 1), attention_mask=step["attention_mask"],
+                     pixel_values=batch["pixel_values"]).logits[:, -1:]
+        assert torch.equal(logits["cache"], logits["past_key_values"])
+        assert torch.allclose(logits["cache"], full, atol=1e-5)
+        with pytest.raises(ValueError, match="not both"):
+            model(**step, cache=prefill[CACHE_KWARG], past_key_values=prefill[CACHE_KWARG])
 
 
 def test_generate_passes_per_call_settings_to_the_prefill():
