@@ -10,6 +10,8 @@ from training.data import Collator
 from training.tiny.__main__ import QUICK
 from training.tiny.dataset import scene_for
 from training.tiny.family import build_backbones
+from training.tiny.oracle import CELLS, FEATURES, OracleVLM, oracle_features
+from training.tiny.scenes import COLOURS, GRID, SHAPES, SIZES
 from training.tiny.probe import build_model, exact_match, main, probe, questions
 
 SMALL = dict(steps=2, batch=4, scenes=8, test_scenes=4, progress=False)
@@ -52,7 +54,7 @@ def test_exact_match_needs_every_answer_token(run):
     unique = [i for i in items if sum(torch.equal(i["input_ids"], j["input_ids"]) for j in items) == 1]
     wrong_item = unique[0]  # the oracle recognises it by its tokens alone
 
-    class Oracle(torch.nn.Module):  # logits at position t predict token t + 1, except for one question
+    class TokenOracle(torch.nn.Module):  # logits at position t predict token t + 1, except for one question
         def forward(self, input_ids, attention_mask, pixel_values):
             logits = torch.nn.functional.one_hot(torch.roll(input_ids, -1, dims=1), vocab).float()
             for row in range(len(input_ids)):
@@ -61,7 +63,7 @@ def test_exact_match_needs_every_answer_token(run):
                     logits[row, n - 2] = torch.nn.functional.one_hot(torch.tensor(0), vocab).float()  # wrong </s>
             return SimpleNamespace(logits=logits)
 
-    scores = exact_match(Oracle(), items, views, collate, batch_size=2)
+    scores = exact_match(TokenOracle(), items, views, collate, batch_size=2)
     per_family = {f: sum(i["family"] == f for i in items) for f in ("existence", "attribute")}
     other = "attribute" if wrong_item["family"] == "existence" else "existence"
     assert scores[other] == 1.0
@@ -82,3 +84,51 @@ def test_bad_arguments_say_what_is_wrong(run, capsys):
     with pytest.raises(SystemExit):
         main(["--run", run, "--families", "existence,nonsense", "--steps", "1"])
     assert "unknown question families ['nonsense']" in capsys.readouterr().err
+
+
+def test_oracle_features_encode_every_object_and_the_text_of_the_scene():
+    for index in range(40):
+        scene, _ = scene_for(3, index)
+        features = oracle_features(scene)
+        assert features.shape == (CELLS, FEATURES) and set(features.unique().tolist()) <= {0.0, 1.0}
+        decoded = set()
+        for row in range(CELLS):
+            cell = features[row]
+            if cell[: len(COLOURS) + len(SHAPES) + len(SIZES)].any():
+                colour, shape, size = (int(cell[: len(COLOURS)].argmax()), int(cell[len(COLOURS) : -4].argmax()),
+                                       int(cell[-4:-2].argmax()))
+                decoded.add(((row // GRID, row % GRID), list(COLOURS)[colour], SHAPES[shape], list(SIZES)[size]))
+        assert decoded == {(s.cell, s.colour, s.shape, s.size) for s in scene.shapes}
+        text_rows = features[:, -2:].nonzero().tolist()
+        if scene.text is None:
+            assert text_rows == []
+        else:
+            assert text_rows == [[scene.text.cell[0] * GRID + scene.text.cell[1], 0 if scene.text.legible else 1]]
+
+
+def test_oracle_vision_feeds_the_members_llm_projected_cells_at_the_placeholders(run):
+    model, processor = build_model(run, "llava-tiny", fresh_lm=False, seed=0, oracle_vision=True)
+    member, _ = build_model(run, "llava-tiny", fresh_lm=False, seed=0)
+    assert isinstance(model, OracleVLM)
+    llm = member.model.language_model.state_dict()
+    assert all(torch.equal(v, llm[k]) for k, v in model.language_model.model.state_dict().items())
+    items, views = questions(processor, seed=5, scenes=2, families=["count"], high_res=False, max_shapes=5,
+                             max_length=2048, oracle_vision=True)
+    batch = Collator(processor.tokenizer.pad_token_id)([{**item, "pixel_values": views[item["scene"]][None]} for item in items])
+    seen = {}
+    model.language_model.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    with torch.no_grad():
+        model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
+        mask = batch["input_ids"] == model.image_token_id
+        placed = seen["inputs_embeds"][mask].view(len(items), model.tokens_per_image, -1)
+        assert torch.allclose(placed[:, :CELLS], model.projector(batch["pixel_values"]))
+        assert not placed[:, CELLS:].any()
+        text = model.language_model.get_input_embeddings()(batch["input_ids"])
+        assert torch.equal(seen["inputs_embeds"][~mask], text[~mask])
+
+
+def test_probe_with_oracle_vision_is_deterministic(run):
+    first = probe(run, "llava-tiny", ["existence"], oracle_vision=True, **SMALL)
+    again = probe(run, "llava-tiny", ["existence"], oracle_vision=True, **SMALL)
+    assert first["final_loss"] == again["final_loss"] and first["scores"] == again["scores"]
+    assert first["settings"]["oracle_vision"] is True and first["questions"] == 4

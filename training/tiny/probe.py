@@ -5,10 +5,12 @@ budget and seed, if the run folder has none) and trained as stage 2 (vision towe
 frozen; adapters and LLM trained) on single-turn questions of the chosen families, then scored on held-out scenes
 by teacher-forced exact match of the answer tokens (no generation: fast, and the same for every answer length).
 Training scenes come from the instruct split's seed, held-out scenes from the test split's. The README's "why the
-family falls short" probes are runs of it.
+family falls short" probes are runs of it. ``--oracle-vision`` swaps the vision tower and adapters for perfect
+per-cell features read from each scene's specification (``oracle.py``): the member's LLM alone, given ideal inputs.
 
     python -m training.tiny.probe --run runs/tiny --steps 600 --json probe.json
     python -m training.tiny.probe --run runs/tiny --families existence --max-shapes 2 --fresh-lm
+    python -m training.tiny.probe --run runs/tiny --oracle-vision --steps 2400
 """
 
 from __future__ import annotations
@@ -29,15 +31,16 @@ from training.recipes import load_recipe
 from .dataset import image_for, scene_for
 from .family import FAMILY, Budget, backbone_dirs, build_backbones, split_seed
 from .loop import fit
+from .oracle import OracleVLM, oracle_features
 from .questions import FAMILIES, ask
 
 PROBED = ("existence", "attribute", "count", "position")
 
 
-def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None):
+def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
     absent), with fresh adapters; ``fresh_lm`` re-initialises the LLM (no text pretraining). Frozen as ``recipe``
-    (default: stage 2) freezes."""
+    (default: stage 2) freezes. ``oracle_vision``: instead, an ``OracleVLM`` on that LLM (all of it trained)."""
     build_backbones(run, Budget(), seed)  # returns at once when run/backbones/ holds both
     vision, text = backbone_dirs(run)
     spec = FAMILY[member]
@@ -48,18 +51,25 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None):
         fresh = AutoModelForCausalLM.from_config(model.config.text_config)
         model.model.language_model.load_state_dict(fresh.model.state_dict())
         model.lm_head.load_state_dict(fresh.lm_head.state_dict())
+    if oracle_vision:
+        language_model = AutoModelForCausalLM.from_config(model.config.text_config)
+        language_model.model.load_state_dict(model.model.language_model.state_dict())
+        language_model.lm_head.load_state_dict(model.lm_head.state_dict())
+        return OracleVLM(language_model, model.config.image_token_id, model.config.tokens_per_image(False)), processor
     apply_freezing(model, recipe or load_recipe("stage2"))
     return model, processor
 
 
 def questions(processor, seed: int, scenes: int, families: list[str], high_res: bool, max_shapes: int,
-              max_length: int) -> tuple[list[dict], torch.Tensor]:
+              max_length: int, oracle_vision: bool = False) -> tuple[list[dict], torch.Tensor]:
     """One question per family per scene where the scene allows it, encoded as the training CLI encodes LLaVA records:
-    (items with ``input_ids``, ``labels``, ``scene``, ``family``; views (scenes, N, 3, S, S))."""
+    (items with ``input_ids``, ``labels``, ``scene``, ``family``; views (scenes, N, 3, S, S), or the oracle's
+    (scenes, CELLS, FEATURES))."""
     items, views = [], []
     for index in range(scenes):
         scene, rng = scene_for(seed, index, max_shapes=max_shapes)
-        views.append(processor.image_views(image_for(scene, seed, index), high_res))
+        views.append(oracle_features(scene) if oracle_vision
+                     else processor.image_views(image_for(scene, seed, index), high_res))
         for family in families:
             qa = ask(scene, family, rng)
             if qa is None:
@@ -98,7 +108,7 @@ def exact_match(model, items: list[dict], views: torch.Tensor, collate: Collator
 
 def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 600, lr: float = 1e-3,
           batch: int = 32, scenes: int = 4000, test_scenes: int = 300, max_shapes: int = 5, fresh_lm: bool = False,
-          seed: int = 0, progress: bool = True) -> dict:
+          seed: int = 0, progress: bool = True, oracle_vision: bool = False) -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
@@ -108,9 +118,9 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     if not 1 <= max_shapes <= 5:
         raise ValueError(f"max_shapes must be 1..5 (the scenes hold at most 5 objects); got {max_shapes}.")
     recipe = load_recipe("stage2")
-    model, processor = build_model(run, member, fresh_lm, seed, recipe)
-    setting = dict(families=list(families), high_res=model.config.high_res, max_shapes=max_shapes,
-                   max_length=recipe.max_length)
+    model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision)
+    setting = dict(families=list(families), high_res=not oracle_vision and model.config.high_res,
+                   max_shapes=max_shapes, max_length=recipe.max_length, oracle_vision=oracle_vision)
     train, train_views = questions(processor, split_seed(seed, "instruct"), scenes, **setting)
     test, test_views = questions(processor, split_seed(seed, "test"), test_scenes, **setting)
     collate = Collator(processor.tokenizer.pad_token_id)
@@ -126,7 +136,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
             "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "train_seconds": time.time() - started,
             "settings": {"member": member, "families": list(families), "steps": steps, "lr": lr, "batch": batch,
                          "scenes": scenes, "test_scenes": test_scenes, "max_shapes": max_shapes, "fresh_lm": fresh_lm,
-                         "seed": seed}}
+                         "oracle_vision": oracle_vision, "seed": seed}}
 
 
 def main(argv=None) -> int:
@@ -143,6 +153,8 @@ def main(argv=None) -> int:
     parser.add_argument("--test-scenes", type=int, default=300)
     parser.add_argument("--max-shapes", type=int, default=5, help="objects per scene at most (1..5)")
     parser.add_argument("--fresh-lm", action="store_true", help="re-initialise the LLM instead of using the pretrained one")
+    parser.add_argument("--oracle-vision", action="store_true", help="perfect per-cell scene features instead of the "
+                        "member's vision tower and adapters (the LLM alone, given ideal inputs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="write the result here")
@@ -152,10 +164,11 @@ def main(argv=None) -> int:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     try:
         result = probe(args.run, args.member, families, args.steps, args.lr, args.batch, args.scenes,
-                       args.test_scenes, args.max_shapes, args.fresh_lm, args.seed)
+                       args.test_scenes, args.max_shapes, args.fresh_lm, args.seed, oracle_vision=args.oracle_vision)
     except ValueError as err:
         parser.error(str(err))
-    print(f"{args.member}, {args.steps} steps, {result['questions']} held-out questions (teacher-forced exact match):")
+    vision = " with oracle vision" if args.oracle_vision else ""
+    print(f"{args.member}{vision}, {args.steps} steps, {result['questions']} held-out questions (teacher-forced exact match):")
     for family, score in result["scores"].items():
         print(f"  {family:<13} {100 * score:5.1f}%")
     if args.json:

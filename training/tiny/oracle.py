@@ -1,0 +1,63 @@
+"""A perfect vision encoder for the synthetic scenes: the probe's control for "is it the vision or the LLM?".
+
+Instead of a vision tower's features, each scene becomes one clean vector per grid cell, read from its
+specification: colour, shape and size one-hot, and whether the cell holds legible text or a scribble (empty cells
+are zeros). ``OracleVLM`` puts those vectors, through a trainable two-layer projector (LLaVA-1.5's), at the image
+placeholder positions of a causal LM, exactly where SparseCut's llava mode puts its projected tower features. What
+such a model cannot learn in a budget, no vision tower would let the same LLM learn in that budget.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .scenes import COLOURS, GRID, SHAPES, SIZES, Scene
+
+FEATURES = len(COLOURS) + len(SHAPES) + len(SIZES) + 2  # + legible text, scribble
+CELLS = GRID * GRID
+
+
+def oracle_features(scene: Scene) -> torch.Tensor:
+    """(CELLS, FEATURES): one row per grid cell in row-major order (top-left first), one-hot, zeros where empty."""
+    features = torch.zeros(CELLS, FEATURES)
+    for shape in scene.shapes:
+        row = shape.cell[0] * GRID + shape.cell[1]
+        features[row, list(COLOURS).index(shape.colour)] = 1.0
+        features[row, len(COLOURS) + SHAPES.index(shape.shape)] = 1.0
+        features[row, len(COLOURS) + len(SHAPES) + list(SIZES).index(shape.size)] = 1.0
+    if scene.text is not None:
+        row = scene.text.cell[0] * GRID + scene.text.cell[1]
+        features[row, FEATURES - 2 if scene.text.legible else FEATURES - 1] = 1.0
+    return features
+
+
+class OracleVLM(nn.Module):
+    """A causal LM reading oracle features at its image placeholders.
+
+    ``forward(input_ids (B, T), attention_mask (B, T), pixel_values (B, CELLS, FEATURES), labels (B, T))``: the
+    placeholders of row b (exactly ``tokens_per_image`` of them, as the SparseCut processor writes) receive the
+    projected cells of image b, then zeros for any placeholder beyond ``CELLS``. Returns logits and the LM loss."""
+
+    def __init__(self, language_model: nn.Module, image_token_id: int, tokens_per_image: int):
+        super().__init__()
+        if tokens_per_image < CELLS:
+            raise ValueError(f"the oracle needs at least {CELLS} image tokens (one per cell); the model has {tokens_per_image}.")
+        hidden = language_model.config.hidden_size
+        self.language_model = language_model
+        self.projector = nn.Sequential(nn.Linear(FEATURES, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.image_token_id = image_token_id
+        self.tokens_per_image = tokens_per_image
+
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None) -> CausalLMOutputWithPast:
+        embeds = self.language_model.get_input_embeddings()(input_ids)  # (B, T, D)
+        mask = input_ids == self.image_token_id
+        if pixel_values is not None:
+            cells = self.projector(pixel_values.to(embeds.dtype))  # (B, CELLS, D)
+            padding = cells.new_zeros(cells.shape[0], self.tokens_per_image - CELLS, cells.shape[-1])
+            visual = torch.cat([cells, padding], 1).reshape(-1, cells.shape[-1])
+            if int(mask.sum()) != visual.shape[0]:
+                raise ValueError(f"{int(mask.sum())} image placeholders for {len(cells)} image(s) x {self.tokens_per_image} tokens.")
+            embeds = embeds.masked_scatter(mask[..., None], visual)
+        return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
