@@ -4,6 +4,7 @@
     python -m training.tiny --output runs/tiny --ship assets/sparsecut-tiny   # ... and replace the shipped family
     python -m training.tiny --output runs/tiny --quick         # a few steps of every stage (what the tests run)
     python -m training.tiny --output runs/tiny --models sparsecut-tiny,llava-tiny
+    python -m training.tiny --output runs/long --budget stage2_steps=12000,instruct_images=60000   # e.g. on a GPU
 
 Each family member is trained by the training CLI (``python -m training``) on the LLaVA JSON this writes, stage 1
 then stage 2, with the same recipe and budget; ``--jobs`` members train side by side (on a CPU each gets its share
@@ -21,7 +22,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .family import FAMILY, Budget, backbone_dirs, build_backbones, write_data
+from .family import FAMILY, Budget, backbone_dirs, budget_with, build_backbones, write_data
 
 QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, lm_steps=5, clip_steps=5, stage1_steps=2,
                stage2_steps=2, batch=8)
@@ -68,6 +69,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     parser.add_argument("--jobs", type=int, default=None,
                         help="members trained side by side (default: one per 1-2 CPU cores on a CPU, 1 on a GPU)")
+    parser.add_argument("--budget", default="", help="comma-separated FIELD=VALUE overrides of the budget (steps, data "
+                        f"sizes, stage-2 lr, batch; fields: {', '.join(Budget.__dataclass_fields__)}), e.g. "
+                        "stage2_steps=12000,instruct_images=60000 for a longer run on a GPU")
     parser.add_argument("--ship", default=None, help="family folder to export to (default OUTPUT/family); "
                         "assets/sparsecut-tiny replaces the shipped family")
     args = parser.parse_args(argv)
@@ -75,7 +79,10 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in FAMILY]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; the family is {', '.join(FAMILY)}")
-    budget = QUICK if args.quick else Budget()
+    try:
+        budget = budget_with(QUICK if args.quick else Budget(), args.budget)
+    except ValueError as err:
+        parser.error(str(err))
     on_cpu = args.cpu or not _has_gpu()
     device_flags = ["--cpu", "--mixed-precision", "no"] if on_cpu else ["--mixed-precision", "bf16"]
     cores = os.cpu_count() or 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from transformers import CLIPImageProcessor
 
@@ -40,6 +40,26 @@ class Budget:
     stage2_steps: int = 600
     stage2_lr: float = 2e-3
     batch: int = 32
+
+
+def budget_with(base: Budget, overrides: str) -> Budget:
+    """``base`` with ``"stage2_steps=6000,instruct_images=20000"``-style overrides (e.g. a longer run on a GPU).
+    An unknown field, a value of the wrong type or a value <= 0 raises ValueError naming it."""
+    types = {f.name: f.type for f in fields(Budget)}
+    changes = {}
+    for item in filter(None, (part.strip() for part in overrides.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in types:
+            raise ValueError(f"bad budget override {item!r}: use FIELD=VALUE with FIELD one of {', '.join(types)}.")
+        cast = float if types[key] in (float, "float") else int
+        try:
+            changes[key] = cast(value)
+        except ValueError:
+            raise ValueError(f"bad budget override {item!r}: {key} takes {'an integer' if cast is int else 'a number'}.") from None
+        if changes[key] <= 0:
+            raise ValueError(f"bad budget override {item!r}: {key} must be positive.")
+    return replace(base, **changes)
 
 
 def split_seed(seed: int, split: str) -> int:
