@@ -45,14 +45,14 @@ class Budget:
 def budget_with(base: Budget, overrides: str) -> Budget:
     """``base`` with ``"stage2_steps=6000,instruct_images=20000"``-style overrides (e.g. a longer run on a GPU).
     An unknown field, a value of the wrong type or a value <= 0 raises ValueError naming it."""
-    types = {f.name: f.type for f in fields(Budget)}
+    names = [f.name for f in fields(Budget)]
     changes = {}
     for item in filter(None, (part.strip() for part in overrides.split(","))):
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or key not in types:
-            raise ValueError(f"bad budget override {item!r}: use FIELD=VALUE with FIELD one of {', '.join(types)}.")
-        cast = float if types[key] in (float, "float") else int
+        if not sep or key not in names:
+            raise ValueError(f"bad budget override {item!r}: use FIELD=VALUE with FIELD one of {', '.join(names)}.")
+        cast = type(getattr(base, key))  # int, or float for the learning rate
         try:
             changes[key] = cast(value)
         except ValueError:
