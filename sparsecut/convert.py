@@ -162,18 +162,25 @@ def from_backbones(
     high_res: bool = True,
     high_res_grid: int = 2,
     dtype: torch.dtype | str = torch.float32,
+    chat_template: str | None = None,
     **config_overrides,
 ):
     """A SparseCut model from a pretrained vision tower and a pretrained causal LM, with fresh adapters: the paper's
     starting point (stage 1 trains the adapters from scratch). Returns ``(model, processor)``.
 
-    vision: a CLIP/SigLIP checkpoint path or hub id (full or vision-only); text: a causal-LM checkpoint;
+    vision: a CLIP/SigLIP checkpoint path or hub id (full or vision-only); text: a causal-LM checkpoint, or the name
+    of a base model installed from the package registry (``sparsecut.base_models``, e.g. "smollm2-135m-instruct");
     tokenizer / image_processor: objects or paths (default: from ``text`` / ``vision``). If the tokenizer has no
-    ``<image>`` token it is added and the embeddings grow by one row (set to the mean row)."""
+    ``<image>`` token it is added and the embeddings grow by one row (set to the mean row). ``chat_template``
+    replaces the tokenizer's: a Jinja string or a name in ``sparsecut.templates.CHAT_TEMPLATES`` (``"chatml"``:
+    ChatML without a default system prompt)."""
     from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
 
+    from .base_models import resolve_text_backbone
     from .processing import SparseCutProcessor
+    from .templates import CHAT_TEMPLATES
 
+    text = resolve_text_backbone(text)
     image_token = config_overrides.pop("image_token", "<image>")
     tower = _load_vision_tower(vision, dtype)
     lm = AutoModelForCausalLM.from_pretrained(text, dtype=dtype)
@@ -181,6 +188,8 @@ def from_backbones(
     image_processor = _loaded(image_processor, vision, AutoImageProcessor)
     if tokenizer.convert_tokens_to_ids(image_token) in (None, tokenizer.unk_token_id):
         tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
+    if chat_template is not None:
+        tokenizer.chat_template = CHAT_TEMPLATES.get(chat_template, chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     old_rows = lm.get_input_embeddings().num_embeddings

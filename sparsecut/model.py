@@ -409,7 +409,9 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
         **kwargs,
     ) -> SparseCutCausalLMOutputWithPast:
         """input_ids (B, T) with M_v image placeholders per image; pixel_values (I, N, 3, H, W) or (I, 3, H, W);
-        labels (B, T) with -100 where not supervised. Returns logits (B, T, V) and the shifted LM loss."""
+        labels (B, T) with -100 where not supervised. Returns logits (B, T, V) and the shifted LM loss.
+        ``logits_to_keep``: an int or 1-D index tensor as in transformers, or a (B, T) bool mask: logits only at those
+        positions, (N, V) in row-major order (training: the head only where a next token is supervised)."""
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -423,7 +425,13 @@ class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixi
             output_adapter_attentions=output_adapter_attentions,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
+            if labels is not None:
+                raise ValueError("logits_to_keep as a (B, T) mask gives flattened logits; compute the loss from them "
+                                 "instead of passing labels.")
+            hidden_states = outputs.last_hidden_state[logits_to_keep]  # (N, D): only the kept positions, row-major
+        else:
+            hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:

@@ -14,6 +14,15 @@ VICUNA_V1_SYSTEM = (
 )
 
 
+# ChatML as SmolLM2 and Qwen write it, minus the default system prompt their templates insert when a conversation
+# has none (~20 tokens of every short sample): for models trained here, which never saw that prompt.
+CHATML_NO_DEFAULT_SYSTEM = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHAT_TEMPLATES = {"chatml": CHATML_NO_DEFAULT_SYSTEM}  # names for a tokenizer chat template (from_backbones, --chat-template)
+
+
 def message_text(content, image_token: str = "<image>") -> str:
     """Content as a string: HF-style parts joined, images as ``image_token`` followed by a newline (as LLaVA)."""
     if isinstance(content, str):

@@ -132,3 +132,33 @@ def test_probe_with_oracle_vision_is_deterministic(run):
     again = probe(run, "llava-tiny", ["existence"], oracle_vision=True, **SMALL)
     assert first["final_loss"] == again["final_loss"] and first["scores"] == again["scores"]
     assert first["settings"]["oracle_vision"] is True and first["questions"] == 4
+
+
+def test_several_questions_per_sample_and_captions(run):
+    from training.data import IGNORE_INDEX
+    from training.tiny.questions import caption
+
+    _, processor = build_model(run, "llava-tiny", fresh_lm=False, seed=0)
+    # seed 6: scenes whose captions the quick budget's small tokenizer spells without <unk>
+    setting = dict(seed=6, scenes=4, families=["existence", "count", "position"], high_res=False, max_shapes=5, max_length=2048)
+    items, _ = questions(processor, **setting, per_sample=5)
+    assert len(items) == 4 and {i["family"] for i in items} == {"mixed"}  # one sequence per scene
+    for item in items:
+        answers = (item["labels"] != IGNORE_INDEX).int().diff().eq(1).sum()  # supervised spans start
+        prompt = processor.tokenizer.decode(item["input_ids"])
+        assert int(answers) == 5 and prompt.count("<image>") == processor.tokens_per_image(False)
+    described, _ = questions(processor, **setting, captions=True)
+    for index, item in enumerate(described):
+        supervised = processor.tokenizer.decode(item["input_ids"][item["labels"] != IGNORE_INDEX])
+        assert caption(scene_for(6, index)[0]) in supervised
+
+
+def test_probe_levers_are_deterministic_and_recorded(run):
+    levers = dict(per_sample=3, caption_steps=1, llm_lr=1e-4, bf16=True)
+    first = probe(run, "llava-tiny", ["existence", "count"], oracle_vision=True, **levers, **SMALL)
+    again = probe(run, "llava-tiny", ["existence", "count"], oracle_vision=True, **levers, **SMALL)
+    assert first["final_loss"] == again["final_loss"] and first["scores"] == again["scores"]
+    assert {k: first["settings"][k] for k in levers} == levers
+    assert first["questions"] == 8  # scored on single questions, whatever the training sequences hold
+    with pytest.raises(ValueError, match="caption_steps in 0..steps"):
+        probe(run, "llava-tiny", ["count"], caption_steps=5, **SMALL)

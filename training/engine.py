@@ -21,8 +21,10 @@ from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
+from sparsecut.precision import cpu_supports_bf16
+
 from .checkpoints import complete_checkpoints, find_resume_point, load_checkpoint, remove_unfinished, save_checkpoint
-from .data import IGNORE_INDEX, Collator, EpochOrder
+from .data import IGNORE_INDEX, Collator, EpochOrder, supervised_positions
 from .recipes import Recipe
 
 
@@ -64,6 +66,15 @@ def parameter_counts(model) -> dict[str, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW with PyTorch's fused kernel where every parameter's device has one (CPU and CUDA): one pass over each
+    tensor instead of a dozen (measured on 2 CPU cores for SmolLM2's 135M parameters: 0.06 s a step vs 0.59 s)."""
+    groups = list(params)
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+    return torch.optim.AdamW(groups, fused=fused, **kwargs)
+
+
 def _param_groups(model, recipe: Recipe) -> list[dict]:
     groups: dict[tuple[float, float], list] = {}
     for name, param in model.named_parameters():
@@ -99,6 +110,9 @@ class Trainer:
             mixed_precision=recipe.mixed_precision,
             gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=self.accumulation, sync_with_dataloader=False),
         )
+        if recipe.mixed_precision == "bf16" and self.accelerator.device.type == "cpu" and not cpu_supports_bf16():
+            log("Warning: this CPU has no native bf16 (AVX-512 bf16 / AMX); bf16 autocast is emulated and slower here. "
+                "Use --mixed-precision no.")
         set_seed(recipe.seed)
         self.steps_per_epoch = len(dataset) // recipe.global_batch_size
         if self.steps_per_epoch == 0:
@@ -117,7 +131,7 @@ class Trainer:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         self.counts = parameter_counts(model)
-        optimizer = torch.optim.AdamW(_param_groups(model, recipe), betas=(0.9, 0.999), eps=1e-8)
+        optimizer = adamw(_param_groups(model, recipe), betas=(0.9, 0.999), eps=1e-8)
         self.order = EpochOrder(
             dataset.report.lengths, dataset.report.multimodal, recipe.seed, recipe.group_by_modality_length,
             megabatch=50 * recipe.global_batch_size,
@@ -187,12 +201,10 @@ class Trainer:
         if "input_ids" not in batch:  # every sample's image failed: a zero loss keeps processes in step
             zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
             return zero, zero.detach()
-        labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "pixel_values")}
-        logits = self.model(**inputs, use_cache=False).logits
-        token_loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        keep, targets = supervised_positions(batch["labels"])
+        logits = self.model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (N, V): the head only where needed
+        token_loss = F.cross_entropy(logits.float(), targets, reduction="sum")
         scale = self.accelerator.num_processes * self.accumulation  # undo DDP's mean and accelerate's 1/accumulation
         return token_loss / global_tokens * scale, token_loss.detach()
 

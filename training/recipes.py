@@ -28,7 +28,7 @@ class Recipe:
     max_grad_norm: float = 1.0
     template: str = "auto"  # plain | vicuna_v1 | tokenizer | auto
     max_length: int = 2048  # samples longer than this are bad data (never truncated: images would be cut)
-    mixed_precision: str = "bf16"  # no | fp16 | bf16; "no" on CPU
+    mixed_precision: str = "bf16"  # no | fp16 | bf16 (autocast, fp32 master weights; bf16 also on CPUs with AVX-512 bf16/AMX)
     gradient_checkpointing: bool = False
     group_by_modality_length: bool = False
     lora: dict | None = None  # {"r", "alpha", "dropout"} -> peft LoRA on the LLM's linear layers

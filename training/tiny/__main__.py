@@ -22,7 +22,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .family import FAMILY, Budget, backbone_dirs, budget_with, build_backbones, write_data
+from .family import FAMILY, Budget, backbone_dirs, budget_with, build_backbones, cpu_mixed_precision, write_data
 
 QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, lm_steps=5, clip_steps=5, stage1_steps=2,
                stage2_steps=2, batch=8)
@@ -67,6 +67,9 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(FAMILY), help=f"comma-separated subset of {', '.join(FAMILY)}")
     parser.add_argument("--quick", action="store_true", help="a few steps of every stage: checks the pipeline, trains nothing useful")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    parser.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), default="auto",
+                        help="auto: bf16 on a GPU; on a CPU bf16 only where a short probe (a training step of "
+                        "sparsecut-tiny on real samples, both ways) shows it at least 1.2x faster, fp32 otherwise")
     parser.add_argument("--jobs", type=int, default=None,
                         help="members trained side by side (default: one per 1-2 CPU cores on a CPU, 1 on a GPU)")
     parser.add_argument("--budget", default="", help="comma-separated FIELD=VALUE overrides of the budget (steps, data "
@@ -84,7 +87,6 @@ def main(argv=None) -> int:
     except ValueError as err:
         parser.error(str(err))
     on_cpu = args.cpu or not _has_gpu()
-    device_flags = ["--cpu", "--mixed-precision", "no"] if on_cpu else ["--mixed-precision", "bf16"]
     cores = os.cpu_count() or 1
     jobs = max(1, min(len(names), args.jobs or (cores if on_cpu else 1)))
     threads = max(1, cores // jobs) if on_cpu else None
@@ -92,6 +94,11 @@ def main(argv=None) -> int:
     os.makedirs(args.output, exist_ok=True)
     write_data(args.output, budget, args.seed)
     build_backbones(args.output, budget, args.seed)
+    precision, speedup = args.mixed_precision, None
+    if precision == "auto":
+        precision, speedup = cpu_mixed_precision(args.output, budget, threads) if on_cpu else ("bf16", None)
+        print(f"mixed precision: {precision}" + (f" (bf16 step {speedup:.2f}x as fast as fp32 on this CPU)" if speedup else ""))
+    device_flags = ["--mixed-precision", precision, *(["--cpu"] if on_cpu else [])]
     print(f"[{time.time() - started:6.0f}s] backbones ready; training {len(names)} member(s), {jobs} at a time", flush=True)
 
     def run(name: str) -> str:
@@ -108,7 +115,8 @@ def main(argv=None) -> int:
     export(args.output, names, ship)
     scored = score_shipped(ship, names, args.seed, data_dir=os.path.join(args.output, "data"))  # the split written above
     scored["run"] = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "train_seconds": trained,
-                     "seconds": time.time() - started, "device": "cpu" if on_cpu else "cuda", "command": _command(argv)}
+                     "seconds": time.time() - started, "device": "cpu" if on_cpu else "cuda", "command": _command(argv),
+                     "mixed_precision": precision, "bf16_speedup": speedup}
     for folder in {args.output, ship}:
         write_results(folder, scored)
     write_card(ship, args.output, scored)

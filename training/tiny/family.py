@@ -107,3 +107,33 @@ def build_backbones(root: str, budget: Budget, seed: int) -> None:
                        image_mean=list(MEAN), image_std=list(STD)).save_pretrained(vision_dir)
     with open(os.path.join(root, "backbones", "pretraining.json"), "w", encoding="utf-8") as handle:
         json.dump({"lm_final_loss": lm_losses[-1], "clip_final_loss": clip_losses[-1], "corpus_texts": len(texts)}, handle, indent=2)
+
+
+def cpu_mixed_precision(root: str, budget: Budget, threads: int | None = None) -> tuple[str, float | None]:
+    """("bf16", speedup) when a training step of ``sparsecut-tiny`` (stage 2: adapters + LLM, on one batch of the
+    instruct split) runs at least ``MARGIN`` times faster under bf16 autocast than in fp32 on this CPU with
+    ``threads`` threads (each member's share), ("no", speedup) otherwise; ("no", None) on a CPU without native bf16."""
+    import torch
+
+    from sparsecut.convert import from_backbones
+    from sparsecut.precision import MARGIN, autocast_step_speedup, cpu_supports_bf16
+    from training.data import Collator, LlavaDataset, read_records
+
+    if not cpu_supports_bf16():
+        return "no", None
+    vision, text = backbone_dirs(root)
+    spec = FAMILY["sparsecut-tiny"]
+    model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"])
+    data = os.path.join(root, "data")
+    records = read_records(os.path.join(data, "instruct.json"))[: budget.batch]
+    dataset = LlavaDataset(records, processor, os.path.join(data, "images"), processor.template, 4096, spec["high_res"])
+    dataset.validate()
+    batch = Collator(processor.tokenizer.pad_token_id)([dataset[k] for k in range(len(dataset))])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        speedup = autocast_step_speedup(model, inputs)
+    finally:
+        torch.set_num_threads(previous)
+    return ("bf16" if speedup >= MARGIN else "no"), speedup

@@ -9,12 +9,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from training.engine import adamw
+
 
 def fit(model: torch.nn.Module, step_loss: Callable[[torch.Generator], torch.Tensor], steps: int, lr: float, seed: int,
-        weight_decay: float, betas: tuple[float, float], warmup_ratio: float, desc: str, progress: bool) -> list[float]:
-    """Run ``steps`` optimizer steps of ``step_loss(generator)`` (which draws its own batch); return the losses."""
+        weight_decay: float, betas: tuple[float, float], warmup_ratio: float, desc: str, progress: bool,
+        param_groups: list[dict] | None = None) -> list[float]:
+    """Run ``steps`` optimizer steps of ``step_loss(generator)`` (which draws its own batch); return the losses.
+    ``param_groups`` (AdamW groups, each may set its own ``lr``) replace "all parameters at ``lr``"."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+    optimizer = adamw(param_groups or list(model.parameters()), lr=lr, weight_decay=weight_decay, betas=betas)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, math.ceil(warmup_ratio * steps)), steps)
     losses = []
     model.train()

@@ -36,7 +36,8 @@ def oracle_features(scene: Scene) -> torch.Tensor:
 class OracleVLM(nn.Module):
     """A causal LM reading oracle features at its image placeholders.
 
-    ``forward(input_ids (B, T), attention_mask (B, T), pixel_values (B, CELLS, FEATURES), labels (B, T))``: the
+    ``forward(input_ids (B, T), attention_mask (B, T), pixel_values (B, CELLS, FEATURES), labels (B, T),
+    logits_to_keep (B, T) bool)``: the
     placeholders of row b (exactly ``tokens_per_image`` of them, as the SparseCut processor writes) receive the
     projected cells of image b, then zeros for any placeholder beyond ``CELLS``. Returns logits and the LM loss."""
 
@@ -50,7 +51,7 @@ class OracleVLM(nn.Module):
         self.image_token_id = image_token_id
         self.tokens_per_image = tokens_per_image
 
-    def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None) -> CausalLMOutputWithPast:
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, logits_to_keep=None) -> CausalLMOutputWithPast:
         embeds = self.language_model.get_input_embeddings()(input_ids)  # (B, T, D)
         mask = input_ids == self.image_token_id
         if pixel_values is not None:
@@ -59,5 +60,8 @@ class OracleVLM(nn.Module):
             visual = torch.cat([cells, padding], 1).reshape(-1, cells.shape[-1])
             if int(mask.sum()) != visual.shape[0]:
                 raise ValueError(f"{int(mask.sum())} image placeholders for {len(cells)} image(s) x {self.tokens_per_image} tokens.")
-            embeds = embeds.masked_scatter(mask[..., None], visual)
+            embeds = embeds.masked_scatter(mask[..., None], visual.to(embeds.dtype))  # bf16 under autocast
+        if logits_to_keep is not None:  # a (B, T) mask, as SparseCut takes it: logits (N, V) at those positions only
+            hidden = self.language_model.model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+            return CausalLMOutputWithPast(logits=self.language_model.lm_head(hidden[logits_to_keep]))
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)

@@ -21,32 +21,37 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from sparsecut.convert import from_backbones
-from training.data import IGNORE_INDEX, Collator, encode
+from training.data import IGNORE_INDEX, Collator, encode, supervised_positions
 from training.engine import apply_freezing
 from training.recipes import load_recipe
 
-from .dataset import image_for, scene_for
+from .dataset import DESCRIBE, image_for, scene_for
 from .family import FAMILY, Budget, backbone_dirs, build_backbones, split_seed
 from .loop import fit
 from .oracle import OracleVLM, oracle_features
-from .questions import FAMILIES, ask
+from .questions import FAMILIES, ask, caption
 
 PROBED = ("existence", "attribute", "count", "position")
 
 
-def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False):
+def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False,
+                text: str | None = None):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
-    absent), with fresh adapters; ``fresh_lm`` re-initialises the LLM (no text pretraining). Frozen as ``recipe``
-    (default: stage 2) freezes. ``oracle_vision``: instead, an ``OracleVLM`` on that LLM (all of it trained)."""
+    absent), with fresh adapters; ``text`` (a base model name such as ``smollm2-135m-instruct``, or a folder) replaces
+    the run's LLM, in ChatML without a default system prompt; ``fresh_lm`` re-initialises the LLM (no text
+    pretraining). Frozen as ``recipe`` (default: stage 2) freezes. ``oracle_vision``: instead, an ``OracleVLM`` on
+    that LLM (all of it trained)."""
     build_backbones(run, Budget(), seed)  # returns at once when run/backbones/ holds both
-    vision, text = backbone_dirs(run)
+    vision, run_text = backbone_dirs(run)
     spec = FAMILY[member]
     torch.manual_seed(seed)
-    model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"],
-                                      adapter_attention=spec.get("adapter_attention", True))
+    model, processor = from_backbones(vision, text or run_text, pattern=spec["pattern"], high_res=spec["high_res"],
+                                      adapter_attention=spec.get("adapter_attention", True),
+                                      chat_template="chatml" if text else None)
     if fresh_lm:  # the LLM as transformers initialises it from its config
         fresh = AutoModelForCausalLM.from_config(model.config.text_config)
         model.model.language_model.load_state_dict(fresh.model.state_dict())
@@ -60,25 +65,47 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
     return model, processor
 
 
+def _item(processor, turns: list[tuple[str, str]], index: int, family: str, high_res: bool, max_length: int) -> dict:
+    """One conversation about scene ``index`` (``turns``: (question, answer) pairs, the image before the first),
+    encoded as the training CLI encodes LLaVA records."""
+    conversation = []
+    for question, answer in turns:
+        prefix = f"{processor.image_token}\n" if not conversation else ""
+        conversation += [{"from": "human", "value": prefix + question}, {"from": "gpt", "value": answer}]
+    encoded = encode({"id": f"{index}-{family}", "image": "scene", "conversations": conversation}, processor,
+                     processor.template, max_length, high_res)
+    return {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels), "scene": index,
+            "family": family}
+
+
 def questions(processor, seed: int, scenes: int, families: list[str], high_res: bool, max_shapes: int,
-              max_length: int, oracle_vision: bool = False) -> tuple[list[dict], torch.Tensor]:
-    """One question per family per scene where the scene allows it, encoded as the training CLI encodes LLaVA records:
-    (items with ``input_ids``, ``labels``, ``scene``, ``family``; views (scenes, N, 3, S, S), or the oracle's
-    (scenes, CELLS, FEATURES))."""
+              max_length: int, oracle_vision: bool = False, per_sample: int = 1,
+              captions: bool = False) -> tuple[list[dict], torch.Tensor]:
+    """Encoded conversations about ``scenes`` scenes and their views ((scenes, N, 3, S, S), or the oracle's
+    (scenes, CELLS, FEATURES)). ``per_sample`` 1: one single-question item per family per scene where the scene
+    allows it (what the scores are computed on); ``per_sample`` K > 1: one item per scene holding up to K questions
+    (families drawn in turn, each question drawn afresh), so one sequence supervises K answers. ``captions``: one
+    item per scene, "describe the image" answered by the scene's caption (every object in row order)."""
     items, views = [], []
     for index in range(scenes):
         scene, rng = scene_for(seed, index, max_shapes=max_shapes)
         views.append(oracle_features(scene) if oracle_vision
                      else processor.image_views(image_for(scene, seed, index), high_res))
-        for family in families:
+        if captions:
+            items.append(_item(processor, [(DESCRIBE, caption(scene))], index, "caption", high_res, max_length))
+            continue
+        asked = [(family, qa) for family in families if (qa := ask(scene, family, rng)) is not None]
+        if per_sample == 1:
+            items += [_item(processor, [(qa.question, qa.answer)], index, family, high_res, max_length) for family, qa in asked]
+            continue
+        turns, tries = [], 0
+        while len(turns) < per_sample and tries < 4 * per_sample:
+            family = families[tries % len(families)]
+            tries += 1
             qa = ask(scene, family, rng)
-            if qa is None:
-                continue
-            record = {"id": f"{index}-{family}", "image": "scene", "conversations": [
-                {"from": "human", "value": f"{processor.image_token}\n{qa.question}"}, {"from": "gpt", "value": qa.answer}]}
-            encoded = encode(record, processor, processor.template, max_length, high_res)
-            items.append({"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels),
-                          "scene": index, "family": family})
+            if qa is not None and all(qa.question != q for q, _ in turns):
+                turns.append((qa.question, qa.answer))
+        items.append(_item(processor, turns, index, "mixed", high_res, max_length))
     return items, torch.stack(views)
 
 
@@ -108,8 +135,13 @@ def exact_match(model, items: list[dict], views: torch.Tensor, collate: Collator
 
 def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 600, lr: float = 1e-3,
           batch: int = 32, scenes: int = 4000, test_scenes: int = 300, max_shapes: int = 5, fresh_lm: bool = False,
-          seed: int = 0, progress: bool = True, oracle_vision: bool = False) -> dict:
-    """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings."""
+          seed: int = 0, progress: bool = True, oracle_vision: bool = False, text: str | None = None,
+          per_sample: int = 1, caption_steps: int = 0, llm_lr: float | None = None, bf16: bool = False) -> dict:
+    """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
+
+    ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``per_sample``: questions per training
+    sequence; ``caption_steps``: steps on captions before the questions; ``llm_lr``: the LLM's learning rate (default
+    ``lr``; adapters / projector always at ``lr``); ``bf16``: autocast on the CPU."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES)}.")
@@ -117,26 +149,47 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         raise ValueError(f"unknown member {member!r}; the family is {', '.join(FAMILY)}.")
     if not 1 <= max_shapes <= 5:
         raise ValueError(f"max_shapes must be 1..5 (the scenes hold at most 5 objects); got {max_shapes}.")
+    if per_sample < 1 or caption_steps < 0 or caption_steps > steps:
+        raise ValueError(f"per_sample must be >= 1 and caption_steps in 0..steps; got {per_sample} and {caption_steps}.")
     recipe = load_recipe("stage2")
-    model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision)
+    model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text)
     setting = dict(families=list(families), high_res=not oracle_vision and model.config.high_res,
                    max_shapes=max_shapes, max_length=recipe.max_length, oracle_vision=oracle_vision)
-    train, train_views = questions(processor, split_seed(seed, "instruct"), scenes, **setting)
+    train, train_views = questions(processor, split_seed(seed, "instruct"), scenes, **setting, per_sample=per_sample)
     test, test_views = questions(processor, split_seed(seed, "test"), test_scenes, **setting)
+    described = questions(processor, split_seed(seed, "pretrain"), scenes, **setting, captions=True) if caption_steps else None
     collate = Collator(processor.tokenizer.pad_token_id)
+    done = [0]
 
     def step_loss(generator):
-        rows = torch.randint(0, len(train), (batch,), generator=generator).tolist()
-        return model(**batch_of([train[r] for r in rows], train_views, collate)).loss
+        items, views = described if done[0] < caption_steps else (train, train_views)
+        done[0] += 1
+        rows = torch.randint(0, len(items), (batch,), generator=generator).tolist()
+        inputs = batch_of([items[r] for r in rows], views, collate)
+        keep, targets = supervised_positions(inputs.pop("labels"))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**inputs, logits_to_keep=keep).logits  # (N, V): the head only where an answer token is
+        return F.cross_entropy(logits.float(), targets)
 
     started = time.time()
     losses = fit(model, step_loss, steps, lr, seed, weight_decay=0.0, betas=(0.9, 0.999), warmup_ratio=0.03,
-                 desc=f"probe {member}", progress=progress)
+                 desc=f"probe {member}", progress=progress, param_groups=_groups(model, lr, llm_lr))
     return {"scores": exact_match(model, test, test_views, collate), "questions": len(test), "train_questions": len(train),
             "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "train_seconds": time.time() - started,
+            "losses": losses[:: max(1, steps // 50)],
             "settings": {"member": member, "families": list(families), "steps": steps, "lr": lr, "batch": batch,
                          "scenes": scenes, "test_scenes": test_scenes, "max_shapes": max_shapes, "fresh_lm": fresh_lm,
-                         "oracle_vision": oracle_vision, "seed": seed}}
+                         "oracle_vision": oracle_vision, "seed": seed, "text": text, "per_sample": per_sample,
+                         "caption_steps": caption_steps, "llm_lr": llm_lr, "bf16": bf16}}
+
+
+def _groups(model, lr: float, llm_lr: float | None) -> list[dict]:
+    """AdamW groups: the LLM's trainable parameters at ``llm_lr`` (when given), everything else trainable at ``lr``."""
+    llm, rest = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (llm if llm_lr is not None and "language_model" in name else rest).append(param)
+    return [group for group in ({"params": rest, "lr": lr}, {"params": llm, "lr": llm_lr}) if group["params"]]
 
 
 def main(argv=None) -> int:
@@ -155,6 +208,13 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh-lm", action="store_true", help="re-initialise the LLM instead of using the pretrained one")
     parser.add_argument("--oracle-vision", action="store_true", help="perfect per-cell scene features instead of the "
                         "member's vision tower and adapters (the LLM alone, given ideal inputs)")
+    parser.add_argument("--text", default=None, help="a base LLM instead of the run's tiny LM: smollm2-135m-instruct "
+                        "(installed from its wheel) or a causal-LM folder; ChatML without a default system prompt")
+    parser.add_argument("--per-sample", type=int, default=1, help="questions per training sequence (multi-turn)")
+    parser.add_argument("--caption-steps", type=int, default=0, help="first train this many steps on captions that "
+                        "name every object in row order (LLaVA's stage 1 as a copy task), then on the questions")
+    parser.add_argument("--llm-lr", type=float, default=None, help="the LLM's learning rate (default: --lr)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="write the result here")
@@ -164,7 +224,9 @@ def main(argv=None) -> int:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     try:
         result = probe(args.run, args.member, families, args.steps, args.lr, args.batch, args.scenes,
-                       args.test_scenes, args.max_shapes, args.fresh_lm, args.seed, oracle_vision=args.oracle_vision)
+                       args.test_scenes, args.max_shapes, args.fresh_lm, args.seed, oracle_vision=args.oracle_vision,
+                       text=args.text, per_sample=args.per_sample, caption_steps=args.caption_steps,
+                       llm_lr=args.llm_lr, bf16=args.bf16)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""
