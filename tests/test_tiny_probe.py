@@ -162,3 +162,11 @@ def test_probe_levers_are_deterministic_and_recorded(run):
     assert first["questions"] == 8  # scored on single questions, whatever the training sequences hold
     with pytest.raises(ValueError, match="caption_steps in 0..steps"):
         probe(run, "llava-tiny", ["count"], caption_steps=5, **SMALL)
+
+
+def test_the_learning_curve_does_not_change_the_training(run):
+    plain = probe(run, "llava-tiny", ["existence"], **{**SMALL, "steps": 3})
+    traced = probe(run, "llava-tiny", ["existence"], eval_every=1, **{**SMALL, "steps": 3})
+    assert [point["step"] for point in traced["curve"]] == [1, 2, 3]
+    assert traced["curve"][-1]["scores"] == traced["scores"] == plain["scores"]
+    assert traced["final_loss"] == plain["final_loss"] and plain["curve"] == []

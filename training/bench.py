@@ -132,28 +132,17 @@ def family_model(base: str = FAMILY_BASE, pattern: str = "sparse-uniform", high_
     installed base LLM ``base`` (its real weights and tokenizer)."""
     import tempfile
 
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionModel
 
     from sparsecut.convert import from_backbones
 
-    from .tiny.clip import MEAN, STD, VIEW, clip_config
+    from .tiny.clip import tower_config, tower_image_processor
 
-    tower_config = clip_config(_TowerVocab()).vision_config
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tower:
-        CLIPVisionModel(CLIPVisionConfig(**tower_config.to_dict())).save_pretrained(tower)
-        CLIPImageProcessor(size={"shortest_edge": VIEW}, crop_size={"height": VIEW, "width": VIEW},
-                           image_mean=list(MEAN), image_std=list(STD)).save_pretrained(tower)
+        CLIPVisionModel(tower_config()).save_pretrained(tower)
+        tower_image_processor().save_pretrained(tower)
         return from_backbones(tower, base, pattern=pattern, high_res=high_res)
-
-
-class _TowerVocab:
-    """The few tokenizer fields ``clip_config`` reads for its (unused here) text tower."""
-
-    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
-
-    def __len__(self) -> int:
-        return 64
 
 
 def family_batch(processor, stage: int, batch: int, template: str, high_res: bool, seed: int = 12345) -> dict:

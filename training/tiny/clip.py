@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig, CLIPVisionModel
 
 from .loop import fit
 
@@ -28,13 +28,24 @@ VIEW = IMAGE_SIZE // 2  # the tower's input size: 64 px
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
+def tower_config(hidden: int = 128, layers: int = 8, heads: int = 4, patch: int = 16) -> CLIPVisionConfig:
+    """The family's vision tower: a CLIP ViT on 64-px views."""
+    return CLIPVisionConfig(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
+                            num_attention_heads=heads, image_size=VIEW, patch_size=patch)
+
+
+def tower_image_processor() -> CLIPImageProcessor:
+    """The tower's preprocessing (64-px views, the family's normalisation), saved beside it."""
+    return CLIPImageProcessor(size={"shortest_edge": VIEW}, crop_size={"height": VIEW, "width": VIEW},
+                              image_mean=list(MEAN), image_std=list(STD))
+
+
 def clip_config(tokenizer, hidden: int = 128, layers: int = 8, heads: int = 4, patch: int = 16) -> CLIPConfig:
     return CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=2,
                          num_attention_heads=heads, max_position_embeddings=96, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
-        vision_config=dict(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers, num_attention_heads=heads,
-                           image_size=VIEW, patch_size=patch),
+        vision_config=tower_config(hidden, layers, heads, patch).to_dict(),
         projection_dim=hidden,
     )
 

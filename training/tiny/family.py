@@ -6,9 +6,7 @@ import json
 import os
 from dataclasses import dataclass, fields, replace
 
-from transformers import CLIPImageProcessor
-
-from .clip import MEAN, STD, VIEW, clip_config, crop_caption, pretrain_clip
+from .clip import clip_config, crop_caption, pretrain_clip, tower_image_processor
 from .dataset import scene_for, write_split
 from .lm import lm_config, pretrain_lm
 from .questions import FAMILIES, ask, caption
@@ -103,8 +101,7 @@ def build_backbones(root: str, budget: Budget, seed: int) -> None:
     tower, clip_losses = pretrain_clip(tokenizer, backbone_seed, budget.pretrain_images, steps=budget.clip_steps,
                                        config=clip_config(tokenizer))
     tower.save_pretrained(vision_dir)
-    CLIPImageProcessor(size={"shortest_edge": VIEW}, crop_size={"height": VIEW, "width": VIEW},
-                       image_mean=list(MEAN), image_std=list(STD)).save_pretrained(vision_dir)
+    tower_image_processor().save_pretrained(vision_dir)
     with open(os.path.join(root, "backbones", "pretraining.json"), "w", encoding="utf-8") as handle:
         json.dump({"lm_final_loss": lm_losses[-1], "clip_final_loss": clip_losses[-1], "corpus_texts": len(texts)}, handle, indent=2)
 

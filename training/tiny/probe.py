@@ -39,17 +39,18 @@ PROBED = ("existence", "attribute", "count", "position")
 
 
 def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False,
-                text: str | None = None):
+                text: str | None = None, vision: str | None = None):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
     absent), with fresh adapters; ``text`` (a base model name such as ``smollm2-135m-instruct``, or a folder) replaces
-    the run's LLM, in ChatML without a default system prompt; ``fresh_lm`` re-initialises the LLM (no text
+    the run's LLM, in ChatML without a default system prompt; ``vision`` (a CLIPVisionModel folder, e.g. from
+    ``python -m training.tiny.dense``) replaces the run's tower; ``fresh_lm`` re-initialises the LLM (no text
     pretraining). Frozen as ``recipe`` (default: stage 2) freezes. ``oracle_vision``: instead, an ``OracleVLM`` on
     that LLM (all of it trained)."""
     build_backbones(run, Budget(), seed)  # returns at once when run/backbones/ holds both
-    vision, run_text = backbone_dirs(run)
+    run_vision, run_text = backbone_dirs(run)
     spec = FAMILY[member]
     torch.manual_seed(seed)
-    model, processor = from_backbones(vision, text or run_text, pattern=spec["pattern"], high_res=spec["high_res"],
+    model, processor = from_backbones(vision or run_vision, text or run_text, pattern=spec["pattern"], high_res=spec["high_res"],
                                       adapter_attention=spec.get("adapter_attention", True),
                                       chat_template="chatml" if text else None)
     if fresh_lm:  # the LLM as transformers initialises it from its config
@@ -84,7 +85,7 @@ def questions(processor, seed: int, scenes: int, families: list[str], high_res: 
     """Encoded conversations about ``scenes`` scenes and their views ((scenes, N, 3, S, S), or the oracle's
     (scenes, CELLS, FEATURES)). ``per_sample`` 1: one single-question item per family per scene where the scene
     allows it (what the scores are computed on); ``per_sample`` K > 1: one item per scene holding up to K questions
-    (families drawn in turn, each question drawn afresh), so one sequence supervises K answers. ``captions``: one
+    (families in turn from a random one, each question drawn afresh), so one sequence supervises K answers. ``captions``: one
     item per scene, "describe the image" answered by the scene's caption (every object in row order)."""
     items, views = [], []
     for index in range(scenes):
@@ -98,9 +99,9 @@ def questions(processor, seed: int, scenes: int, families: list[str], high_res: 
         if per_sample == 1:
             items += [_item(processor, [(qa.question, qa.answer)], index, family, high_res, max_length) for family, qa in asked]
             continue
-        turns, tries = [], 0
+        turns, tries, first = [], 0, int(rng.integers(len(families)))  # families in turn from a random one
         while len(turns) < per_sample and tries < 4 * per_sample:
-            family = families[tries % len(families)]
+            family = families[(first + tries) % len(families)]
             tries += 1
             qa = ask(scene, family, rng)
             if qa is not None and all(qa.question != q for q, _ in turns):
@@ -136,12 +137,14 @@ def exact_match(model, items: list[dict], views: torch.Tensor, collate: Collator
 def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 600, lr: float = 1e-3,
           batch: int = 32, scenes: int = 4000, test_scenes: int = 300, max_shapes: int = 5, fresh_lm: bool = False,
           seed: int = 0, progress: bool = True, oracle_vision: bool = False, text: str | None = None,
-          per_sample: int = 1, caption_steps: int = 0, llm_lr: float | None = None, bf16: bool = False) -> dict:
+          per_sample: int = 1, caption_steps: int = 0, llm_lr: float | None = None, bf16: bool = False,
+          vision: str | None = None, eval_every: int = 0) -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
-    ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``per_sample``: questions per training
+    ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
     sequence; ``caption_steps``: steps on captions before the questions; ``llm_lr``: the LLM's learning rate (default
-    ``lr``; adapters / projector always at ``lr``); ``bf16``: autocast on the CPU."""
+    ``lr``; adapters / projector always at ``lr``); ``bf16``: autocast on the CPU; ``eval_every``: also score every
+    that many steps (the learning curve, with the CPU seconds spent training so far)."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES)}.")
@@ -152,7 +155,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     if per_sample < 1 or caption_steps < 0 or caption_steps > steps:
         raise ValueError(f"per_sample must be >= 1 and caption_steps in 0..steps; got {per_sample} and {caption_steps}.")
     recipe = load_recipe("stage2")
-    model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text)
+    model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision)
     setting = dict(families=list(families), high_res=not oracle_vision and model.config.high_res,
                    max_shapes=max_shapes, max_length=recipe.max_length, oracle_vision=oracle_vision)
     train, train_views = questions(processor, split_seed(seed, "instruct"), scenes, **setting, per_sample=per_sample)
@@ -171,16 +174,30 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
             logits = model(**inputs, logits_to_keep=keep).logits  # (N, V): the head only where an answer token is
         return F.cross_entropy(logits.float(), targets)
 
+    curve, scoring = [], [0.0]
+
+    def after_step(step: int) -> None:
+        if eval_every and step % eval_every == 0 and step < steps:
+            began = time.time()
+            curve.append({"step": step, "train_seconds": began - started - scoring[0],
+                          "scores": exact_match(model, test, test_views, collate)})
+            scoring[0] += time.time() - began
+
     started = time.time()
     losses = fit(model, step_loss, steps, lr, seed, weight_decay=0.0, betas=(0.9, 0.999), warmup_ratio=0.03,
-                 desc=f"probe {member}", progress=progress, param_groups=_groups(model, lr, llm_lr))
-    return {"scores": exact_match(model, test, test_views, collate), "questions": len(test), "train_questions": len(train),
-            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "train_seconds": time.time() - started,
+                 desc=f"probe {member}", progress=progress, param_groups=_groups(model, lr, llm_lr), after_step=after_step)
+    train_seconds = time.time() - started - scoring[0]
+    scores = exact_match(model, test, test_views, collate)
+    if eval_every:
+        curve.append({"step": steps, "train_seconds": train_seconds, "scores": scores})
+    return {"scores": scores, "questions": len(test), "train_questions": len(train), "curve": curve,
+            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "train_seconds": train_seconds,
             "losses": losses[:: max(1, steps // 50)],
             "settings": {"member": member, "families": list(families), "steps": steps, "lr": lr, "batch": batch,
                          "scenes": scenes, "test_scenes": test_scenes, "max_shapes": max_shapes, "fresh_lm": fresh_lm,
                          "oracle_vision": oracle_vision, "seed": seed, "text": text, "per_sample": per_sample,
-                         "caption_steps": caption_steps, "llm_lr": llm_lr, "bf16": bf16}}
+                         "caption_steps": caption_steps, "llm_lr": llm_lr, "bf16": bf16, "vision": vision,
+                         "eval_every": eval_every}}
 
 
 def _groups(model, lr: float, llm_lr: float | None) -> list[dict]:
@@ -210,11 +227,14 @@ def main(argv=None) -> int:
                         "member's vision tower and adapters (the LLM alone, given ideal inputs)")
     parser.add_argument("--text", default=None, help="a base LLM instead of the run's tiny LM: smollm2-135m-instruct "
                         "(installed from its wheel) or a causal-LM folder; ChatML without a default system prompt")
+    parser.add_argument("--vision", default=None, help="a vision tower folder instead of the run's (e.g. "
+                        "python -m training.tiny.dense's output)")
     parser.add_argument("--per-sample", type=int, default=1, help="questions per training sequence (multi-turn)")
     parser.add_argument("--caption-steps", type=int, default=0, help="first train this many steps on captions that "
                         "name every object in row order (LLaVA's stage 1 as a copy task), then on the questions")
     parser.add_argument("--llm-lr", type=float, default=None, help="the LLM's learning rate (default: --lr)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
+    parser.add_argument("--eval-every", type=int, default=0, help="also score every N steps (the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="write the result here")
@@ -226,10 +246,12 @@ def main(argv=None) -> int:
         result = probe(args.run, args.member, families, args.steps, args.lr, args.batch, args.scenes,
                        args.test_scenes, args.max_shapes, args.fresh_lm, args.seed, oracle_vision=args.oracle_vision,
                        text=args.text, per_sample=args.per_sample, caption_steps=args.caption_steps,
-                       llm_lr=args.llm_lr, bf16=args.bf16)
+                       llm_lr=args.llm_lr, bf16=args.bf16, vision=args.vision, eval_every=args.eval_every)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""
+    for point in result["curve"][:-1]:
+        print(f"  step {point['step']:>5}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in point["scores"].items()))
     print(f"{args.member}{vision}, {args.steps} steps, {result['questions']} held-out questions (teacher-forced exact match):")
     for family, score in result["scores"].items():
         print(f"  {family:<13} {100 * score:5.1f}%")

@@ -1,0 +1,84 @@
+"""python -m training.tiny.tower_probe: the read-out positions hold what their labels say, and the probe separates
+a tower that sees from one that does not."""
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from training.tiny.clip import VIEW
+from training.tiny.dataset import image_for, scene_for
+from training.tiny.scenes import COLOURS, TEXT_ADVANCE, TEXT_COLOUR
+from training.tiny.tower_probe import TASKS, linear_probe, probe_examples, tower_probe
+
+PATCH = 16
+
+
+def test_each_example_points_at_the_pixels_it_labels():
+    seed, scenes = 3, [scene_for(3, i)[0] for i in range(30)]
+    examples = probe_examples(scenes, PATCH)
+    assert examples["glyph_high_res"] and len(examples["presence"]) == 9 * 30
+    per_row = VIEW // PATCH
+    for s, view, where, label in examples["colour"]:
+        low = np.asarray(image_for(scenes[s], seed, s).resize((VIEW, VIEW), Image.NEAREST))
+        shape = next(x for x in scenes[s].shapes if list(COLOURS).index(x.colour) == label
+                     and (int(x.center[1] / 2 // PATCH) * per_row + int(x.center[0] / 2 // PATCH)) == where)
+        assert tuple(low[shape.center[1] // 2, shape.center[0] // 2]) == COLOURS[shape.colour]
+    for s, view, where, label in examples["glyph_high_res"]:
+        image = np.asarray(image_for(scenes[s], seed, s))
+        r, c = divmod(view - 1, 2)
+        crop = image[r * VIEW : (r + 1) * VIEW, c * VIEW : (c + 1) * VIEW]
+        slot = label // 256
+        y = (where // per_row) * PATCH + (slot // 2) * TEXT_ADVANCE
+        x = (where % per_row) * PATCH + (slot % 2) * TEXT_ADVANCE
+        ink = (crop[y : y + TEXT_ADVANCE, x : x + TEXT_ADVANCE] == TEXT_COLOUR).all(-1)
+        assert ink.any() and chr(label % 256) in scenes[s].text.text
+
+
+def test_linear_probe_reads_a_planted_feature_and_not_noise():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (400,), generator=gen)
+    noise = torch.randn(400, 16, generator=gen)
+    planted = noise.clone()
+    planted[:, 3] += 6.0 * labels  # one direction carries the label (classes 6 sd apart)
+    assert linear_probe(planted[:300], labels[:300], planted[300:], labels[300:]) > 0.95
+    assert linear_probe(noise[:300], labels[:300], noise[300:], labels[300:]) < 0.45
+
+
+def test_tower_probe_reports_every_task_per_layer():
+    torch.manual_seed(0)
+    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, image_size=VIEW, patch_size=PATCH)).eval()
+    result = tower_probe(tower, [1, 2], seed=5, scenes=40)
+    assert set(result["accuracy"]) == {1, 2}
+    assert all(set(scores) == set(TASKS) for scores in result["accuracy"].values())
+    assert all(0.0 <= v <= 1.0 for scores in result["accuracy"].values() for v in scores.values())
+    assert result["examples"]["presence"] == 9 * 40
+
+
+def test_dense_labels_mark_objects_and_glyphs_where_the_probe_reads_them():
+    from training.tiny.dense import CHARS, IGNORE, view_labels
+
+    for index in range(30):
+        scene = scene_for(3, index)[0]
+        labels = view_labels(scene, PATCH)
+        assert labels["colour"].shape == (5, 16) and labels["glyph"].shape == (5, 16, 4)
+        assert (labels["colour"][0] > 0).sum() <= len(scene.shapes)  # objects sharing a centre patch: the last wins
+        assert (labels["glyph"][0] == IGNORE).all() and (labels["text"][1:] == IGNORE).all()
+        examples = probe_examples([scene], PATCH)
+        for _, view, token, label in examples["glyph_high_res"]:
+            assert CHARS[labels["glyph"][view, token, label // 256] - 1] == chr(label % 256)
+        legible = scene.text is not None and scene.text.legible
+        assert (labels["glyph"][1:] > 0).sum() == (len(scene.text.text) if legible else 0)
+
+
+def test_dense_pretraining_fits_its_labels():
+    from transformers import CLIPVisionConfig
+
+    from training.tiny.dense import pretrain_dense
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=VIEW, patch_size=PATCH)
+    tower, losses = pretrain_dense(5, 4, 40, config, batch_size=4, lr=3e-3, progress=False)
+    assert isinstance(tower, CLIPVisionModel) and len(losses) == 40
+    assert losses[-1] < 0.5 * losses[0]

@@ -1,0 +1,174 @@
+"""Dense pretraining of the tiny tower from the scene specification: every patch token learns what lies under it.
+
+The contrastive objective (``clip.py``) teaches a tower to tell whole captions apart; the questions need more: the
+colour, shape and size of the object at a place, whether a place is empty, and which glyph is written where. Here
+each token of each view gets those as labels read from the scene, through linear heads on every layer from
+``first_layer`` on (deep supervision, so the shallow taps of a shortcut pattern see too):
+
+- low-res view (64 px): per 16-px patch, the object whose centre lies in it (colour, shape, size; "none" if none)
+  and whether the patch holds text (none / legible / scribble);
+- each full-resolution crop (64 px of the 128-px image): the same object labels, and per 8-px glyph slot of the
+  patch (2 x 2 slots) which character is written there ("none" if no glyph).
+Glyph labels exist only for the crops: at half resolution a 5 x 7 glyph is a 3 x 4 blur, which is the point of the
+high-res views.
+
+    python -m training.tiny.dense --output runs/tower-dense --scenes 2000 --steps 400   # then: tower_probe, probe --vision
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from .clip import VIEW, _pixels, tower_config, tower_image_processor
+from .dataset import image_for, scene_for
+from .font import _GLYPHS
+from .loop import fit
+from .scenes import COLOURS, SHAPES, SIZES, TEXT_ADVANCE, Scene, Shape
+
+CHARS = sorted(_GLYPHS)  # every character the font draws
+IGNORE = -100
+SLOTS = 4  # 8-px glyph slots per 16-px patch
+
+
+def token_at(x: float, y: float, patch: int) -> int:
+    """Index of the patch holding pixel (x, y) of a 64-px view, row-major."""
+    return int(y // patch) * (VIEW // patch) + int(x // patch)
+
+
+def object_places(scene: Scene, patch: int) -> list[tuple[Shape, int, int]]:
+    """(object, view, token) for every object, twice: the low-res view (view 0) and the crop (1..4, row-major) holding
+    its centre, each at the patch holding its centre."""
+    places = []
+    for shape in scene.shapes:
+        x, y = shape.center
+        places.append((shape, 0, token_at(x / 2, y / 2, patch)))
+        places.append((shape, 1 + int(y // VIEW) * 2 + int(x // VIEW), token_at(x % VIEW, y % VIEW, patch)))
+    return places
+
+
+def glyph_places(scene: Scene, patch: int) -> list[tuple[str, int, int, int, int]]:
+    """(character, crop, token, slot, low-res token) for every glyph of the scene's text ("" for a scribble's): the
+    crop and patch holding it at full resolution, its 8-px slot in that patch (row-major of 2 x 2), and the low-res
+    view's patch holding it."""
+    if scene.text is None:
+        return []
+    x0, y0 = scene.text.origin
+    places = []
+    for k in range(scene.text.length):
+        x, y = x0 + k * TEXT_ADVANCE, y0
+        cx, cy = x % VIEW, y % VIEW
+        slot = int(cy % patch // TEXT_ADVANCE) * 2 + int(cx % patch // TEXT_ADVANCE)
+        char = scene.text.text[k] if scene.text.legible else ""
+        places.append((char, 1 + int(y // VIEW) * 2 + int(x // VIEW), token_at(cx, cy, patch), slot, token_at(x / 2, y / 2, patch)))
+    return places
+
+
+def view_labels(scene: Scene, patch: int) -> dict[str, np.ndarray]:
+    """Per-token labels of the scene's 5 views (low-res, then the crops row by row), each (5, P) or (5, P, SLOTS):
+    ``colour``/``shape``/``size`` (class + 1, 0 = no object centred in the patch), ``text`` (low-res only: 0 none,
+    1 legible, 2 scribble; IGNORE in crops), ``glyph`` (crops only: 1 + index in ``CHARS``, 0 none; IGNORE low-res)."""
+    tokens = (VIEW // patch) ** 2
+    labels = {name: np.zeros((5, tokens), dtype=np.int64) for name in ("colour", "shape", "size", "text")}
+    labels["glyph"] = np.zeros((5, tokens, SLOTS), dtype=np.int64)
+    labels["text"][1:] = IGNORE
+    labels["glyph"][0] = IGNORE
+    for shape, view, token in object_places(scene, patch):
+        labels["colour"][view, token] = 1 + list(COLOURS).index(shape.colour)
+        labels["shape"][view, token] = 1 + SHAPES.index(shape.shape)
+        labels["size"][view, token] = 1 + list(SIZES).index(shape.size)
+    for char, crop, token, slot, low_token in glyph_places(scene, patch):
+        labels["text"][0, low_token] = 1 if char else 2
+        if char:
+            labels["glyph"][crop, token, slot] = 1 + CHARS.index(char)
+    return labels
+
+
+def scene_views(seed: int, index: int) -> np.ndarray:
+    """(5, 3, 64, 64) normalised pixels: the low-res view and the four full-resolution crops, as the processor cuts them."""
+    image = image_for(scene_for(seed, index)[0], seed, index)
+    views = [image.resize((VIEW, VIEW), Image.BICUBIC)]
+    views += [image.crop((c * VIEW, r * VIEW, (c + 1) * VIEW, (r + 1) * VIEW)) for r in range(2) for c in range(2)]
+    return np.stack([_pixels(v) for v in views])
+
+
+class DenseHeads(nn.Module):
+    """Linear read-outs per supervised layer: object colour/shape/size (+ none), text kind, glyph per slot."""
+
+    def __init__(self, hidden: int, layers: list[int]):
+        super().__init__()
+        sizes = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1, "size": len(SIZES) + 1, "text": 3,
+                 "glyph": SLOTS * (len(CHARS) + 1)}
+        self.layers = layers
+        self.heads = nn.ModuleDict({str(layer): nn.ModuleDict({k: nn.Linear(hidden, n) for k, n in sizes.items()})
+                                    for layer in layers})
+
+    def loss(self, hidden: dict[int, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        """hidden {layer: (V, P, D)}, labels as ``view_labels`` stacked over scenes and flattened to views."""
+        total = 0.0
+        for layer in self.layers:
+            heads = self.heads[str(layer)]
+            tokens = hidden[layer]
+            for name in ("colour", "shape", "size", "text"):
+                total = total + F.cross_entropy(heads[name](tokens).flatten(0, 1), labels[name].flatten(), ignore_index=IGNORE)
+            glyph = heads["glyph"](tokens).unflatten(-1, (SLOTS, len(CHARS) + 1))  # (V, P, SLOTS, C)
+            total = total + F.cross_entropy(glyph.flatten(0, 2), labels["glyph"].flatten(), ignore_index=IGNORE)
+        return total / len(self.layers)
+
+
+def pretrain_dense(seed: int, num_scenes: int, steps: int, config: CLIPVisionConfig, batch_size: int = 32,
+                   lr: float = 1e-3, first_layer: int = 1, progress: bool = True) -> tuple[CLIPVisionModel, list[float]]:
+    """A CLIP-style vision tower trained with the dense labels of ``num_scenes`` scenes of split ``seed``."""
+    from sparsecut.vision import vision_hidden_states
+
+    torch.manual_seed(seed)
+    tower = CLIPVisionModel(config)
+    layers = list(range(first_layer, config.num_hidden_layers + 1))
+    heads = DenseHeads(config.hidden_size, layers)
+    pixels = torch.tensor(np.stack([scene_views(seed, i) for i in range(num_scenes)]), dtype=torch.float16)  # (S, 5, 3, 64, 64)
+    per_scene = [view_labels(scene_for(seed, i)[0], config.patch_size) for i in range(num_scenes)]
+    labels = {k: torch.tensor(np.stack([p[k] for p in per_scene])) for k in per_scene[0]}
+    both = nn.ModuleDict({"tower": tower, "heads": heads})
+
+    def step_loss(generator):
+        rows = torch.randperm(num_scenes, generator=generator)[:batch_size]
+        hidden = vision_hidden_states(tower, pixels[rows].flatten(0, 1).float(), layers, drop_cls=True)
+        return heads.loss(hidden, {k: v[rows].flatten(0, 1) for k, v in labels.items()})
+
+    losses = fit(both, step_loss, steps, lr, seed, weight_decay=0.05, betas=(0.9, 0.98), warmup_ratio=0.05,
+                 desc="tiny tower (dense)", progress=progress)
+    return tower, losses
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.tiny.dense", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", required=True, help="folder for the tower (CLIPVisionModel + image processor)")
+    parser.add_argument("--scenes", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=32, help="scenes per step (5 views each)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=3003, help="the scene split it trains on")
+    args = parser.parse_args(argv)
+    started = time.time()
+    config = tower_config()  # the family's tower shape
+    tower, losses = pretrain_dense(args.seed, args.scenes, args.steps, config, args.batch, args.lr)
+    tower.save_pretrained(args.output)
+    tower_image_processor().save_pretrained(args.output)
+    with open(f"{args.output}/pretraining.json", "w", encoding="utf-8") as handle:
+        json.dump({"losses": losses, "seconds": time.time() - started, **vars(args)}, handle)
+    print(f"Done in {time.time() - started:.0f}s, final loss {losses[-1]:.3f}: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""python -m training.tiny.tower_probe: does the tower see what the questions ask? Linear probes on its tapped layers.
+
+Before any VLM run, each tapped ViT layer's tokens are read out by a linear classifier (logistic regression,
+trained on 80% of the scenes, scored on the other 20%):
+
+- low-res view (64 px, 16-px patches): for every object, the token of the patch holding its centre -> its colour,
+  shape and size; for every grid cell, the token of the patch holding the cell's centre -> empty or not (presence);
+- high-res crops (full resolution, 16-px patches): for every legible glyph, the token of the patch holding it ->
+  which character (one head per 8-px slot of the patch, since a patch holds 2 x 2 glyph slots);
+- the same glyphs read from the low-res view, where by design they are a blur (chance: 1 / characters seen).
+
+    python -m training.tiny.tower_probe --tower runs/tiny/backbones/vision --scenes 2000 --json tower.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import CLIPVisionModel
+
+from sparsecut.vision import vision_hidden_states
+
+from .clip import VIEW, _pixels
+from .dataset import image_for, scene_for
+from .dense import token_at, glyph_places, object_places
+from .scenes import CELL, COLOURS, GRID, SHAPES, SIZES
+
+TASKS = ("colour", "shape", "size", "presence", "glyph_high_res", "glyph_low_res")
+PATCH_SLOTS = 4  # 8-px glyph slots per 16-px patch of a full-resolution crop (2 x 2)
+
+
+def scene_tokens(tower: CLIPVisionModel, seed: int, scenes: int, layers: list[int], batch: int = 64):
+    """For ``scenes`` scenes of split ``seed``: {layer: low-res tokens (S, P, D)}, {layer: crop tokens (S, 4, P, D)},
+    and the scenes themselves."""
+    low, crops, drawn = {k: [] for k in layers}, {k: [] for k in layers}, []
+    for start in range(0, scenes, batch):
+        views = []
+        for index in range(start, min(scenes, start + batch)):
+            scene, _ = scene_for(seed, index)
+            image = image_for(scene, seed, index)
+            drawn.append(scene)
+            views.append(_pixels(image.resize((VIEW, VIEW), Image.BICUBIC)))
+            views += [_pixels(image.crop((c * VIEW, r * VIEW, (c + 1) * VIEW, (r + 1) * VIEW))) for r in range(2) for c in range(2)]
+        with torch.no_grad():
+            hidden = vision_hidden_states(tower, torch.tensor(np.stack(views)), layers, drop_cls=True)
+        for layer, tokens in hidden.items():
+            tokens = tokens.reshape(-1, 5, *tokens.shape[1:])  # (scenes, 1 + 4 crops, P, D)
+            low[layer].append(tokens[:, 0])
+            crops[layer].append(tokens[:, 1:])
+    return {k: torch.cat(v) for k, v in low.items()}, {k: torch.cat(v) for k, v in crops.items()}, drawn
+
+
+def probe_examples(scenes, patch: int) -> dict[str, list[tuple[int, int, int, int]]]:
+    """task -> (scene, view (0 low-res, 1..4 crop), token, label) examples; glyph labels are slot * 256 + char code
+    (low-res: the char code alone). The places are those the dense objective (``dense.py``) labels."""
+    examples = {task: [] for task in TASKS}
+    for s, scene in enumerate(scenes):
+        for shape, view, token in object_places(scene, patch):
+            if view == 0:
+                examples["colour"].append((s, 0, token, list(COLOURS).index(shape.colour)))
+                examples["shape"].append((s, 0, token, SHAPES.index(shape.shape)))
+                examples["size"].append((s, 0, token, list(SIZES).index(shape.size)))
+        taken = {shape.cell for shape in scene.shapes}
+        for row in range(GRID):
+            for column in range(GRID):
+                centre = ((column + 0.5) * CELL / 2, (row + 0.5) * CELL / 2)
+                examples["presence"].append((s, 0, token_at(*centre, patch), int((row, column) in taken)))
+        for char, crop, token, slot, low_token in glyph_places(scene, patch):
+            if char:
+                examples["glyph_high_res"].append((s, crop, token, slot * 256 + ord(char)))
+                examples["glyph_low_res"].append((s, 0, low_token, ord(char)))
+    return examples
+
+
+def linear_probe(train_x, train_y, test_x, test_y, steps: int = 100, seed: int = 0, l2: float = 1e-3) -> float:
+    """Held-out accuracy of a logistic-regression read-out (standardised features, L2, full-batch L-BFGS)."""
+    classes = torch.unique(torch.cat([train_y, test_y]))
+    index = {int(c): k for k, c in enumerate(classes)}
+    ty = torch.tensor([index[int(y)] for y in train_y])
+    vy = torch.tensor([index[int(y)] for y in test_y])
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    tx, vx = (train_x - mean) / std, (test_x - mean) / std
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(tx.shape[1], len(classes))
+    optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(head(tx), ty) + l2 * head.weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return float((head(vx).argmax(1) == vy).float().mean())
+
+
+def _slot_probe(train_x, train_y, test_x, test_y) -> float:
+    """Glyph identity with one read-out per slot of the patch: accuracy over all glyphs."""
+    hits = total = 0
+    for slot in range(PATCH_SLOTS):
+        tr, te = train_y // 256 == slot, test_y // 256 == slot
+        if te.sum() == 0 or tr.sum() == 0:
+            continue
+        accuracy = linear_probe(train_x[tr], train_y[tr] % 256, test_x[te], test_y[te] % 256)
+        hits += accuracy * int(te.sum())
+        total += int(te.sum())
+    return hits / max(1, total)
+
+
+def tower_probe(tower: CLIPVisionModel, layers: list[int], seed: int = 7_000, scenes: int = 2000) -> dict:
+    """{layer: {task: held-out accuracy}}, with the example counts and each task's chance level."""
+    patch = tower.config.patch_size
+    low, crops, drawn = scene_tokens(tower, seed, scenes, layers)
+    examples = probe_examples(drawn, patch)
+    split = int(0.8 * scenes)
+    results, counts, chance = {}, {}, {}
+    for layer in layers:
+        results[layer] = {}
+        for task, rows in examples.items():
+            s, view, where, label = (torch.tensor(column) for column in zip(*rows))
+            features = torch.where((view == 0)[:, None], low[layer][s, where],
+                                   crops[layer][s, (view - 1).clamp(min=0), where])
+            train, test = s < split, s >= split
+            probe = _slot_probe if task == "glyph_high_res" else linear_probe
+            results[layer][task] = probe(features[train], label[train], features[test], label[test])
+            counts[task] = len(rows)
+            chance[task] = float(torch.bincount(label[test] % 256).max()) / int(test.sum())  # the majority class
+    return {"accuracy": results, "examples": counts, "majority_baseline": chance, "scenes": scenes, "seed": seed}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.tiny.tower_probe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tower", required=True, help="a CLIPVisionModel folder (e.g. runs/tiny/backbones/vision)")
+    parser.add_argument("--layers", default=None, help="comma-separated ViT layers (default: every layer)")
+    parser.add_argument("--scenes", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=7_000, help="scene split (not one the tower was trained on)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    tower = CLIPVisionModel.from_pretrained(args.tower).eval()
+    layers = ([int(x) for x in args.layers.split(",")] if args.layers
+              else list(range(1, tower.config.num_hidden_layers + 1)))
+    result = tower_probe(tower, layers, args.seed, args.scenes)
+    print(f"{'layer':>5} " + " ".join(f"{t:>14}" for t in TASKS))
+    for layer, scores in result["accuracy"].items():
+        print(f"{layer:>5} " + " ".join(f"{100 * scores[t]:>13.1f}%" for t in TASKS))
+    print(f"{'base':>5} " + " ".join(f"{100 * result['majority_baseline'][t]:>13.1f}%" for t in TASKS) + "  (majority class)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
