@@ -164,11 +164,12 @@ def family_batch(processor, stage: int, batch: int, template: str, high_res: boo
 
 
 def run_family(stage: int, batch: int, steps: int, warmup: int, dtype: str, supervised_only: bool, system_prompt: bool,
-               lora: bool = False, fused: bool = True, model_and_processor=None) -> dict:
+               lora: int = 0, fused: bool = True, model_and_processor=None) -> dict:
     """One training-step benchmark of ``sparsecut-tiny`` on SmolLM2 with real samples, one setting of each lever:
     ``dtype`` (autocast over fp32 weights), ``supervised_only`` (LM head only where a label is), ``system_prompt``
     (stage 2 in SmolLM2's template with its default system prompt, or in ChatML without it), ``lora`` (stage 2:
-    the LLM trained through the ``stage2_lora`` recipe's LoRA instead of in full), ``fused`` (AdamW's fused kernel
+    the LLM trained through a LoRA of that rank, alpha twice the rank, on the ``stage2_lora`` recipe's layers,
+    instead of in full; 0: in full), ``fused`` (AdamW's fused kernel
     instead of its multi-tensor one). Also reports the
     share of the step spent in the frozen tower's forward (what caching its features could save at most) and the
     share of padding tokens (what packing could save at most)."""
@@ -187,7 +188,7 @@ def run_family(stage: int, batch: int, steps: int, warmup: int, dtype: str, supe
         tokenizer.chat_template = default_template
     if lora and stage == 2:
         recipe = load_recipe("stage2_lora")
-        model = _add_lora(copy.deepcopy(model), recipe.lora)
+        model = _add_lora(copy.deepcopy(model), {**recipe.lora, "r": lora, "alpha": 2 * lora})
     else:
         recipe = Recipe(train_modules=["adapters"] if stage == 1 else ["adapters", "language_model"])
     apply_freezing(model, recipe)
@@ -247,6 +248,16 @@ FAMILY_SETTINGS = [("float32", False, True, False, False), ("bfloat16", False, T
                    ("float32", True, False, True, False)]
 
 
+def _chosen(rows: str | None) -> list[tuple]:
+    """The lever settings named by 1-based row numbers ("5,6"), or all of them."""
+    if not rows:
+        return FAMILY_SETTINGS
+    picked = [int(r) for r in rows.split(",")]
+    if any(not 1 <= r <= len(FAMILY_SETTINGS) for r in picked):
+        raise SystemExit(f"--settings takes rows 1..{len(FAMILY_SETTINGS)}; got {rows!r}.")
+    return [FAMILY_SETTINGS[r - 1] for r in picked]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS) + ["sparsecut-tiny-smollm2"], default="tiny",
@@ -260,20 +271,25 @@ def main(argv=None) -> int:
     parser.add_argument("--high-res", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16" if torch.cuda.is_available() else "float32")
+    parser.add_argument("--lora-rank", type=int, default=128, help="sparsecut-tiny-smollm2: the LoRA row's rank "
+                        "(default: the stage2_lora recipe's 128)")
+    parser.add_argument("--settings", default=None, help="sparsecut-tiny-smollm2: comma-separated rows of the lever "
+                        f"table to run, 1..{len(FAMILY_SETTINGS)} (default: all)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     if args.preset == "sparsecut-tiny-smollm2":
         model_and_processor = family_model(pattern=args.pattern, high_res=args.high_res)
-        results = [run_family(stage, args.batch, args.steps, args.warmup, dtype, supervised, system, lora, fused, model_and_processor)
-                   for stage in args.stage for dtype, supervised, system, fused, lora in FAMILY_SETTINGS
+        results = [run_family(stage, args.batch, args.steps, args.warmup, dtype, supervised, system,
+                              args.lora_rank if lora else 0, fused, model_and_processor)
+                   for stage in args.stage for dtype, supervised, system, fused, lora in _chosen(args.settings)
                    if stage == 2 or not (lora or (not system and not fused))]  # stage 1: plain template, LLM frozen
-        print(f"{'stage':>5} {'batch':>5} {'seq':>4} {'dtype':<9} {'head':<10} {'system':<6} {'AdamW':<8} {'LLM':<5} {'step s':>7} {'tokens/s':>9} "
+        print(f"{'stage':>5} {'batch':>5} {'seq':>4} {'dtype':<9} {'head':<10} {'system':<6} {'AdamW':<8} {'LLM':<9} {'step s':>7} {'tokens/s':>9} "
               f"{'tower':>6} {'padding':>7}  device")
         for r in results:
             system = "-" if r["system_prompt"] is None else "yes" if r["system_prompt"] else "no"
-            llm = "-" if r["lora"] is None else "LoRA" if r["lora"] else "full"
+            llm = "-" if r["lora"] is None else f"LoRA r{r['lora']}" if r["lora"] else "full"
             print(f"{r['stage']:>5} {r['batch']:>5} {r['seq_len']:>4} {r['dtype']:<9} "
-                  f"{'labelled' if r['supervised_only'] else 'all':<10} {system:<6} {'fused' if r['fused_adamw'] else 'foreach':<8} {llm:<5} {r['step_s']:>7.2f} {r['tokens_per_s']:>9.0f} "
+                  f"{'labelled' if r['supervised_only'] else 'all':<10} {system:<6} {'fused' if r['fused_adamw'] else 'foreach':<8} {llm:<9} {r['step_s']:>7.2f} {r['tokens_per_s']:>9.0f} "
                   f"{r['tower_share']:>6.1%} {r['padding_share']:>7.1%}  {r['device']} ({r['threads']} threads)")
     else:
         results = [run(args.preset, s, args.batch, args.steps, args.warmup, args.pattern, args.high_res, args.device, args.dtype)
