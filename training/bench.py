@@ -151,16 +151,12 @@ def family_batch(processor, stage: int, batch: int, template: str, high_res: boo
     import os
     import tempfile
 
-    from .data import Collator, LlavaDataset, read_records
+    from .data import collate_records, read_records
     from .tiny.dataset import write_split
 
     with tempfile.TemporaryDirectory() as root:
         path = write_split(root, "bench", seed, batch, "pretrain" if stage == 1 else "instruct")
-        dataset = LlavaDataset(read_records(path), processor, os.path.join(root, "images"), template, 4096, high_res)
-        dataset.validate()
-        collated = Collator(processor.tokenizer.pad_token_id)([dataset[k] for k in range(len(dataset))])
-    collated.pop("skipped")
-    return collated
+        return collate_records(read_records(path), processor, os.path.join(root, "images"), template, high_res)
 
 
 def run_family(stage: int, batch: int, steps: int, warmup: int, dtype: str, supervised_only: bool, system_prompt: bool,

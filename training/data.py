@@ -232,6 +232,16 @@ class Collator:
         return out
 
 
+def collate_records(records, processor, image_root: str, template: str, high_res: bool, max_length: int = 4096) -> dict:
+    """``records`` validated, encoded and collated into one batch exactly as the training CLI reads them (labels
+    included, the skip count dropped): what the benchmarks and the precision probe time."""
+    dataset = LlavaDataset(records, processor, image_root, template, max_length, high_res)
+    dataset.validate()
+    batch = Collator(processor.tokenizer.pad_token_id)([dataset[k] for k in range(len(dataset))])
+    batch.pop("skipped")
+    return batch
+
+
 class EpochOrder(torch.utils.data.Sampler):
     """Deterministic sample order for an epoch, resumable from any position.
 

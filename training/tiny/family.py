@@ -114,7 +114,7 @@ def cpu_mixed_precision(root: str, budget: Budget, threads: int | None = None) -
 
     from sparsecut.convert import from_backbones
     from sparsecut.precision import MARGIN, autocast_step_speedup, cpu_supports_bf16
-    from training.data import Collator, LlavaDataset, read_records
+    from training.data import collate_records, read_records
 
     if not cpu_supports_bf16():
         return "no", None
@@ -123,9 +123,7 @@ def cpu_mixed_precision(root: str, budget: Budget, threads: int | None = None) -
     model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"])
     data = os.path.join(root, "data")
     records = read_records(os.path.join(data, "instruct.json"))[: budget.batch]
-    dataset = LlavaDataset(records, processor, os.path.join(data, "images"), processor.template, 4096, spec["high_res"])
-    dataset.validate()
-    batch = Collator(processor.tokenizer.pad_token_id)([dataset[k] for k in range(len(dataset))])
+    batch = collate_records(records, processor, os.path.join(data, "images"), processor.template, spec["high_res"])
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)

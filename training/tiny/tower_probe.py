@@ -21,14 +21,12 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from transformers import CLIPVisionModel
 
 from sparsecut.vision import vision_hidden_states
 
-from .clip import VIEW, _pixels
-from .dataset import image_for, scene_for
-from .dense import token_at, glyph_places, object_places
+from .dataset import scene_for
+from .dense import glyph_places, object_places, scene_views, token_at
 from .scenes import CELL, COLOURS, GRID, SHAPES, SIZES
 
 TASKS = ("colour", "shape", "size", "presence", "glyph_high_res", "glyph_low_res")
@@ -42,13 +40,10 @@ def scene_tokens(tower: CLIPVisionModel, seed: int, scenes: int, layers: list[in
     for start in range(0, scenes, batch):
         views = []
         for index in range(start, min(scenes, start + batch)):
-            scene, _ = scene_for(seed, index)
-            image = image_for(scene, seed, index)
-            drawn.append(scene)
-            views.append(_pixels(image.resize((VIEW, VIEW), Image.BICUBIC)))
-            views += [_pixels(image.crop((c * VIEW, r * VIEW, (c + 1) * VIEW, (r + 1) * VIEW))) for r in range(2) for c in range(2)]
+            drawn.append(scene_for(seed, index)[0])
+            views.append(scene_views(seed, index))  # (5, 3, 64, 64): low-res view, then the crops
         with torch.no_grad():
-            hidden = vision_hidden_states(tower, torch.tensor(np.stack(views)), layers, drop_cls=True)
+            hidden = vision_hidden_states(tower, torch.tensor(np.concatenate(views)), layers, drop_cls=True)
         for layer, tokens in hidden.items():
             tokens = tokens.reshape(-1, 5, *tokens.shape[1:])  # (scenes, 1 + 4 crops, P, D)
             low[layer].append(tokens[:, 0])
