@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.tiny.questions import ask
-from training.tiny.scenes import IMAGE_SIZE, render, sample_scene
+from training.tiny.scenes import DEFAULT_LAYOUT, render, sample_scene
 
 SEED = 4242  # not a seed of the tiny family's training or test splits
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "examples")
@@ -101,7 +101,7 @@ def _card(entries: list[dict], seed: int) -> str:
     return (
         "# Case-study examples (the app's gallery)\n\n"
         f"Made by `python -m app.examples --out assets/examples --seed {seed}` from the synthetic benchmark the embedded\n"
-        f"models are trained on (`training/tiny/scenes.py`, `questions.py`): {IMAGE_SIZE}-px PNGs, deterministic for the\n"
+        f"models are trained on (`training/tiny/scenes.py`, `questions.py`): {DEFAULT_LAYOUT.image_size}-px PNGs, deterministic for the\n"
         "seed, in the spirit of the paper's Fig. 4 (small text, unanswerable questions, cluttered scenes). Each case is\n"
         "the first scene from `numpy.random.default_rng([seed, case number, index])`, index 0, 1, ..., that poses its\n"
         "question; `examples.json` records the index, the question as the models see it (with the benchmark's\n"

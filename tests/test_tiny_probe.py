@@ -170,3 +170,43 @@ def test_the_learning_curve_does_not_change_the_training(run):
     assert [point["step"] for point in traced["curve"]] == [1, 2, 3]
     assert traced["curve"][-1]["scores"] == traced["scores"] == plain["scores"]
     assert traced["final_loss"] == plain["final_loss"] and plain["curve"] == []
+
+
+def test_oracle_positions_add_each_cells_row_and_column():
+    from training.tiny.oracle import POSITION_FEATURES
+
+    scene, _ = scene_for(3, 0)
+    plain, placed = oracle_features(scene), oracle_features(scene, positions=True)
+    assert placed.shape == (CELLS, FEATURES + POSITION_FEATURES) and torch.equal(placed[:, :FEATURES], plain)
+    rows, columns = placed[:, FEATURES : FEATURES + GRID], placed[:, FEATURES + GRID :]
+    assert rows.argmax(1).tolist() == [c // GRID for c in range(CELLS)] and (rows.sum(1) == 1).all()
+    assert columns.argmax(1).tolist() == [c % GRID for c in range(CELLS)] and (columns.sum(1) == 1).all()
+
+
+def test_probe_with_oracle_positions_and_the_layout_checks(run):
+    result = probe(run, "llava-tiny", ["position"], oracle_vision=True, oracle_positions=True, layout="cells-96", **SMALL)
+    assert result["settings"]["oracle_positions"] is True and result["settings"]["layout"] == "cells-96"
+    model, _ = build_model(run, "llava-tiny", fresh_lm=False, seed=0, oracle_vision=True, oracle_positions=True)
+    assert model.projector[0].in_features == FEATURES + 2 * GRID
+    with pytest.raises(ValueError, match="needs oracle_vision"):
+        probe(run, "llava-tiny", ["position"], oracle_positions=True, **SMALL)
+    with pytest.raises(ValueError, match="64-px views but layout cells-96 cuts 48-px ones: pass --vision"):
+        probe(run, "llava-tiny", ["position"], layout="cells-96", **SMALL)
+
+
+def test_probe_with_lora_trains_only_the_lora_and_the_projector_or_adapters(run):
+    from training.tiny.probe import with_lora
+
+    for oracle in (True, False):
+        model = with_lora(build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0, oracle_vision=oracle)[0], rank=2)
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        part = ".projector." if oracle else ".adapters."
+        assert trainable == {name for name, _ in model.named_parameters() if "lora_" in name or part in name}
+        assert any(part in name for name in trainable) and any("lora_" in name for name in trainable)
+        assert any(".q_proj.lora_A" in name for name in trainable) and any(".down_proj.lora_B" in name for name in trainable)
+        result = probe(run, "sparsecut-tiny", ["count"], oracle_vision=oracle, lora_rank=2, llm_lr=1e-3, **SMALL)
+        again = probe(run, "sparsecut-tiny", ["count"], oracle_vision=oracle, lora_rank=2, llm_lr=1e-3, **SMALL)
+        assert result["final_loss"] == again["final_loss"] and result["settings"]["lora_rank"] == 2
+        assert result["settings"]["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="lora_rank must be >= 0"):
+        probe(run, "llava-tiny", ["count"], lora_rank=-1, **SMALL)

@@ -2,6 +2,7 @@
 a tower that sees from one that does not."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
@@ -82,3 +83,52 @@ def test_dense_pretraining_fits_its_labels():
     tower, losses = pretrain_dense(5, 4, 40, config, batch_size=4, lr=3e-3, progress=False)
     assert isinstance(tower, CLIPVisionModel) and len(losses) == 40
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_cells_layout_puts_each_object_inside_its_cells_patch_of_the_low_res_view():
+    from training.tiny.dense import object_places
+    from training.tiny.scenes import LAYOUTS
+
+    cells = LAYOUTS["cells-96"]
+    assert (cells.image_size, cells.view, cells.cell) == (96, 48, 32.0)
+    for index in range(60):
+        scene = scene_for(3, index, layout=cells)[0]
+        assert image_for(scene, 3, index).size == (96, 96)
+        for shape, view, token in object_places(scene, PATCH):
+            if view == 0:  # the low-res patch holding the centre is the object's cell, and holds all of the object
+                assert token == shape.cell[0] * 3 + shape.cell[1]
+                half = cells.half_width(shape.size)
+                x0, y0 = shape.cell[1] * 32, shape.cell[0] * 32
+                assert x0 <= shape.center[0] - half and shape.center[0] + half < x0 + 32
+                assert y0 <= shape.center[1] - half and shape.center[1] + half < y0 + 32
+        if scene.text is not None:  # every glyph inside the text's cell, and inside one 48-px crop
+            x, y = scene.text.origin
+            assert scene.text.cell == (y // 32, x // 32) and (x + 8 * scene.text.length - 1) // 32 == x // 32
+
+
+def test_a_tower_and_a_layout_that_disagree_on_the_view_size_are_refused():
+    from training.tiny.dense import pretrain_dense
+    from training.tiny.scenes import LAYOUTS
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                              image_size=VIEW, patch_size=PATCH)
+    tower = CLIPVisionModel(config).eval()
+    with pytest.raises(ValueError, match="64-px views but layout cells-96 cuts 48-px"):
+        tower_probe(tower, [1], seed=5, scenes=4, layout=LAYOUTS["cells-96"])
+    with pytest.raises(ValueError, match="64-px views but layout cells-96"):
+        pretrain_dense(5, 2, 1, config, layout=LAYOUTS["cells-96"], progress=False)
+
+
+def test_dense_pretraining_and_the_tower_probe_run_on_the_cells_layout():
+    from training.tiny.clip import tower_config
+    from training.tiny.dense import pretrain_dense, view_labels
+    from training.tiny.scenes import LAYOUTS
+
+    cells = LAYOUTS["cells-96"]
+    labels = view_labels(scene_for(3, 0, layout=cells)[0], PATCH)
+    assert labels["colour"].shape == (5, 9) and labels["glyph"].shape == (5, 9, 4)
+    config = tower_config(hidden=32, layers=2, heads=4, view=cells.view)
+    tower, losses = pretrain_dense(5, 4, 30, config, batch_size=4, lr=3e-3, progress=False, layout=cells)
+    assert losses[-1] < 0.5 * losses[0]
+    result = tower_probe(tower.eval(), [2], seed=5, scenes=30, layout=cells)
+    assert result["layout"] == "cells-96" and result["examples"]["presence"] == 9 * 30

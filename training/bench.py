@@ -23,7 +23,7 @@ from sparsecut import SparseCutConfig, SparseCutForConditionalGeneration
 from sparsecut.vision import vision_hidden_states
 
 from .data import IGNORE_INDEX
-from .engine import _add_lora, adamw, apply_freezing
+from .engine import adamw, add_lora, apply_freezing
 from .recipes import Recipe, load_recipe
 
 PRESETS = {
@@ -184,7 +184,7 @@ def run_family(stage: int, batch: int, steps: int, warmup: int, dtype: str, supe
         tokenizer.chat_template = default_template
     if lora and stage == 2:
         recipe = load_recipe("stage2_lora")
-        model = _add_lora(copy.deepcopy(model), {**recipe.lora, "r": lora, "alpha": 2 * lora})
+        model = add_lora(copy.deepcopy(model), {**recipe.lora, "r": lora, "alpha": 2 * lora})
     else:
         recipe = Recipe(train_modules=["adapters"] if stage == 1 else ["adapters", "language_model"])
     apply_freezing(model, recipe)

@@ -125,7 +125,7 @@ class Trainer:
         self.warmup_steps = math.ceil(recipe.warmup_ratio * self.total_steps)
 
         if recipe.lora:
-            model = _add_lora(model, recipe.lora)
+            model = add_lora(model, recipe.lora)
         apply_freezing(model, recipe)
         if recipe.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -308,14 +308,17 @@ class Trainer:
         a.wait_for_everyone()
 
 
-def _add_lora(model, lora: dict):
+def add_lora(model, lora: dict):
+    """``model`` wrapped by peft with a LoRA (``lora``: r, alpha, dropout) on every attention and MLP projection of
+    its LLM's decoder layers (``language_model.layers.N`` in a SparseCut model, ``language_model.model.layers.N``
+    where the LLM is a whole causal LM); peft freezes everything else: re-apply the recipe's freezing after."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=int(lora.get("r", 128)),
         lora_alpha=int(lora.get("alpha", 256)),
         lora_dropout=float(lora.get("dropout", 0.05)),
-        target_modules=r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
+        target_modules=r".*language_model\.(model\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
     )
     return get_peft_model(model, config)
 

@@ -22,21 +22,21 @@ from .loop import fit
 
 from .dataset import image_for, scene_for
 from .questions import caption
-from .scenes import COLOURS, IMAGE_SIZE, SHAPES, WORDS, Scene, Text
+from .scenes import COLOURS, DEFAULT_LAYOUT, SHAPES, WORDS, Scene, Text
 
-VIEW = IMAGE_SIZE // 2  # the tower's input size: 64 px
+VIEW = DEFAULT_LAYOUT.view  # the tower's input size: 64 px
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-def tower_config(hidden: int = 128, layers: int = 8, heads: int = 4, patch: int = 16) -> CLIPVisionConfig:
-    """The family's vision tower: a CLIP ViT on 64-px views."""
+def tower_config(hidden: int = 128, layers: int = 8, heads: int = 4, patch: int = 16, view: int = VIEW) -> CLIPVisionConfig:
+    """The family's vision tower: a CLIP ViT on ``view``-px views (the layout's low-res view)."""
     return CLIPVisionConfig(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
-                            num_attention_heads=heads, image_size=VIEW, patch_size=patch)
+                            num_attention_heads=heads, image_size=view, patch_size=patch)
 
 
-def tower_image_processor() -> CLIPImageProcessor:
-    """The tower's preprocessing (64-px views, the family's normalisation), saved beside it."""
-    return CLIPImageProcessor(size={"shortest_edge": VIEW}, crop_size={"height": VIEW, "width": VIEW},
+def tower_image_processor(view: int = VIEW) -> CLIPImageProcessor:
+    """The tower's preprocessing (``view``-px views, the family's normalisation), saved beside it."""
+    return CLIPImageProcessor(size={"shortest_edge": view}, crop_size={"height": view, "width": view},
                               image_mean=list(MEAN), image_std=list(STD))
 
 
@@ -53,7 +53,8 @@ def clip_config(tokenizer, hidden: int = 128, layers: int = 8, heads: int = 4, p
 def crop_caption(scene: Scene, quadrant: int) -> str:
     """What lies in quadrant 0..3 (row-major) of the image: the shapes centred there and text starting there."""
     row, column = divmod(quadrant, 2)
-    inside = lambda x, y: (x >= VIEW) == bool(column) and (y >= VIEW) == bool(row)  # noqa: E731
+    view = scene.layout.view
+    inside = lambda x, y: (x >= view) == bool(column) and (y >= view) == bool(row)  # noqa: E731
     parts = [f"a {s.size} {s.name}" for s in scene.shapes if inside(*s.center)]
     text = "A part of the image with " + (", ".join(parts) if parts else "no shape") + "."
     if scene.text is not None and inside(*scene.text.origin):

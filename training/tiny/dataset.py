@@ -14,16 +14,16 @@ import numpy as np
 from PIL import Image
 
 from .questions import FAMILIES, ask, caption
-from .scenes import Scene, render, sample_scene
+from .scenes import DEFAULT_LAYOUT, Layout, Scene, render, sample_scene
 
 DESCRIBE = "Describe the image briefly."
 # how often each family is drawn for a stage-2 turn (reading and unanswerable only where the scene allows)
 TRAIN_WEIGHTS = {"attribute": 2, "count": 2, "position": 2, "existence": 3, "reading": 3, "unanswerable": 2, "choice": 1}
 
 
-def scene_for(seed: int, index: int, max_shapes: int = 5) -> tuple[Scene, np.random.Generator]:
+def scene_for(seed: int, index: int, max_shapes: int = 5, layout: Layout = DEFAULT_LAYOUT) -> tuple[Scene, np.random.Generator]:
     rng = np.random.default_rng([seed, index])
-    return sample_scene(rng, max_shapes=max_shapes), rng
+    return sample_scene(rng, max_shapes=max_shapes, layout=layout), rng
 
 
 def image_for(scene: Scene, seed: int, index: int) -> Image.Image:

@@ -5,14 +5,15 @@ colour, shape and size of the object at a place, whether a place is empty, and w
 each token of each view gets those as labels read from the scene, through linear heads on every layer from
 ``first_layer`` on (deep supervision, so the shallow taps of a shortcut pattern see too):
 
-- low-res view (64 px): per 16-px patch, the object whose centre lies in it (colour, shape, size; "none" if none)
+- low-res view (half the image: 64 px in the ``thirds-128`` layout, 48 in ``cells-96``): per 16-px patch, the object whose centre lies in it (colour, shape, size; "none" if none)
   and whether the patch holds text (none / legible / scribble);
-- each full-resolution crop (64 px of the 128-px image): the same object labels, and per 8-px glyph slot of the
+- each full-resolution crop (a half-image tile): the same object labels, and per 8-px glyph slot of the
   patch (2 x 2 slots) which character is written there ("none" if no glyph).
 Glyph labels exist only for the crops: at half resolution a 5 x 7 glyph is a 3 x 4 blur, which is the point of the
 high-res views.
 
     python -m training.tiny.dense --output runs/tower-dense --scenes 2000 --steps 400   # then: tower_probe, probe --vision
+    python -m training.tiny.dense --output runs/tower-cells --layout cells-96 --scenes 3000 --steps 1600
 """
 
 from __future__ import annotations
@@ -29,30 +30,30 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from .clip import VIEW, _pixels, tower_config, tower_image_processor
+from .clip import _pixels, tower_config, tower_image_processor
 from .dataset import image_for, scene_for
 from .font import _GLYPHS
 from .loop import fit
-from .scenes import COLOURS, SHAPES, SIZES, TEXT_ADVANCE, Scene, Shape
+from .scenes import COLOURS, DEFAULT_LAYOUT, LAYOUTS, SHAPES, SIZES, TEXT_ADVANCE, Layout, Scene, Shape, layout_named
 
 CHARS = sorted(_GLYPHS)  # every character the font draws
 IGNORE = -100
 SLOTS = 4  # 8-px glyph slots per 16-px patch
 
 
-def token_at(x: float, y: float, patch: int) -> int:
-    """Index of the patch holding pixel (x, y) of a 64-px view, row-major."""
-    return int(y // patch) * (VIEW // patch) + int(x // patch)
+def token_at(x: float, y: float, patch: int, view: int) -> int:
+    """Index of the patch holding pixel (x, y) of a ``view``-px view, row-major."""
+    return int(y // patch) * (view // patch) + int(x // patch)
 
 
 def object_places(scene: Scene, patch: int) -> list[tuple[Shape, int, int]]:
     """(object, view, token) for every object, twice: the low-res view (view 0) and the crop (1..4, row-major) holding
     its centre, each at the patch holding its centre."""
-    places = []
+    places, view = [], scene.layout.view
     for shape in scene.shapes:
         x, y = shape.center
-        places.append((shape, 0, token_at(x / 2, y / 2, patch)))
-        places.append((shape, 1 + int(y // VIEW) * 2 + int(x // VIEW), token_at(x % VIEW, y % VIEW, patch)))
+        places.append((shape, 0, token_at(x / 2, y / 2, patch, view)))
+        places.append((shape, 1 + int(y // view) * 2 + int(x // view), token_at(x % view, y % view, patch, view)))
     return places
 
 
@@ -63,13 +64,14 @@ def glyph_places(scene: Scene, patch: int) -> list[tuple[str, int, int, int, int
     if scene.text is None:
         return []
     x0, y0 = scene.text.origin
-    places = []
+    places, view = [], scene.layout.view
     for k in range(scene.text.length):
         x, y = x0 + k * TEXT_ADVANCE, y0
-        cx, cy = x % VIEW, y % VIEW
+        cx, cy = x % view, y % view
         slot = int(cy % patch // TEXT_ADVANCE) * 2 + int(cx % patch // TEXT_ADVANCE)
         char = scene.text.text[k] if scene.text.legible else ""
-        places.append((char, 1 + int(y // VIEW) * 2 + int(x // VIEW), token_at(cx, cy, patch), slot, token_at(x / 2, y / 2, patch)))
+        places.append((char, 1 + int(y // view) * 2 + int(x // view), token_at(cx, cy, patch, view), slot,
+                       token_at(x / 2, y / 2, patch, view)))
     return places
 
 
@@ -77,7 +79,7 @@ def view_labels(scene: Scene, patch: int) -> dict[str, np.ndarray]:
     """Per-token labels of the scene's 5 views (low-res, then the crops row by row), each (5, P) or (5, P, SLOTS):
     ``colour``/``shape``/``size`` (class + 1, 0 = no object centred in the patch), ``text`` (low-res only: 0 none,
     1 legible, 2 scribble; IGNORE in crops), ``glyph`` (crops only: 1 + index in ``CHARS``, 0 none; IGNORE low-res)."""
-    tokens = (VIEW // patch) ** 2
+    tokens = (scene.layout.view // patch) ** 2
     labels = {name: np.zeros((5, tokens), dtype=np.int64) for name in ("colour", "shape", "size", "text")}
     labels["glyph"] = np.zeros((5, tokens, SLOTS), dtype=np.int64)
     labels["text"][1:] = IGNORE
@@ -93,11 +95,12 @@ def view_labels(scene: Scene, patch: int) -> dict[str, np.ndarray]:
     return labels
 
 
-def scene_views(seed: int, index: int) -> np.ndarray:
-    """(5, 3, 64, 64) normalised pixels: the low-res view and the four full-resolution crops, as the processor cuts them."""
-    image = image_for(scene_for(seed, index)[0], seed, index)
-    views = [image.resize((VIEW, VIEW), Image.BICUBIC)]
-    views += [image.crop((c * VIEW, r * VIEW, (c + 1) * VIEW, (r + 1) * VIEW)) for r in range(2) for c in range(2)]
+def scene_views(seed: int, index: int, layout: Layout = DEFAULT_LAYOUT) -> np.ndarray:
+    """(5, 3, V, V) normalised pixels (V the layout's view): the low-res view and the four full-resolution crops, as
+    the processor cuts them."""
+    image, view = image_for(scene_for(seed, index, layout=layout)[0], seed, index), layout.view
+    views = [image.resize((view, view), Image.BICUBIC)]
+    views += [image.crop((c * view, r * view, (c + 1) * view, (r + 1) * view)) for r in range(2) for c in range(2)]
     return np.stack([_pixels(v) for v in views])
 
 
@@ -126,16 +129,20 @@ class DenseHeads(nn.Module):
 
 
 def pretrain_dense(seed: int, num_scenes: int, steps: int, config: CLIPVisionConfig, batch_size: int = 32,
-                   lr: float = 1e-3, first_layer: int = 1, progress: bool = True) -> tuple[CLIPVisionModel, list[float]]:
-    """A CLIP-style vision tower trained with the dense labels of ``num_scenes`` scenes of split ``seed``."""
+                   lr: float = 1e-3, first_layer: int = 1, progress: bool = True,
+                   layout: Layout = DEFAULT_LAYOUT) -> tuple[CLIPVisionModel, list[float]]:
+    """A CLIP-style vision tower trained with the dense labels of ``num_scenes`` scenes of split ``seed`` drawn in
+    ``layout`` (whose view must be the tower's input size)."""
+    if config.image_size != layout.view:
+        raise ValueError(f"the tower takes {config.image_size}-px views but layout {layout.name} cuts {layout.view}-px ones.")
     from sparsecut.vision import vision_hidden_states
 
     torch.manual_seed(seed)
     tower = CLIPVisionModel(config)
     layers = list(range(first_layer, config.num_hidden_layers + 1))
     heads = DenseHeads(config.hidden_size, layers)
-    pixels = torch.tensor(np.stack([scene_views(seed, i) for i in range(num_scenes)]), dtype=torch.float16)  # (S, 5, 3, 64, 64)
-    per_scene = [view_labels(scene_for(seed, i)[0], config.patch_size) for i in range(num_scenes)]
+    pixels = torch.tensor(np.stack([scene_views(seed, i, layout) for i in range(num_scenes)]), dtype=torch.float16)  # (S, 5, 3, V, V)
+    per_scene = [view_labels(scene_for(seed, i, layout=layout)[0], config.patch_size) for i in range(num_scenes)]
     labels = {k: torch.tensor(np.stack([p[k] for p in per_scene])) for k in per_scene[0]}
     both = nn.ModuleDict({"tower": tower, "heads": heads})
 
@@ -158,12 +165,15 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="scenes per step (5 views each)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=3003, help="the scene split it trains on")
+    parser.add_argument("--layout", default=DEFAULT_LAYOUT.name, choices=list(LAYOUTS), help="the scenes' geometry "
+                        "(training/tiny/scenes.py); the tower's input size is its low-res view")
     args = parser.parse_args(argv)
     started = time.time()
-    config = tower_config()  # the family's tower shape
-    tower, losses = pretrain_dense(args.seed, args.scenes, args.steps, config, args.batch, args.lr)
+    layout = layout_named(args.layout)
+    config = tower_config(view=layout.view)  # the family's tower shape
+    tower, losses = pretrain_dense(args.seed, args.scenes, args.steps, config, args.batch, args.lr, layout=layout)
     tower.save_pretrained(args.output)
-    tower_image_processor().save_pretrained(args.output)
+    tower_image_processor(layout.view).save_pretrained(args.output)
     with open(f"{args.output}/pretraining.json", "w", encoding="utf-8") as handle:
         json.dump({"losses": losses, "seconds": time.time() - started, **vars(args)}, handle)
     print(f"Done in {time.time() - started:.0f}s, final loss {losses[-1]:.3f}: {args.output}")

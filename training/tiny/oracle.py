@@ -2,7 +2,8 @@
 
 Instead of a vision tower's features, each scene becomes one clean vector per grid cell, read from its
 specification: colour, shape and size one-hot, and whether the cell holds legible text or a scribble (empty cells
-are zeros). ``OracleVLM`` puts those vectors, through a trainable two-layer projector (LLaVA-1.5's), at the image
+are zeros); optionally also the cell's row and column one-hot, as a ViT's position embedding puts where a patch is
+into its token. ``OracleVLM`` puts those vectors, through a trainable two-layer projector (LLaVA-1.5's), at the image
 placeholder positions of a causal LM, exactly where SparseCut's llava mode puts its projected tower features. What
 such a model cannot learn in a budget, no vision tower would let the same LLM learn in that budget.
 """
@@ -16,12 +17,14 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .scenes import COLOURS, GRID, SHAPES, SIZES, Scene
 
 FEATURES = len(COLOURS) + len(SHAPES) + len(SIZES) + 2  # + legible text, scribble
+POSITION_FEATURES = 2 * GRID  # row one-hot, column one-hot
 CELLS = GRID * GRID
 
 
-def oracle_features(scene: Scene) -> torch.Tensor:
-    """(CELLS, FEATURES): one row per grid cell in row-major order (top-left first), one-hot, zeros where empty."""
-    features = torch.zeros(CELLS, FEATURES)
+def oracle_features(scene: Scene, positions: bool = False) -> torch.Tensor:
+    """(CELLS, FEATURES): one row per grid cell in row-major order (top-left first), one-hot, zeros where empty;
+    ``positions``: (CELLS, FEATURES + POSITION_FEATURES), every cell also carrying its row and column one-hot."""
+    features = torch.zeros(CELLS, FEATURES + (POSITION_FEATURES if positions else 0))
     for shape in scene.shapes:
         row = shape.cell[0] * GRID + shape.cell[1]
         features[row, list(COLOURS).index(shape.colour)] = 1.0
@@ -30,24 +33,28 @@ def oracle_features(scene: Scene) -> torch.Tensor:
     if scene.text is not None:
         row = scene.text.cell[0] * GRID + scene.text.cell[1]
         features[row, FEATURES - 2 if scene.text.legible else FEATURES - 1] = 1.0
+    if positions:
+        for cell in range(CELLS):
+            features[cell, FEATURES + cell // GRID] = 1.0
+            features[cell, FEATURES + GRID + cell % GRID] = 1.0
     return features
 
 
 class OracleVLM(nn.Module):
     """A causal LM reading oracle features at its image placeholders.
 
-    ``forward(input_ids (B, T), attention_mask (B, T), pixel_values (B, CELLS, FEATURES), labels (B, T),
+    ``forward(input_ids (B, T), attention_mask (B, T), pixel_values (B, CELLS, features), labels (B, T),
     logits_to_keep (B, T) bool)``: the
     placeholders of row b (exactly ``tokens_per_image`` of them, as the SparseCut processor writes) receive the
     projected cells of image b, then zeros for any placeholder beyond ``CELLS``. Returns logits and the LM loss."""
 
-    def __init__(self, language_model: nn.Module, image_token_id: int, tokens_per_image: int):
+    def __init__(self, language_model: nn.Module, image_token_id: int, tokens_per_image: int, features: int = FEATURES):
         super().__init__()
         if tokens_per_image < CELLS:
             raise ValueError(f"the oracle needs at least {CELLS} image tokens (one per cell); the model has {tokens_per_image}.")
         hidden = language_model.config.hidden_size
         self.language_model = language_model
-        self.projector = nn.Sequential(nn.Linear(FEATURES, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.projector = nn.Sequential(nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.image_token_id = image_token_id
         self.tokens_per_image = tokens_per_image
 

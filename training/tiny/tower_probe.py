@@ -3,13 +3,14 @@
 Before any VLM run, each tapped ViT layer's tokens are read out by a linear classifier (logistic regression,
 trained on 80% of the scenes, scored on the other 20%):
 
-- low-res view (64 px, 16-px patches): for every object, the token of the patch holding its centre -> its colour,
+- low-res view (half the image, 16-px patches): for every object, the token of the patch holding its centre -> its colour,
   shape and size; for every grid cell, the token of the patch holding the cell's centre -> empty or not (presence);
 - high-res crops (full resolution, 16-px patches): for every legible glyph, the token of the patch holding it ->
   which character (one head per 8-px slot of the patch, since a patch holds 2 x 2 glyph slots);
 - the same glyphs read from the low-res view, where by design they are a blur (chance: 1 / characters seen).
 
     python -m training.tiny.tower_probe --tower runs/tiny/backbones/vision --scenes 2000 --json tower.json
+    python -m training.tiny.tower_probe --tower runs/tower-cells --layout cells-96   # a tower of 48-px views
 """
 
 from __future__ import annotations
@@ -27,21 +28,22 @@ from sparsecut.vision import vision_hidden_states
 
 from .dataset import scene_for
 from .dense import glyph_places, object_places, scene_views, token_at
-from .scenes import CELL, COLOURS, GRID, SHAPES, SIZES
+from .scenes import COLOURS, DEFAULT_LAYOUT, GRID, LAYOUTS, SHAPES, SIZES, Layout, layout_named
 
 TASKS = ("colour", "shape", "size", "presence", "glyph_high_res", "glyph_low_res")
 PATCH_SLOTS = 4  # 8-px glyph slots per 16-px patch of a full-resolution crop (2 x 2)
 
 
-def scene_tokens(tower: CLIPVisionModel, seed: int, scenes: int, layers: list[int], batch: int = 64):
-    """For ``scenes`` scenes of split ``seed``: {layer: low-res tokens (S, P, D)}, {layer: crop tokens (S, 4, P, D)},
-    and the scenes themselves."""
+def scene_tokens(tower: CLIPVisionModel, seed: int, scenes: int, layers: list[int], batch: int = 64,
+                 layout: Layout = DEFAULT_LAYOUT):
+    """For ``scenes`` scenes of split ``seed`` in ``layout``: {layer: low-res tokens (S, P, D)}, {layer: crop tokens
+    (S, 4, P, D)}, and the scenes themselves."""
     low, crops, drawn = {k: [] for k in layers}, {k: [] for k in layers}, []
     for start in range(0, scenes, batch):
         views = []
         for index in range(start, min(scenes, start + batch)):
-            drawn.append(scene_for(seed, index)[0])
-            views.append(scene_views(seed, index))  # (5, 3, 64, 64): low-res view, then the crops
+            drawn.append(scene_for(seed, index, layout=layout)[0])
+            views.append(scene_views(seed, index, layout))  # (5, 3, V, V): low-res view, then the crops
         with torch.no_grad():
             hidden = vision_hidden_states(tower, torch.tensor(np.concatenate(views)), layers, drop_cls=True)
         for layer, tokens in hidden.items():
@@ -61,11 +63,11 @@ def probe_examples(scenes, patch: int) -> dict[str, list[tuple[int, int, int, in
                 examples["colour"].append((s, 0, token, list(COLOURS).index(shape.colour)))
                 examples["shape"].append((s, 0, token, SHAPES.index(shape.shape)))
                 examples["size"].append((s, 0, token, list(SIZES).index(shape.size)))
-        taken = {shape.cell for shape in scene.shapes}
+        taken, cell, view = {shape.cell for shape in scene.shapes}, scene.layout.cell, scene.layout.view
         for row in range(GRID):
             for column in range(GRID):
-                centre = ((column + 0.5) * CELL / 2, (row + 0.5) * CELL / 2)
-                examples["presence"].append((s, 0, token_at(*centre, patch), int((row, column) in taken)))
+                centre = ((column + 0.5) * cell / 2, (row + 0.5) * cell / 2)
+                examples["presence"].append((s, 0, token_at(*centre, patch, view), int((row, column) in taken)))
         for char, crop, token, slot, low_token in glyph_places(scene, patch):
             if char:
                 examples["glyph_high_res"].append((s, crop, token, slot * 256 + ord(char)))
@@ -109,10 +111,15 @@ def _slot_probe(train_x, train_y, test_x, test_y) -> float:
     return hits / max(1, total)
 
 
-def tower_probe(tower: CLIPVisionModel, layers: list[int], seed: int = 7_000, scenes: int = 2000) -> dict:
-    """{layer: {task: held-out accuracy}}, with the example counts and each task's chance level."""
+def tower_probe(tower: CLIPVisionModel, layers: list[int], seed: int = 7_000, scenes: int = 2000,
+                layout: Layout = DEFAULT_LAYOUT) -> dict:
+    """{layer: {task: held-out accuracy}}, with the example counts and each task's chance level, on scenes drawn in
+    ``layout`` (whose low-res view must be the tower's input size)."""
+    if tower.config.image_size != layout.view:
+        raise ValueError(f"the tower takes {tower.config.image_size}-px views but layout {layout.name} cuts "
+                         f"{layout.view}-px ones; pass the layout the tower was trained on.")
     patch = tower.config.patch_size
-    low, crops, drawn = scene_tokens(tower, seed, scenes, layers)
+    low, crops, drawn = scene_tokens(tower, seed, scenes, layers, layout=layout)
     examples = probe_examples(drawn, patch)
     split = int(0.8 * scenes)
     results, counts, chance = {}, {}, {}
@@ -127,7 +134,8 @@ def tower_probe(tower: CLIPVisionModel, layers: list[int], seed: int = 7_000, sc
             results[layer][task] = probe(features[train], label[train], features[test], label[test])
             counts[task] = len(rows)
             chance[task] = float(torch.bincount(label[test] % 256).max()) / int(test.sum())  # the majority class
-    return {"accuracy": results, "examples": counts, "majority_baseline": chance, "scenes": scenes, "seed": seed}
+    return {"accuracy": results, "examples": counts, "majority_baseline": chance, "scenes": scenes, "seed": seed,
+            "layout": layout.name}
 
 
 def main(argv=None) -> int:
@@ -137,12 +145,17 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", default=None, help="comma-separated ViT layers (default: every layer)")
     parser.add_argument("--scenes", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7_000, help="scene split (not one the tower was trained on)")
+    parser.add_argument("--layout", default=DEFAULT_LAYOUT.name, choices=list(LAYOUTS), help="the scenes' geometry: the "
+                        "one the tower was trained on")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     tower = CLIPVisionModel.from_pretrained(args.tower).eval()
     layers = ([int(x) for x in args.layers.split(",")] if args.layers
               else list(range(1, tower.config.num_hidden_layers + 1)))
-    result = tower_probe(tower, layers, args.seed, args.scenes)
+    try:
+        result = tower_probe(tower, layers, args.seed, args.scenes, layout_named(args.layout))
+    except ValueError as err:
+        parser.error(str(err))
     print(f"{'layer':>5} " + " ".join(f"{t:>14}" for t in TASKS))
     for layer, scores in result["accuracy"].items():
         print(f"{layer:>5} " + " ".join(f"{100 * scores[t]:>13.1f}%" for t in TASKS))
