@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
-    parser.add_argument("--max-image-mb", type=float, default=10.0, help="largest accepted image file (default: 10 MB)")
+    parser.add_argument("--max-image-mb", type=float, default=10.0, help="largest accepted image file in MB of 10^6 bytes (default: 10)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests run at once per action (default: 2)")
     return parser.parse_args(argv)
 
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
             print(f"warning: {err}", file=sys.stderr)
     demo = build_demo(engine, concurrency=args.concurrency)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                max_file_size=int(2 * args.max_image_mb * 2**20))  # uploads over twice the limit never reach the disk
+                max_file_size=int(2 * args.max_image_mb * 1e6))  # uploads over twice the limit never reach the disk
     return 0
 
 

@@ -22,6 +22,19 @@ class RequestError(ValueError):
 
 
 @dataclass(frozen=True)
+class Upload:
+    """An image that came through the page or the API: ``source`` (the server's temporary path, or bytes) and the
+    name the person knows it by. Messages about it use that name, never the server's path."""
+
+    source: str | bytes
+    original_name: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"the uploaded image '{self.original_name}'" if self.original_name else "the uploaded image"
+
+
+@dataclass(frozen=True)
 class Decoding:
     """Decoding settings of one request: greedy by default; ``sample=True`` draws with temperature / top-p."""
 
@@ -64,19 +77,23 @@ def check_question(question) -> str:
 
 
 def read_image(source, max_mb: float, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """``source`` (a path, bytes or a PIL image) as upright RGB; refuses a missing, oversized or broken image."""
+    """``source`` (an ``Upload``, a path, bytes or a PIL image) as upright RGB; refuses a missing, oversized (over
+    ``max_mb`` MB, 10^6 bytes each) or broken image."""
     if source is None:
         raise RequestError("No image: upload or paste one, or pick an example.")
+    name = None
+    if isinstance(source, Upload):
+        source, name = source.source, source.name
     size = None
     if isinstance(source, (bytes, bytearray)):
         size = len(source)
     elif isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
         size = os.path.getsize(source)
-    if size is not None and size > max_mb * 2**20:
+    if size is not None and size > max_mb * 1e6:
         raise RequestError(
-            f"The image file is {size / 2**20:.1f} MB; this server accepts images up to {max_mb:g} MB (--max-image-mb)."
+            f"The image file is {size / 1e6:.2f} MB; this server accepts images up to {max_mb:g} MB (--max-image-mb)."
         )
     try:
-        return load_image(source, max_pixels)
+        return load_image(source, max_pixels, name)
     except ImageLoadError as err:
         raise RequestError(str(err)) from err

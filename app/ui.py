@@ -1,7 +1,8 @@
 """The Gradio page: ``build_demo(engine) -> gr.Blocks``. Every action is a named API endpoint.
 
-Endpoints (``gradio_client.Client(url).predict(..., api_name="/ask")``): ``/ask`` (streams both answers; the
-last input, ``compare``, adds the baseline's), ``/contributions``, ``/cross_attention``, ``/llm_attention``,
+Endpoints (``gradio_client.Client(url).predict(..., api_name="/ask")``): ``/ask`` (streams both answers: each
+answer's text and full stats record, then both stats as one Markdown table; the last input, ``compare``, adds the
+baseline's), ``/contributions``, ``/cross_attention``, ``/llm_attention``,
 ``/attributions``, ``/ablation``, ``/diagram``, ``/model_info``, ``/pick_example``, ``/select_patch``. Inputs are
 taken raw (no Gradio preprocessing) so that the engine checks every one of them and refuses bad ones with its own
 message, shown in the page as an error.
@@ -19,7 +20,7 @@ from PIL import Image
 
 from .examples import load_examples
 from .models import USAGE
-from .requests import MAX_NEW_TOKENS, Decoding, RequestError
+from .requests import MAX_NEW_TOKENS, Decoding, RequestError, Upload
 from .views import ATTRIBUTION_METHODS
 
 MEAN_HEADS = "mean"
@@ -46,14 +47,17 @@ def _user_errors(fn):
 
 
 def _image(payload):
-    """A raw Gradio image payload (an uploaded file's data, or a data URL) -> a path or bytes for the engine."""
-    if payload is None or isinstance(payload, str):
-        return payload
+    """A raw Gradio image payload (an uploaded file's data, or a data URL) -> an ``Upload`` for the engine, named by
+    the file's original name (error messages never show the server's temporary path)."""
+    if payload is None:
+        return None
+    if isinstance(payload, str):
+        return Upload(payload)
     if payload.get("path"):
-        return payload["path"]
+        return Upload(payload["path"], payload.get("orig_name"))
     url = payload.get("url") or ""
     if url.startswith("data:") and "," in url:
-        return base64.b64decode(url.split(",", 1)[1])
+        return Upload(base64.b64decode(url.split(",", 1)[1]), payload.get("orig_name"))
     raise RequestError("The image did not arrive: upload it again.")
 
 
@@ -96,6 +100,38 @@ def _shown(answer) -> tuple:
     return ("", None) if answer is None else (answer.text, answer.stats())
 
 
+def _ms(seconds) -> str:
+    return "–" if seconds is None else f"{1000 * seconds:,.0f} ms"
+
+
+def _gflops(flops) -> str:
+    return "–" if flops is None else f"{flops / 1e9:.3g}"
+
+
+def _ratio(ours, theirs) -> str:
+    return "–" if ours is None or theirs is None or not theirs else f"{ours / theirs:.2f}x"
+
+
+def stats_summary(ours, theirs=None) -> str:
+    """The two answers' request stats as one aligned Markdown table (ms, counts, GFLOPs), with the SparseCut / LLaVA
+    ratio of latency and prefill FLOPs when both are there; "–" for what is not known yet (while streaming)."""
+    answers = [a for a in (ours, theirs) if a is not None]
+    if not answers:
+        return ""
+    rows = [("latency", lambda a: _ms(a.latency_s), lambda: _ratio(ours.latency_s, theirs.latency_s)),
+            ("time to first words", lambda a: _ms(a.first_text_s), lambda: ""),
+            ("new tokens", lambda a: "–" if a.new_tokens is None else str(a.new_tokens), lambda: ""),
+            ("visual tokens in the context", lambda a: str(a.visual_tokens), lambda: ""),
+            ("prompt length (tokens)", lambda a: str(a.context_tokens), lambda: ""),
+            ("prefill GFLOPs", lambda a: _gflops(a.prefill_flops), lambda: _ratio(ours.prefill_flops, theirs.prefill_flops))]
+    both = ours is not None and theirs is not None
+    header = "| | " + " | ".join(a.model for a in answers) + (" | SparseCut / LLaVA |" if both else " |")
+    lines = [header, "|---|" + "---:|" * (len(answers) + both)]
+    for name, value, ratio in rows:
+        lines.append(f"| {name} | " + " | ".join(value(a) for a in answers) + (f" | {ratio()} |" if both else " |"))
+    return "\n".join(lines)
+
+
 def _header(engine) -> str:
     lines = [
         "# SparseCut: visual features from several ViT layers, added into several LLM layers",
@@ -123,10 +159,10 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
         decoding = Decoding(bool(sample), temperature, top_p, max_new_tokens)
         if compare:
             for ours, theirs in engine.compare(_image(image), question, model, shortcuts, high_res, decoding):
-                yield _shown(ours) + _shown(theirs)
+                yield _shown(ours) + _shown(theirs) + (stats_summary(ours, theirs),)
         else:
             for ours in engine.answer(_image(image), question, model, shortcuts, high_res, decoding):
-                yield _shown(ours) + ("", {"comparison": "off"})
+                yield _shown(ours) + ("", {"comparison": "off"}, stats_summary(ours))
 
     @_user_errors
     def model_info(model):
@@ -225,13 +261,14 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
                              columns=len(cases) or 1, height=230, object_fit="contain", allow_preview=False)
         case_note = gr.Markdown(elem_id="case-note")
         with gr.Row():
-            with gr.Column():
-                ours = gr.Textbox(label="SparseCut", lines=2, interactive=False, elem_id="sparsecut-answer")
-                our_stats = gr.JSON(label="SparseCut: latency, visual context, FLOPs", elem_id="sparsecut-stats")
-            with gr.Column():
-                theirs = gr.Textbox(label=f"LLaVA baseline ({engine.baseline or 'none'})", lines=2, interactive=False,
-                                    elem_id="baseline-answer")
-                their_stats = gr.JSON(label="Baseline: latency, visual context, FLOPs", elem_id="baseline-stats")
+            ours = gr.Textbox(label="SparseCut", lines=2, interactive=False, elem_id="sparsecut-answer")
+            theirs = gr.Textbox(label=f"LLaVA baseline ({engine.baseline or 'none'})", lines=2, interactive=False,
+                                elem_id="baseline-answer")
+        summary = gr.Markdown(elem_id="stats-summary")
+        with gr.Accordion("Full request records (as the API returns them)", open=False):
+            with gr.Row():
+                our_stats = gr.JSON(label="SparseCut", elem_id="sparsecut-stats")
+                their_stats = gr.JSON(label="Baseline", elem_id="baseline-stats")
 
         request = [image, question, model, shortcuts, high_res, max_new_tokens]
 
@@ -283,7 +320,7 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
                 diagram_button = gr.Button("Show the pattern", elem_id="run-diagram")
                 diagram_outputs = shown_view("diagram")
 
-        answers = [ours, our_stats, theirs, their_stats]
+        answers = [ours, our_stats, theirs, their_stats, summary]
         asking = [*request[:5], sample, temperature, top_p, max_new_tokens, compare]
         ask_button.click(ask, asking, answers, api_name="ask", preprocess=False)
         question.submit(ask, asking, answers, api_visibility="undocumented", preprocess=False)

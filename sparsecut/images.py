@@ -15,13 +15,16 @@ class ImageLoadError(ValueError):
     """An input that is not a usable image; the message says what is wrong and how to fix it."""
 
 
-def _describe(source) -> str:
+def _describe(source, name: str | None = None) -> str:
+    """The subject of an error message: ``name`` (e.g. "the uploaded image") if given, else the path or the type."""
+    if name:
+        return name[0].upper() + name[1:]
     if isinstance(source, (str, os.PathLike)):
-        return f"'{os.fspath(source)}'"
-    return f"the given {type(source).__name__}"
+        return f"Image '{os.fspath(source)}'"
+    return f"The given {type(source).__name__}"
 
 
-def _open(source) -> Image.Image:
+def _open(source, name: str | None = None) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, (bytes, bytearray)):
@@ -29,7 +32,7 @@ def _open(source) -> Image.Image:
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
-            raise ImageLoadError(f"Image file '{path}' does not exist.")
+            raise ImageLoadError(f"{_describe(source, name)} does not exist.")
         with open(path, "rb") as handle:
             data = handle.read()
     elif hasattr(source, "read"):
@@ -37,21 +40,21 @@ def _open(source) -> Image.Image:
     else:
         raise ImageLoadError(f"Expected a PIL image, a path, bytes or a file object; got {type(source).__name__}.")
     if len(data) == 0:
-        raise ImageLoadError(f"Image {_describe(source)} is an empty file (0 bytes).")
+        raise ImageLoadError(f"{_describe(source, name)} is an empty file (0 bytes).")
     try:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:
-        raise ImageLoadError(f"Image {_describe(source)} looks like a decompression bomb: {err}") from err
+        raise ImageLoadError(f"{_describe(source, name)} looks like a decompression bomb: {err}") from err
     except UnidentifiedImageError as err:
         raise ImageLoadError(
-            f"{_describe(source)} is not an image Pillow can read (PNG, JPEG, WebP, GIF, BMP, TIFF, ...)."
+            f"{_describe(source, name)} is not an image Pillow can read (PNG, JPEG, WebP, GIF, BMP, TIFF, ...)."
         ) from err
     except (OSError, SyntaxError) as err:
-        raise _corrupt(source, err) from err
+        raise _corrupt(source, err, name) from err
 
 
-def _corrupt(source, err: Exception) -> ImageLoadError:
-    return ImageLoadError(f"Image {_describe(source)} is truncated or corrupt ({err}). Re-export or re-download it.")
+def _corrupt(source, err: Exception, name: str | None = None) -> ImageLoadError:
+    return ImageLoadError(f"{_describe(source, name)} is truncated or corrupt ({err}). Re-export or re-download it.")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -74,21 +77,22 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(source, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> Image.Image:
     """Open ``source`` (PIL image, path, bytes or file object) as an upright 8-bit RGB image.
 
     Applies the EXIF orientation; raises ``ImageLoadError`` for a missing, empty, non-image, truncated or
-    oversized (decompression-bomb) input."""
-    image = _open(source)
+    oversized (decompression-bomb) input. Messages name ``name`` (e.g. "the uploaded image": a server never shows
+    its temporary paths) or else the path."""
+    image = _open(source, name)
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         raise ImageLoadError(
-            f"Image {_describe(source)} is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{_describe(source, name)} is {width}x{height} = {width * height:,} pixels, over the limit of "
             f"{max_pixels:,} (a possible decompression bomb). Downscale it, or raise max_pixels if you trust it."
         )
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError) as err:
-        raise _corrupt(source, err) from err
+        raise _corrupt(source, err, name) from err
     return _to_rgb(image)

@@ -78,20 +78,24 @@ def test_ask_streams_the_sparsecut_answer_with_its_stats(served):
     engine, client, _ = served
     job = client.submit(*ask_args(shortcuts="5:1,1:6"), api_name="/ask")
     final = job.result()
-    text, stats, baseline, baseline_stats = final
+    text, stats, baseline, baseline_stats, summary = final
     assert text == engine_text(engine, "sparsecut-tiny", "5:1,1:6", True)
     assert stats["done"] and stats["ablation"] and stats["shortcuts"] == "5:1,1:6" and stats["high_res"]
     assert stats["visual_tokens"] == 16 and stats["prefill_flops"] > 0 and stats["latency_s"] > 0
     assert (baseline, baseline_stats) == ("", {"comparison": "off"})
+    assert f"| latency | {1000 * stats['latency_s']:,.0f} ms |" in summary and "SparseCut / LLaVA" not in summary
     assert len(job.outputs()) >= 1 and job.outputs()[-1][0] == text
 
 
 def test_compare_gives_the_baselines_answer_beside(served):
     engine, client, _ = served
-    text, _, baseline, baseline_stats = client.predict(*ask_args(high_res=False, compare=True), api_name="/ask")
+    text, stats, baseline, baseline_stats, summary = client.predict(*ask_args(high_res=False, compare=True), api_name="/ask")
     assert text == engine_text(engine, "sparsecut-tiny", None, False)
     assert baseline == engine_text(engine, "llava-tiny", None, None)
     assert baseline_stats["model"] == "llava-tiny" and not baseline_stats["high_res"] and baseline_stats["done"]
+    ratio = stats["prefill_flops"] / baseline_stats["prefill_flops"]
+    assert summary.splitlines()[0] == "| | sparsecut-tiny | llava-tiny | SparseCut / LLaVA |"
+    assert f"| prefill GFLOPs | {stats['prefill_flops'] / 1e9:.3g} | {baseline_stats['prefill_flops'] / 1e9:.3g} | {ratio:.2f}x |" in summary
 
 
 def _plot_data(plot) -> list:
@@ -149,7 +153,7 @@ def test_bad_inputs_are_refused_with_their_reason_and_the_server_keeps_serving(s
     Image.fromarray(noise).save(root / "large.png")  # ~270 KB, over the 0.1 MB limit of this server
     bad = [
         (ask_args(image=None), "No image: upload or paste one"),
-        (ask_args(image=str(root / "not-an-image.png")), "is not an image Pillow can read"),
+        (ask_args(image=str(root / "not-an-image.png")), "^The uploaded image 'not-an-image.png' is not an image Pillow can read"),
         (ask_args(image=str(root / "truncated.png")), "is truncated or corrupt"),
         (ask_args(image=str(root / "large.png")), r"accepts images up to 0.1 MB \(--max-image-mb\)"),
         (ask_args(question="   "), "The question is empty"),
@@ -162,9 +166,11 @@ def test_bad_inputs_are_refused_with_their_reason_and_the_server_keeps_serving(s
         (ask_args(max_new_tokens=0), "Max new tokens must be a whole number in 1..512"),
     ]
     for args, reason in bad:
-        with pytest.raises(AppError, match=reason):
+        with pytest.raises(AppError, match=reason) as refused:
             client.predict(*args, api_name="/ask")
+        if "image" in reason:  # an upload is named by its file name, never by the server's temporary path
+            assert "gradio" not in str(refused.value).lower() and str(root) not in str(refused.value)
     with pytest.raises(AppError, match="Head 7 is out of range"):
         client.predict(handle_file(IMAGE), QUESTION, "sparsecut-tiny", "", True, 3, 2, "7", api_name="/llm_attention")
-    text, stats, _, _ = client.predict(*ask_args(), api_name="/ask")
+    text, stats, _, _, _ = client.predict(*ask_args(), api_name="/ask")
     assert stats["done"] and isinstance(text, str)

@@ -50,6 +50,9 @@ def test_pick_an_example_ask_and_see_both_answers_and_a_plot(tmp_path):
             answer = {side: driver.find_element(By.CSS_SELECTOR, f"#{side} textarea") for side in ("sparsecut-answer", "baseline-answer")}
             wait.until(lambda d: answer["sparsecut-answer"].get_property("value") == ours.text
                        and answer["baseline-answer"].get_property("value") == theirs.text)
+            table = driver.find_element(By.ID, "stats-summary")  # the formatted stats, both models side by side
+            wait.until(lambda d: "SparseCut / LLaVA" in table.text and " ms" in table.text)
+            assert f"{ours.model} {theirs.model} SparseCut / LLaVA" in table.text.replace("\n", " ")
             driver.find_element(By.ID, "run-contributions").click()
             wait.until(seen.presence_of_element_located((By.CSS_SELECTOR, "#plot-contributions .js-plotly-plot .main-svg")))
             wait.until(lambda d: d.find_element(By.ID, "summary-contributions").text.startswith("Largest share"))

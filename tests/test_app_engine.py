@@ -181,3 +181,19 @@ def test_examples_are_deterministic_and_the_committed_ones_match(tmp_path):
         assert case.question == entry["question"] and case.answer == entry["answer"]
         assert Image.open(case.path).size == (128, 128)
     assert (tmp_path / "README.md").read_text() == (Path(DEFAULT_DIR) / "README.md").read_text()
+
+
+def test_the_stats_summary_aligns_both_answers_and_their_ratios():
+    from app.engine import Answer
+    from app.ui import stats_summary
+
+    common = dict(done=True, shortcuts="1:1", ablation=False, high_res=False, context_tokens=40, visual_tokens=16)
+    ours = Answer("sparsecut-tiny", "3", latency_s=0.1944, first_text_s=0.05, new_tokens=2, prefill_flops=3_000_000_000, **common)
+    theirs = Answer("llava-tiny", "2", latency_s=0.2, first_text_s=None, new_tokens=None, prefill_flops=2_000_000_000, **common)
+    rows = stats_summary(ours, theirs).splitlines()
+    assert rows[0] == "| | sparsecut-tiny | llava-tiny | SparseCut / LLaVA |" and rows[1] == "|---|---:|---:|---:|"
+    assert "| latency | 194 ms | 200 ms | 0.97x |" in rows and "| prefill GFLOPs | 3 | 2 | 1.50x |" in rows
+    assert "| time to first words | 50 ms | – |  |" in rows and "| new tokens | 2 | – |  |" in rows  # still streaming
+    alone = stats_summary(ours).splitlines()
+    assert alone[0] == "| | sparsecut-tiny |" and "| visual tokens in the context | 16 |" in alone
+    assert stats_summary(None) == ""

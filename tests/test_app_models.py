@@ -115,7 +115,7 @@ def test_python_m_app_serves_the_family_on_localhost(family_env):
         assert config["title"] == "SparseCut demo"
         case = load_examples()[0]
         client = client_module.Client(url, verbose=False, analytics_enabled=False)
-        ours, _, theirs, their_stats = client.predict(client_module.handle_file(case.path), case.question,
+        ours, _, theirs, their_stats, _ = client.predict(client_module.handle_file(case.path), case.question,
                                                       DEFAULT_MODEL, "", True, False, 1.0, 1.0, 4, True, api_name="/ask")
         assert ours and theirs and their_stats["model"] == DEFAULT_BASELINE
         noise = np.random.default_rng(0).integers(0, 256, (350, 350, 3), dtype=np.uint8)
