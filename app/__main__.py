@@ -43,7 +43,7 @@ def main(argv=None) -> int:
 
     from .engine import Engine
     from .requests import RequestError
-    from .ui import build_demo
+    from .ui import build_demo, launch
 
     engine = Engine(models, baseline, device=args.device, dtype=args.dtype, max_image_mb=args.max_image_mb)
     for name in dict.fromkeys([engine.models[0], *([engine.baseline] if engine.baseline else [])]):
@@ -52,8 +52,8 @@ def main(argv=None) -> int:
         except RequestError as err:
             print(f"warning: {err}", file=sys.stderr)
     demo = build_demo(engine, concurrency=args.concurrency)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                max_file_size=int(2 * args.max_image_mb * 1e6))  # uploads over twice the limit never reach the disk
+    launch(demo, server_name=args.host, server_port=args.port, share=args.share,
+           max_file_size=int(2 * args.max_image_mb * 1e6))  # uploads over twice the limit never reach the disk
     return 0
 
 

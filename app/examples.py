@@ -10,11 +10,15 @@ question. The same seed always gives the same files. The app's gallery reads ``e
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
+
+from sparsecut.evaluation.benchmarks.synthetic import normalise
 
 from training.tiny.questions import ask
 from training.tiny.scenes import DEFAULT_LAYOUT, render, sample_scene
@@ -63,6 +67,25 @@ class CaseStudy:
     question: str
     answer: str
     note: str
+    pixels: str  # sha256 of the decoded image (RGB bytes and size): recognises the case whatever file carries it
+
+    def is_right(self, answer: str) -> bool:
+        """Whether ``answer`` is this case's right answer, compared as the synthetic benchmark scores answers."""
+        return normalise(answer) == normalise(self.answer)
+
+
+def pixels_sha256(image: Image.Image) -> str:
+    image = image.convert("RGB")
+    return hashlib.sha256(image.tobytes() + f"{image.size}".encode()).hexdigest()
+
+
+def find_case(cases: list[CaseStudy], image: Image.Image, question: str) -> CaseStudy | None:
+    """The case study asked about, if ``image`` (decoded) and ``question`` are one case's; None otherwise."""
+    asked = [c for c in cases if c.question.strip() == question.strip()]
+    if not asked:
+        return None
+    pixels = pixels_sha256(image)
+    return next((c for c in asked if c.pixels == pixels), None)
 
 
 def _find(case: Case, number: int, seed: int):
@@ -118,8 +141,12 @@ def load_examples(folder: str = DEFAULT_DIR) -> list[CaseStudy]:
         return []
     with open(path, encoding="utf-8") as handle:
         entries = json.load(handle)["examples"]
-    return [CaseStudy(os.path.join(folder, e["file"]), e["name"], e["kind"], e["question"], e["answer"], e["note"])
-            for e in entries]
+    cases = []
+    for e in entries:
+        path = os.path.join(folder, e["file"])
+        with Image.open(path) as picture:
+            cases.append(CaseStudy(path, e["name"], e["kind"], e["question"], e["answer"], e["note"], pixels_sha256(picture)))
+    return cases
 
 
 def main(argv=None) -> int:

@@ -18,12 +18,17 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from .examples import load_examples
+from .examples import find_case, load_examples
 from .models import USAGE
-from .requests import MAX_NEW_TOKENS, Decoding, RequestError, Upload
+from .requests import MAX_NEW_TOKENS, Decoding, RequestError, Upload, read_image
 from .views import ATTRIBUTION_METHODS
 
 MEAN_HEADS = "mean"
+# the gallery one row of whole, square thumbnails: no fixed height that crops them or leaves empty space below
+GALLERY_CSS = """
+#examples, #examples .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; overflow-y: visible !important; }
+#examples .grid-container { grid-template-rows: none !important; grid-auto-rows: auto !important; }
+"""
 
 
 def _user_errors(fn):
@@ -112,13 +117,21 @@ def _ratio(ours, theirs) -> str:
     return "–" if ours is None or theirs is None or not theirs else f"{ours / theirs:.2f}x"
 
 
-def stats_summary(ours, theirs=None) -> str:
+def _verdict(answer, case) -> str:
+    if not answer.done:
+        return "…"
+    return f"{answer.text.strip() or '(empty)'} " + ("✓ right" if case.is_right(answer.text) else "✗ wrong")
+
+
+def stats_summary(ours, theirs=None, case=None) -> str:
     """The two answers' request stats as one aligned Markdown table (ms, counts, GFLOPs), with the SparseCut / LLaVA
-    ratio of latency and prefill FLOPs when both are there; "–" for what is not known yet (while streaming)."""
+    ratio of latency and prefill FLOPs when both are there; "–" for what is not known yet (while streaming). For a
+    case study (``case``), a first row marks each finished answer right or wrong against the case's answer."""
     answers = [a for a in (ours, theirs) if a is not None]
     if not answers:
         return ""
-    rows = [("latency", lambda a: _ms(a.latency_s), lambda: _ratio(ours.latency_s, theirs.latency_s)),
+    rows = [(f"answer (right: {case.answer})", lambda a: _verdict(a, case), lambda: "")] if case else []
+    rows += [("latency", lambda a: _ms(a.latency_s), lambda: _ratio(ours.latency_s, theirs.latency_s)),
             ("time to first words", lambda a: _ms(a.first_text_s), lambda: ""),
             ("new tokens", lambda a: "–" if a.new_tokens is None else str(a.new_tokens), lambda: ""),
             ("visual tokens in the context", lambda a: str(a.visual_tokens), lambda: ""),
@@ -149,6 +162,11 @@ def _header(engine) -> str:
     return "\n\n".join(lines)
 
 
+def launch(demo: gr.Blocks, **options):
+    """``demo.launch(**options)`` with the page's own style sheet (Gradio 6 takes it at launch)."""
+    return demo.launch(css=GALLERY_CSS, **options)
+
+
 def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
     """The page for ``engine``; requests are queued and at most ``concurrency`` run at once per endpoint."""
     cases = load_examples()
@@ -157,12 +175,19 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
     @_user_errors
     def ask(image, question, model, shortcuts, high_res, sample, temperature, top_p, max_new_tokens, compare):
         decoding = Decoding(bool(sample), temperature, top_p, max_new_tokens)
+        case = _case_asked(image, question)
         if compare:
             for ours, theirs in engine.compare(_image(image), question, model, shortcuts, high_res, decoding):
-                yield _shown(ours) + _shown(theirs) + (stats_summary(ours, theirs),)
+                yield _shown(ours) + _shown(theirs) + (stats_summary(ours, theirs, case),)
         else:
             for ours in engine.answer(_image(image), question, model, shortcuts, high_res, decoding):
-                yield _shown(ours) + ("", {"comparison": "off"}, stats_summary(ours))
+                yield _shown(ours) + ("", {"comparison": "off"}, stats_summary(ours, case=case))
+
+    def _case_asked(image, question):
+        """The case study this request asks (its image and question), if any: its answers get marked."""
+        if not isinstance(question, str) or not any(c.question.strip() == question.strip() for c in cases):
+            return None
+        return find_case(cases, read_image(_image(image), engine.max_image_mb), question)
 
     @_user_errors
     def model_info(model):
@@ -256,9 +281,10 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
                     temperature = gr.Slider(0.05, 5.0, value=1.0, step=0.05, label="Temperature (when sampling)")
                     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (when sampling)")
                     max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=32, step=1, label="Max new tokens")
-        gallery = gr.Gallery([(c.path, f"{c.kind}: {c.name}") for c in cases], format="png", elem_id="examples",
-                             label="Case studies (in the spirit of the paper's Fig. 4): pick one, then Ask; it runs live",
-                             columns=len(cases) or 1, height=230, object_fit="contain", allow_preview=False)
+        gr.Markdown("**Case studies** (in the spirit of the paper's Fig. 4): pick one, then Ask; it runs live. "
+                    + " · ".join(f"{k + 1}. {c.kind}: {c.name}" for k, c in enumerate(cases)), elem_id="examples-label")
+        gallery = gr.Gallery([c.path for c in cases], format="png", elem_id="examples", show_label=False,
+                             columns=len(cases) or 1, object_fit="contain", allow_preview=False)
         case_note = gr.Markdown(elem_id="case-note")
         with gr.Row():
             ours = gr.Textbox(label="SparseCut", lines=2, interactive=False, elem_id="sparsecut-answer")
@@ -275,7 +301,7 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
         def shown_view(name: str):
             """A view's plot, summary and table, inside its tab."""
             return [gr.Plot(label=name, elem_id=f"plot-{name}"), gr.Markdown(elem_id=f"summary-{name}"),
-                    gr.Dataframe(value=None, interactive=False, elem_id=f"table-{name}")]
+                    gr.Dataframe(value=None, interactive=False, visible=False, elem_id=f"table-{name}")]
 
         with gr.Tabs():
             with gr.Tab("Contributions", elem_id="tab-contributions"):
@@ -331,14 +357,20 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
 
         handlers = {"contributions": contributions, "cross_attention": cross_attention, "llm_attention": llm_attention,
                     "attributions": attributions, "ablation": ablation}
+        def reveal(event, table):
+            """Tables start hidden (no placeholder headers); a view that filled its table shows it."""
+            event.success(lambda: gr.Dataframe(visible=True), None, table, api_visibility="private")
+
         for name, handler in handlers.items():
             button, extra, outputs = views[name]
-            button.click(handler, request + extra, outputs, api_name=name, preprocess=False)
+            reveal(button.click(handler, request + extra, outputs, api_name=name, preprocess=False), outputs[-1])
         _, extra, outputs = views["cross_attention"]
-        seen.select(select_patch, [seen, model], [patch_row, patch_col], api_name="select_patch").then(
-            cross_attention, request + extra, outputs, api_visibility="undocumented", preprocess=False)
+        reveal(seen.select(select_patch, [seen, model], [patch_row, patch_col], api_name="select_patch").then(
+            cross_attention, request + extra, outputs, api_visibility="undocumented", preprocess=False), outputs[-1])
         _, extra, outputs = views["llm_attention"]
-        layer.release(llm_attention, request + extra, outputs, api_visibility="undocumented", preprocess=False)
-        diagram_button.click(diagram, [model, shortcuts], diagram_outputs, api_name="diagram", preprocess=False)
+        reveal(layer.release(llm_attention, request + extra, outputs, api_visibility="undocumented", preprocess=False),
+               outputs[-1])
+        reveal(diagram_button.click(diagram, [model, shortcuts], diagram_outputs, api_name="diagram", preprocess=False),
+               diagram_outputs[-1])
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     return demo

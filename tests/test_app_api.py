@@ -19,7 +19,7 @@ from test_app_models import export_tiny_family
 from app.engine import Engine
 from app.examples import DEFAULT_DIR
 from app.requests import Decoding
-from app.ui import build_demo
+from app.ui import build_demo, launch
 
 QUESTION = "What is written in the image?"
 IMAGE = os.path.join(DEFAULT_DIR, "small-text-digits.png")
@@ -47,7 +47,7 @@ def tiny_family_served(root, concurrency: int = 8, extra_models=(), max_image_mb
         engine = Engine.embedded(max_image_mb=max_image_mb)
         engine = Engine([*engine.models, *extra_models], engine.baseline, max_image_mb=max_image_mb)
         demo = build_demo(engine, concurrency=concurrency)
-        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+        _, url, _ = launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
         try:
             yield engine, url
         finally:
@@ -96,6 +96,19 @@ def test_compare_gives_the_baselines_answer_beside(served):
     ratio = stats["prefill_flops"] / baseline_stats["prefill_flops"]
     assert summary.splitlines()[0] == "| | sparsecut-tiny | llava-tiny | SparseCut / LLaVA |"
     assert f"| prefill GFLOPs | {stats['prefill_flops'] / 1e9:.3g} | {baseline_stats['prefill_flops'] / 1e9:.3g} | {ratio:.2f}x |" in summary
+
+
+def test_a_case_study_asked_gets_its_answers_marked_right_or_wrong(served):
+    from app.examples import load_examples
+
+    _, client, _ = served
+    case = load_examples()[0]
+    text, _, baseline, _, summary = client.predict(*ask_args(image=case.path, question=case.question, compare=True),
+                                                   api_name="/ask")
+    marks = [("✓ right" if case.is_right(answer) else "✗ wrong") for answer in (text, baseline)]
+    assert summary.splitlines()[2] == f"| answer (right: {case.answer}) | {text.strip()} {marks[0]} | {baseline.strip()} {marks[1]} |  |"
+    *_, plain = client.predict(*ask_args(compare=True), api_name="/ask")  # not a case study: no verdict row
+    assert "right:" not in plain
 
 
 def _plot_data(plot) -> list:

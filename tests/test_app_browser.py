@@ -53,9 +53,13 @@ def test_pick_an_example_ask_and_see_both_answers_and_a_plot(tmp_path):
             table = driver.find_element(By.ID, "stats-summary")  # the formatted stats, both models side by side
             wait.until(lambda d: "SparseCut / LLaVA" in table.text and " ms" in table.text)
             assert f"{ours.model} {theirs.model} SparseCut / LLaVA" in table.text.replace("\n", " ")
+            assert not driver.find_elements(By.CSS_SELECTOR, "#table-contributions table")  # hidden until filled
+            marks = [("✓ right" if case.is_right(a.text) else "✗ wrong") for a in (ours, theirs)]
+            assert f"right: {case.answer}" in table.text and all(mark in table.text for mark in marks)
             driver.find_element(By.ID, "run-contributions").click()
             wait.until(seen.presence_of_element_located((By.CSS_SELECTOR, "#plot-contributions .js-plotly-plot .main-svg")))
             wait.until(lambda d: d.find_element(By.ID, "summary-contributions").text.startswith("Largest share"))
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#table-contributions table").is_displayed())
             driver.execute_script("window.scrollTo(0, 0)")
             driver.save_screenshot(str(tmp_path / "app.png"))
             requests = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]

@@ -197,3 +197,27 @@ def test_the_stats_summary_aligns_both_answers_and_their_ratios():
     alone = stats_summary(ours).splitlines()
     assert alone[0] == "| | sparsecut-tiny |" and "| visual tokens in the context | 16 |" in alone
     assert stats_summary(None) == ""
+
+
+def test_a_case_study_is_recognised_by_its_pixels_and_question_and_its_answers_marked():
+    from PIL import Image
+
+    from app.engine import Answer
+    from app.examples import find_case, load_examples
+    from app.ui import stats_summary
+
+    cases = load_examples()
+    case = cases[0]
+    with Image.open(case.path) as picture:
+        image = picture.convert("RGB")
+    assert find_case(cases, image, case.question + "\n") is case  # whatever file carries the same pixels
+    assert find_case(cases, image, "How many circles are there?") is None
+    assert find_case(cases, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), case.question) is None
+    common = dict(latency_s=0.1, first_text_s=0.05, new_tokens=2, prefill_flops=10**9, shortcuts="1:1", ablation=False,
+                  high_res=False, context_tokens=40, visual_tokens=16)
+    right = Answer("sparsecut-tiny", f" {case.answer.upper()}.", done=True, **common)
+    streaming = Answer("llava-tiny", "unans", done=False, **common)
+    rows = stats_summary(right, streaming, case).splitlines()
+    assert rows[2] == f"| answer (right: {case.answer}) | {case.answer.upper()}. ✓ right | … |  |"
+    wrong = Answer("llava-tiny", "unanswerable" if case.answer != "unanswerable" else "7", done=True, **common)
+    assert "✗ wrong" in stats_summary(wrong, case=case).splitlines()[2]
