@@ -120,7 +120,7 @@ def default_groups(model, example: Example) -> dict[str, tuple[Shortcut, ...]]:
     groups = {}
     llava = model.config.llava_shortcut
     if llava in active and len(active) > 2:  # with two shortcuts this is the other one's own row
-        groups[f"all but {label(llava)} (llava)"] = tuple(s for s in active if s != llava)
+        groups[f"only {label(llava)} (LLaVA's) left on"] = tuple(s for s in active if s != llava)
     groups["all shortcuts"] = active
     return groups
 

@@ -305,8 +305,10 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
 
         with gr.Tabs():
             with gr.Tab("Contributions", elem_id="tab-contributions"):
-                gr.Markdown("How much each shortcut adds at the image's tokens: ||Z|| and its share of the hidden state "
-                            "it joins, per shortcut and per patch.")
+                gr.Markdown("How much each shortcut adds at the image's tokens: ||Z|| and its share ||Z|| / ||h|| of the "
+                            "hidden state h it joins, per shortcut and per patch. The input shortcut (into LLM layer 1) "
+                            "*is* the image's tokens, as LLaVA's projector output is, so its share is 1 by construction; "
+                            "a deeper shortcut's share says how much it changes a stream that already holds the image.")
                 ratio = gr.Checkbox(label="Maps of the ratio ||Z|| / ||h|| (off: ||Z||)")
                 views["contributions"] = (gr.Button("Show contributions", elem_id="run-contributions"), [ratio],
                                           shown_view("contributions"))
@@ -331,14 +333,21 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
                 views["llm_attention"] = (gr.Button("Show LLM attention", elem_id="run-llm-attention"), [layer, llm_head],
                                           shown_view("llm_attention"))
             with gr.Tab("Attributions", elem_id="tab-attributions"):
-                gr.Markdown("Which pixels, or which shortcuts, drove the answer (captum; slow: computed on demand).")
+                gr.Markdown("Which pixels, or which shortcuts, drove the answer (captum; slow: computed on demand). "
+                            "Integrated gradients' attributions add up to log p(answer) minus its value at the baseline "
+                            "(a blank image, or no shortcuts), up to the integration error the summary gives: the gap "
+                            "left by summing the gradients at that many points. More integration steps shrink it; "
+                            "occlusion has none.")
                 with gr.Row():
                     method = gr.Radio(list(ATTRIBUTION_METHODS), value=ATTRIBUTION_METHODS[0], label="Method")
                     steps = gr.Slider(2, 64, value=16, step=1, label="Integration steps")
                 views["attributions"] = (gr.Button("Compute attributions", elem_id="run-attributions"), [method, steps],
                                          shown_view("attributions"))
             with gr.Tab("Ablation", elem_id="tab-ablation"):
-                gr.Markdown("Each shortcut switched off at inference: the change in log p(answer) and the new answer.")
+                gr.Markdown("Each shortcut (and some groups) switched off at inference: delta log p = log p(the greedy "
+                            "answer, shortcut off) - log p(it, all on), so a negative delta marks a shortcut the answer "
+                            "leans on; and the answer then generated. That answer can change even where delta is "
+                            "positive: another answer's probability may have risen more than this one's.")
                 views["ablation"] = (gr.Button("Run the ablation", elem_id="run-ablation"), [], shown_view("ablation"))
             with gr.Tab("Pattern diagram", elem_id="tab-diagram"):
                 gr.Markdown("The shortcut pattern as in the paper's Fig. 2 (ViT left, LLM right, layer 1 at the bottom); "

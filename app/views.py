@@ -51,11 +51,13 @@ def _answer(example: Example) -> str:
 def contributions(model, example: Example, ratio: bool = False, **_) -> ViewResult:
     result = contribution_norms(model, example)
     rows = result.table()
-    top = max(rows, key=lambda row: row["mean_ratio"])
+    deeper = [row for row in rows if row["llm_layer"] != 1] or rows  # the input shortcut's share is 1
+    top = max(deeper, key=lambda row: row["mean_ratio"])
     return ViewResult(
         result.plotly(ratio=ratio),
         rows,
-        f"Largest share of the stream: {top['shortcut']} (mean ||Z|| / ||h|| = {top['mean_ratio']:.3f}); {_answer(example)}.",
+        f"Largest share of the stream: {top['shortcut']} (mean ||Z|| / ||h|| = {top['mean_ratio']:.3f}"
+        + ("" if deeper is rows else "; the input shortcut's is 1 by construction") + f"); {_answer(example)}.",
     )
 
 

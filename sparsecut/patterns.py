@@ -187,6 +187,11 @@ def format_pattern(shortcuts: list[Shortcut]) -> str:
     return ",".join(f"{i}:{j}" for i, j in sorted(shortcuts, key=lambda p: (-p[0], p[1])))
 
 
+def _a(number: int) -> str:
+    """The article before a layer count said aloud: "an 8-layer", "an 11-layer", "an 18-layer", "an 80-layer"; "a 24-layer"."""
+    return "an" if str(number).startswith("8") or number in (11, 18) else "a"
+
+
 def describe(shortcuts: list[Shortcut], vision_layers: int, llm_layers: int) -> str:
     """One paragraph stating the pattern's order, distribution and density (§3.2), then its pairs."""
     s = summarize(shortcuts, vision_layers, llm_layers)
@@ -204,7 +209,8 @@ def describe(shortcuts: list[Shortcut], vision_layers: int, llm_layers: int) -> 
         "custom": "a custom LLM-end distribution",
     }[s.distribution]
     return (
-        f"{s.num_shortcuts} shortcut(s) between a {vision_layers}-layer ViT and a {llm_layers}-layer LLM: {order}; "
+        f"{s.num_shortcuts} shortcut(s) between {_a(vision_layers)} {vision_layers}-layer ViT and {_a(llm_layers)} "
+        f"{llm_layers}-layer LLM: {order}; "
         f"{dist}; density {s.num_shortcuts}/{vision_layers} = {s.density:.2f} ({kind}). "
         f"Pairs (ViT:LLM): {format_pattern(shortcuts)}."
     )

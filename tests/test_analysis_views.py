@@ -221,7 +221,7 @@ def test_ablating_all_but_the_llava_shortcut_gives_the_llava_mode_model():
     example = prepare(model, make_processor(model.config), tiny_image(), "What is it?", max_new_tokens=4)
     llava = _llava_mode_copy(model)
     result = shortcut_ablation(model, example, max_new_tokens=4)
-    row = next(r for r in result.rows if r.name == "all but 5:1 (llava)")
+    row = next(r for r in result.rows if r.name == "only 5:1 (LLaVA's) left on")
     assert row.on == ((5, 1),) and set(row.off) == {(3, 3), (1, 6)}
     inputs = example.model_inputs()
     with torch.no_grad():

@@ -91,3 +91,10 @@ def test_format_round_trips():
     for name in PATTERN_NAMES:
         pairs = make_pattern(name, 24, 32)
         assert sorted(parse_pattern_string(format_pattern(pairs))) == pairs
+
+
+def test_descriptions_use_the_right_article_before_a_layer_count():
+    from sparsecut.patterns import describe
+
+    assert "between an 8-layer ViT and a 30-layer LLM" in describe([(7, 1)], 8, 30)
+    assert "between a 24-layer ViT and an 18-layer LLM" in describe([(23, 1)], 24, 18)
