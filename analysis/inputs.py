@@ -163,13 +163,28 @@ def _until_eos(ids: torch.Tensor, eos: list) -> torch.Tensor:
     return ids[: int(stops[0, 0])] if len(stops) else ids
 
 
-def _seen_image(views: torch.Tensor, image_processor, grid: TokenGrid) -> np.ndarray:
-    """(N, 3, S, S) normalised views -> (H, W, 3) uint8: the stitched crops when there are any, else the low-res view."""
+def _unnormalised(views: torch.Tensor, image_processor) -> torch.Tensor:
+    """(N, 3, S, S) normalised views -> the same in [0, 1], as the image processor's statistics undo them."""
     mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(image_processor.image_std, dtype=torch.float32)[:, None, None]
-    pixels = views.detach().float().cpu() * std + mean  # (N, 3, S, S) in [0, 1]
-    image = grid.stitch(pixels[1:].transpose(0, 1)) if pixels.shape[0] > 1 else pixels[0]  # (3, H, W)
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return (views.detach().float().cpu() * std + mean).clamp(0, 1)
+
+
+def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """(..., 3, H, W) in [0, 1] -> (..., H, W, 3) uint8."""
+    return (pixels * 255).round().to(torch.uint8).movedim(-3, -1).numpy()
+
+
+def view_images(views: torch.Tensor, image_processor) -> np.ndarray:
+    """(N, 3, S, S) normalised views (the low-res view, then the crops) -> (N, S, S, 3) uint8: each view exactly as
+    the model receives it, de-normalised."""
+    return _to_uint8(_unnormalised(views, image_processor))
+
+
+def _seen_image(views: torch.Tensor, image_processor, grid: TokenGrid) -> np.ndarray:
+    """(N, 3, S, S) normalised views -> (H, W, 3) uint8: the stitched crops when there are any, else the low-res view."""
+    pixels = _unnormalised(views, image_processor)  # (N, 3, S, S)
+    return _to_uint8(grid.stitch(pixels[1:].transpose(0, 1)) if pixels.shape[0] > 1 else pixels[0])
 
 
 def answer_logprobs(model, example: Example, pixel_values: torch.Tensor | None = None, shortcuts=None) -> torch.Tensor:

@@ -21,8 +21,10 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from analysis.flops import forward_flops
-from analysis.inputs import prepare
+from analysis.inputs import prepare, view_images
 from sparsecut import zoo
 from sparsecut.config import pattern_config
 from sparsecut.patterns import format_pattern
@@ -294,6 +296,14 @@ class Engine:
             return VIEWS[view](loaded.model, example, progress=progress, max_new_tokens=decoding.max_new_tokens, **options)
         except ValueError as err:  # the analysis library's refusals (a head out of range, no attention, ...)
             raise RequestError(str(err)) from err
+
+    def model_views(self, image, model: str | None = None, high_res: bool | None = None) -> np.ndarray:
+        """(N, S, S, 3) uint8: what ``model`` receives for ``image`` with this high-res setting, exactly as its
+        processor makes it (de-normalised): the low-res view, then the g x g crops when high-res is on."""
+        loaded = self.load(model or self.models[0])
+        _, use_high, _ = self._settings(loaded, None, high_res)
+        views = loaded.processor.image_views(self._image(image), use_high)  # (N, 3, S, S)
+        return view_images(views, loaded.processor.image_processor)
 
     def diagram(self, model: str | None = None, shortcuts=None) -> ViewResult:
         """The pattern diagram of a model's trained shortcuts, or of the request's subset of them."""

@@ -3,7 +3,7 @@
 Endpoints (``gradio_client.Client(url).predict(..., api_name="/ask")``): ``/ask`` (streams both answers: each
 answer's text and full stats record, then both stats as one Markdown table; the last input, ``compare``, adds the
 baseline's), ``/contributions``, ``/cross_attention``, ``/llm_attention``,
-``/attributions``, ``/ablation``, ``/diagram``, ``/model_info``, ``/pick_example``, ``/select_patch``. Inputs are
+``/attributions``, ``/ablation``, ``/diagram``, ``/model_views`` (what the model receives), ``/model_info``, ``/pick_example``, ``/select_patch``. Inputs are
 taken raw (no Gradio preprocessing) so that the engine checks every one of them and refuses bad ones with its own
 message, shown in the page as an error.
 """
@@ -21,7 +21,7 @@ from PIL import Image
 from .examples import find_case, load_examples
 from .models import USAGE
 from .requests import MAX_NEW_TOKENS, Decoding, RequestError, Upload, read_image
-from .views import ATTRIBUTION_METHODS
+from .views import ATTRIBUTION_METHODS, side_by_side
 
 MEAN_HEADS = "mean"
 # the gallery one row of whole, square thumbnails: no fixed height that crops them or leaves empty space below
@@ -190,6 +190,11 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
         return find_case(cases, read_image(_image(image), engine.max_image_mb), question)
 
     @_user_errors
+    def model_views(image, model, high_res):
+        views = engine.model_views(_image(image), model, high_res)  # (N, S, S, 3)
+        return side_by_side(views, engine.info(model or engine.models[0])["high_res_grid"])
+
+    @_user_errors
     def model_info(model):
         info = engine.info(model)
         heads = [MEAN_HEADS] + [str(h) for h in range(info["llm_heads"])]
@@ -291,6 +296,10 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
             theirs = gr.Textbox(label=f"LLaVA baseline ({engine.baseline or 'none'})", lines=2, interactive=False,
                                 elem_id="baseline-answer")
         summary = gr.Markdown(elem_id="stats-summary")
+        seen_views = gr.Image(label="What the model sees, as its processor made it (after Ask): left, the low-res view "
+                              "every model reads, where small text is a blur; right, the high-res crops SparseCut "
+                              "fuses by cross-attention (when high-res fusion is on)", interactive=False, format="png",
+                              height=280, elem_id="model-views")
         with gr.Accordion("Full request records (as the API returns them)", open=False):
             with gr.Row():
                 our_stats = gr.JSON(label="SparseCut", elem_id="sparsecut-stats")
@@ -357,8 +366,10 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
 
         answers = [ours, our_stats, theirs, their_stats, summary]
         asking = [*request[:5], sample, temperature, top_p, max_new_tokens, compare]
-        ask_button.click(ask, asking, answers, api_name="ask", preprocess=False)
-        question.submit(ask, asking, answers, api_visibility="undocumented", preprocess=False)
+        ask_button.click(ask, asking, answers, api_name="ask", preprocess=False).success(
+            model_views, [image, model, high_res], seen_views, api_name="model_views", preprocess=False)
+        question.submit(ask, asking, answers, api_visibility="undocumented", preprocess=False).success(
+            model_views, [image, model, high_res], seen_views, api_visibility="undocumented", preprocess=False)
         gallery.select(pick_example, None, [image, question, case_note], api_name="pick_example")
         info_outputs = [model_note, high_res, shortcuts, shortcut, adapter_head, layer, llm_head]
         model.change(model_info, model, info_outputs, api_name="model_info", preprocess=False)

@@ -137,6 +137,25 @@ def diagram_view(config, shortcuts: list) -> ViewResult:
     return ViewResult(figure, rows, diagram.description + note)
 
 
+def side_by_side(views: np.ndarray, grid: int, scale: int = 4, gap: int = 8) -> np.ndarray:
+    """(N, S, S, 3) views (low-res, then ``grid`` x ``grid`` crops) -> one (H, W, 3) picture, nearest-neighbour
+    enlarged: the low-res view at the size of the stitched crops, then the crops in place, ``gap`` px of white
+    between views. Without crops, the low-res view alone."""
+    side = views.shape[1]
+    if len(views) == 1:
+        return views[0].repeat(scale, 0).repeat(scale, 1)
+    cell = side * scale
+    total = grid * cell + (grid - 1) * gap
+    picture = np.full((total, total * 2 + 2 * gap, 3), 255, dtype=np.uint8)
+    low = grid * scale
+    picture[: grid * cell, : grid * cell] = views[0].repeat(low, 0).repeat(low, 1)[: grid * cell, : grid * cell]
+    for k, crop in enumerate(views[1:]):
+        r, c = divmod(k, grid)
+        y, x = r * (cell + gap), total + 2 * gap + c * (cell + gap)
+        picture[y : y + cell, x : x + cell] = crop.repeat(scale, 0).repeat(scale, 1)
+    return picture
+
+
 VIEWS: dict[str, Callable[..., ViewResult]] = {
     "contributions": contributions,
     "cross_attention": cross_attention_view,

@@ -109,6 +109,8 @@ def test_a_case_study_asked_gets_its_answers_marked_right_or_wrong(served):
     assert summary.splitlines()[2] == f"| answer (right: {case.answer}) | {text.strip()} {marks[0]} | {baseline.strip()} {marks[1]} |  |"
     *_, plain = client.predict(*ask_args(compare=True), api_name="/ask")  # not a case study: no verdict row
     assert "right:" not in plain
+    seen = client.predict(handle_file(case.path), "sparsecut-tiny", True, api_name="/model_views")
+    assert np.asarray(Image.open(seen)).shape[1] > 2 * np.asarray(Image.open(seen)).shape[0]  # low-res | crops
 
 
 def _plot_data(plot) -> list:

@@ -54,6 +54,7 @@ def test_pick_an_example_ask_and_see_both_answers_and_a_plot(tmp_path):
             wait.until(lambda d: "SparseCut / LLaVA" in table.text and " ms" in table.text)
             assert f"{ours.model} {theirs.model} SparseCut / LLaVA" in table.text.replace("\n", " ")
             assert not driver.find_elements(By.CSS_SELECTOR, "#table-contributions table")  # hidden until filled
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model-views img"))  # what the model sees, after Ask
             marks = [("✓ right" if case.is_right(a.text) else "✗ wrong") for a in (ours, theirs)]
             assert f"right: {case.answer}" in table.text and all(mark in table.text for mark in marks)
             driver.find_element(By.ID, "run-contributions").click()

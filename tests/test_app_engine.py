@@ -4,6 +4,7 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from conftest import one_torch_thread
@@ -221,3 +222,24 @@ def test_a_case_study_is_recognised_by_its_pixels_and_question_and_its_answers_m
     assert rows[2] == f"| answer (right: {case.answer}) | {case.answer.upper()}. ✓ right | … |  |"
     wrong = Answer("llava-tiny", "unanswerable" if case.answer != "unanswerable" else "7", done=True, **common)
     assert "✗ wrong" in stats_summary(wrong, case=case).splitlines()[2]
+
+
+def test_what_the_model_sees_is_its_processors_views_de_normalised(engine, image):
+    from app.views import side_by_side
+
+    loaded = engine.load("sparsecut-tiny")
+    views = engine.model_views(image, "sparsecut-tiny", high_res=True)
+    grid, side = loaded.model.config.high_res_grid, loaded.processor.image_size
+    assert views.shape == (1 + grid * grid, side, side, 3) and views.dtype == np.uint8
+    normalised = loaded.processor.image_views(image, True)
+    processor = loaded.processor.image_processor
+    back = (views.astype(np.float32) / 255 - np.array(processor.image_mean)) / np.array(processor.image_std)
+    assert np.abs(back.transpose(0, 3, 1, 2) - normalised.numpy()).max() < 0.5 / 255 / min(processor.image_std) + 1e-5
+    assert engine.model_views(image, "sparsecut-tiny", high_res=False).shape == (1, side, side, 3)
+    with pytest.raises(RequestError, match="trained without high-res"):
+        engine.model_views(image, "sparsecut-tiny-lowres", high_res=True)
+    picture = side_by_side(views, grid, scale=2, gap=4)
+    cell = 2 * side
+    assert picture.shape == (grid * cell + (grid - 1) * 4, 2 * (grid * cell + (grid - 1) * 4) + 8, 3)
+    assert np.array_equal(picture[:cell, -cell:], views[grid].repeat(2, 0).repeat(2, 1))  # the top-right crop
+    assert np.array_equal(picture[0, 0], views[0, 0, 0]) and (side_by_side(views[:1], grid, scale=3).shape == (3 * side, 3 * side, 3))
