@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from sparsecut.evaluation.prompts import short_answer
 from sparsecut.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
 MAX_QUESTION_CHARS = 1000
@@ -64,6 +65,15 @@ def _number(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RequestError(f"{name} must be a number; got {value!r}.")
     return value
+
+
+def with_short_answer(question: str) -> str:
+    """``question`` with LLaVA-1.5's short-answer instruction on its own line (the form the embedded family was
+    trained on), unless it already carries an instruction (a line after the question, as the case studies do)."""
+    question = question.rstrip()
+    if not question or "\n" in question.strip():
+        return question
+    return short_answer(question)
 
 
 def check_question(question) -> str:

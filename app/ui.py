@@ -20,7 +20,7 @@ from PIL import Image
 
 from .examples import find_case, load_examples
 from .models import USAGE
-from .requests import MAX_NEW_TOKENS, Decoding, RequestError, Upload, read_image
+from .requests import MAX_NEW_TOKENS, Decoding, RequestError, Upload, read_image, with_short_answer
 from .views import ATTRIBUTION_METHODS, side_by_side
 
 MEAN_HEADS = "mean"
@@ -99,6 +99,11 @@ def _enlarged(image, at_least: int = 256):
     """Nearest-neighbour upscaling of a small (H, W, 3) image, so that its patches are large enough to click."""
     factor = max(1, -(-at_least // max(image.shape[:2])))
     return image.repeat(factor, 0).repeat(factor, 1)
+
+
+def _short(question, short: bool):
+    """The question box at Ask: with the short-answer instruction appended when the switch is on."""
+    return with_short_answer(question) if short and isinstance(question, str) else question
 
 
 def _shown(answer) -> tuple:
@@ -278,6 +283,10 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
                                        info="Not a trained pattern: switches the other shortcuts of the loaded model off "
                                             "for this request only. Empty: all of them.", elem_id="shortcuts")
                 high_res = gr.Checkbox(label="High-res fusion (the crops, fused by cross-attention)", elem_id="high-res")
+                short = gr.Checkbox(value=engine.synthetic, label="Short answer: append \"Answer the question using a "
+                                    "single word or phrase.\" to a plain question at Ask", info="The form the embedded "
+                                    "family was trained on (LLaVA-1.5's VQA instruction); the question box shows it.",
+                                    elem_id="short-answer")
                 compare = gr.Checkbox(value=engine.baseline is not None, interactive=engine.baseline is not None,
                                       label=f"Compare with the LLaVA baseline ({engine.baseline or 'none: pass --baseline'})",
                                       elem_id="compare")
@@ -366,10 +375,12 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
 
         answers = [ours, our_stats, theirs, their_stats, summary]
         asking = [*request[:5], sample, temperature, top_p, max_new_tokens, compare]
-        ask_button.click(ask, asking, answers, api_name="ask", preprocess=False).success(
-            model_views, [image, model, high_res], seen_views, api_name="model_views", preprocess=False)
-        question.submit(ask, asking, answers, api_visibility="undocumented", preprocess=False).success(
-            model_views, [image, model, high_res], seen_views, api_visibility="undocumented", preprocess=False)
+        for trigger, name in ((ask_button.click, "ask"), (question.submit, None)):  # the button is the API's /ask
+            visibility = dict(api_name=name) if name else dict(api_visibility="undocumented")
+            trigger(_short, [question, short], question, api_visibility="private").then(
+                ask, asking, answers, preprocess=False, **visibility).success(
+                model_views, [image, model, high_res], seen_views, preprocess=False,
+                **(dict(api_name="model_views") if name else dict(api_visibility="undocumented")))
         gallery.select(pick_example, None, [image, question, case_note], api_name="pick_example")
         info_outputs = [model_note, high_res, shortcuts, shortcut, adapter_head, layer, llm_head]
         model.change(model_info, model, info_outputs, api_name="model_info", preprocess=False)

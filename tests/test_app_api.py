@@ -189,3 +189,22 @@ def test_bad_inputs_are_refused_with_their_reason_and_the_server_keeps_serving(s
         client.predict(handle_file(IMAGE), QUESTION, "sparsecut-tiny", "", True, 3, 2, "7", api_name="/llm_attention")
     text, stats, _, _, _ = client.predict(*ask_args(), api_name="/ask")
     assert stats["done"] and isinstance(text, str)
+
+
+def test_the_readme_api_example_runs_as_written(served):
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    code = next(block for block in readme.split("```python\n")[1:] if "from gradio_client import" in block).split("```")[0]
+    _, client, _ = served
+    names = {}
+    exec(code.replace('Client("http://127.0.0.1:7860/")', "client"), {"client": client}, names)
+    assert names["ours"] and names["our_stats"]["done"] and names["their_stats"]["model"] == "llava-tiny"
+    assert "right: 63" in names["table"]  # the example is a case study: the table marks both answers
+
+
+def test_the_short_answer_switch_appends_the_instruction_to_plain_questions_only():
+    from app.requests import with_short_answer
+
+    assert with_short_answer("How many circles are there? ") == (
+        "How many circles are there?\nAnswer the question using a single word or phrase.")
+    case = "What is written in the image?\nWhen the provided information is insufficient, respond with 'Unanswerable'."
+    assert with_short_answer(case) == case and with_short_answer("") == ""

@@ -63,6 +63,10 @@ def test_pick_an_example_ask_and_see_both_answers_and_a_plot(tmp_path):
             wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#table-contributions table").is_displayed())
             driver.execute_script("window.scrollTo(0, 0)")
             driver.save_screenshot(str(tmp_path / "app.png"))
+            question.clear()
+            question.send_keys("How many circles are there?")  # a plain question: the short-answer switch is on
+            driver.find_element(By.ID, "ask").click()
+            wait.until(lambda d: question.get_property("value").endswith("\nAnswer the question using a single word or phrase."))
             requests = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]
         finally:
             driver.quit()
