@@ -211,6 +211,9 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
             curve.append({"step": step, "train_seconds": began - started - scoring[0],
                           "scores": exact_match(model, test, test_views, collate)})
             scoring[0] += time.time() - began
+            if progress:  # as it is measured, so that an interrupted run still tells its curve
+                print(f"\n  step {step:>5}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in curve[-1]["scores"].items()),
+                      flush=True)
 
     started = time.time()
     losses = fit(model, step_loss, steps, lr, seed, weight_decay=0.0, betas=(0.9, 0.999), warmup_ratio=0.03,
@@ -287,8 +290,6 @@ def main(argv=None) -> int:
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""
-    for point in result["curve"][:-1]:
-        print(f"  step {point['step']:>5}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in point["scores"].items()))
     print(f"{args.member}{vision}, {args.steps} steps, {result['questions']} held-out questions (teacher-forced exact match):")
     for family, score in result["scores"].items():
         print(f"  {family:<13} {100 * score:5.1f}%")
