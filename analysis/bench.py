@@ -39,10 +39,9 @@ import numpy as np
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-from sparsecut import SparseCutConfig, SparseCutForConditionalGeneration
+from sparsecut import SparseCutConfig, SparseCutForConditionalGeneration, injection
 from sparsecut.config import pattern_config
 from sparsecut.convert import from_hf_llava
-from sparsecut.model import INJECTION_KWARG, Injection
 from sparsecut.patterns import make_pattern
 from training.bench import cpu_name
 
@@ -217,17 +216,14 @@ def _injection_times(sparse: SparseCutForConditionalGeneration, settings) -> dic
     generator = torch.Generator().manual_seed(1)
     embeds = torch.randn(1, T, width, generator=generator).to(device, dtype)  # (B, T, Dt)
     positions = (torch.zeros(M, dtype=torch.long, device=device), torch.arange(1, 1 + M, device=device))
-    per_layer: dict[int, torch.Tensor] = {}
-    for _, llm_layer in config.shortcut_pairs:
-        z = torch.randn(M, width, generator=generator).to(device, dtype)  # (T_vis, Dt)
-        per_layer[llm_layer - 1] = per_layer[llm_layer - 1] + z if llm_layer - 1 in per_layer else z
-    first = per_layer.pop(0, None)
+    features = {s: torch.randn(M, width, generator=generator).to(device, dtype) for s in config.shortcut_pairs}
+    per_layer = injection.plan(features)  # {layer index: (T_vis, Dt)}
     lm = sparse.model.language_model
     mask = torch.ones(1, T, dtype=torch.long, device=device)
 
     def with_injection():
-        h = embeds if first is None else embeds.index_put(positions, first, accumulate=True)
-        extra = {INJECTION_KWARG: Injection(positions, per_layer)} if per_layer else {}
+        h, deeper = injection.inject(embeds, positions, per_layer)
+        extra = {injection.INJECTION_KWARG: deeper} if deeper is not None else {}
         lm(inputs_embeds=h, attention_mask=mask, use_cache=True, **extra)
 
     def without_injection():

@@ -4,12 +4,8 @@ Composition follows transformers' LLaVA: ``SparseCutModel`` holds ``vision_tower
 ``language_model`` (the decoder without its head); ``SparseCutForConditionalGeneration`` adds ``lm_head``,
 the loss and ``generate``.
 
-Injection (eq. 4): visual positions of the input embeddings start at 0; a shortcut ``(i, j)`` adds its
-adapter output Z_i to the visual positions of the hidden state entering LLM layer ``j``. Layer 1 is done
-on the input embeddings (exactly as HF LLaVA scatters its features); deeper layers by forward pre-hooks,
-registered once, that read the per-call ``Injection`` passed down as a keyword argument. Nothing is stored
-on the module between calls, so concurrent calls with different patterns are independent, gradient
-checkpointing replays the same input, and cached decode steps (no ``pixel_values``) inject nothing.
+Injection (eq. 4) lives in ``injection.py``: visual positions of the input embeddings start at 0; a shortcut
+``(i, j)`` adds its adapter output Z_i to the visual positions of the hidden state entering LLM layer ``j``.
 """
 
 from __future__ import annotations
@@ -24,48 +20,16 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
+from . import injection
 from .adapter import ShortcutAdapter, ZeroInitLinear
 from .cache_name import CACHE_KWARG, one_cache
 from .config import SparseCutConfig
 from .patterns import Shortcut, parse_pattern_string
 from .vision import vision_hidden_states
 
-INJECTION_KWARG = "sparsecut_injection"
-
-
 def adapter_key(shortcut: Shortcut) -> str:
     """Name of a shortcut's adapter in ``model.adapters`` (and in the state dict)."""
     return f"vit{shortcut[0]}_llm{shortcut[1]}"
-
-
-@dataclass
-class Injection:
-    """What to add inside the LLM during one forward call.
-
-    positions: (batch_index, seq_index) of the visual tokens, each (T_vis,).
-    per_layer: 0-based decoder layer index -> summed adapter outputs for that layer, (T_vis, D_t).
-    """
-
-    positions: tuple[torch.Tensor, torch.Tensor]
-    per_layer: dict[int, torch.Tensor]
-
-
-def _make_injection_hook(layer_index: int):
-    def hook(module, args, kwargs):
-        injection = kwargs.pop(INJECTION_KWARG, None)
-        if injection is None or layer_index not in injection.per_layer:
-            return args, kwargs
-        on_args = len(args) > 0
-        hidden = args[0] if on_args else kwargs["hidden_states"]
-        positions = tuple(p.to(hidden.device) for p in injection.positions)  # layers may sit on other devices
-        added = injection.per_layer[layer_index].to(hidden.device, hidden.dtype)
-        hidden = hidden.index_put(positions, added, accumulate=True)
-        if on_args:
-            return (hidden, *args[1:]), kwargs
-        kwargs["hidden_states"] = hidden
-        return args, kwargs
-
-    return hook
 
 
 def decoder_layers_of(language_model: nn.Module) -> nn.ModuleList:
@@ -198,10 +162,7 @@ class SparseCutModel(SparseCutPreTrainedModel):
             }
         )
         self.language_model = language_model if language_model is not None else AutoModel.from_config(config.text_config)
-        for index, layer in enumerate(decoder_layers_of(self.language_model)):
-            if not getattr(layer, "_sparsecut_injection_hook", False):  # once per layer, even if models share an LLM
-                layer.register_forward_pre_hook(_make_injection_hook(index), with_kwargs=True)
-                layer._sparsecut_injection_hook = True
+        injection.install(decoder_layers_of(self.language_model))
         self.post_init()
 
     def get_input_embeddings(self):
@@ -327,15 +288,9 @@ class SparseCutModel(SparseCutPreTrainedModel):
                 )
             positions = mask.nonzero(as_tuple=True)
             inputs_embeds = inputs_embeds.masked_fill(mask[..., None], 0.0)  # visual positions start at 0
-            per_layer: dict[int, torch.Tensor] = {}
-            for (_, llm_layer), z in features.items():
-                z = z.reshape(-1, z.shape[-1])  # (T_vis, Dt), images in order of appearance
-                index = llm_layer - 1
-                per_layer[index] = per_layer[index] + z if index in per_layer else z
-            if 0 in per_layer:
-                inputs_embeds = inputs_embeds.index_put(positions, per_layer.pop(0).to(inputs_embeds.dtype), accumulate=True)
-            if per_layer:
-                kwargs[INJECTION_KWARG] = Injection(positions, per_layer)
+            inputs_embeds, deeper = injection.inject(inputs_embeds, positions, injection.plan(features))
+            if deeper is not None:
+                kwargs[injection.INJECTION_KWARG] = deeper
         elif input_ids is not None and cache is None and bool((input_ids == self.config.image_token_id).any()):
             raise ValueError("input_ids contain image placeholder tokens but no pixel_values were given.")
 
@@ -346,6 +301,7 @@ class SparseCutModel(SparseCutPreTrainedModel):
             **{CACHE_KWARG: cache},
             **kwargs,
         )
+        injection.check_delivered(kwargs.get(injection.INJECTION_KWARG), self.language_model)
         return SparseCutModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             **{CACHE_KWARG: outputs.get(CACHE_KWARG)},

@@ -302,3 +302,39 @@ def test_models_sharing_one_llm_register_its_injection_hook_once():
     second.load_state_dict(first.state_dict())
     with torch.no_grad():
         assert torch.equal(first(**batch).logits, second(**batch).logits)
+
+
+def test_a_decoder_that_drops_its_kwargs_is_refused_by_name():
+    from sparsecut.injection import INJECTION_KWARG
+
+    model = make_model(pattern="sparse-uniform")
+    assert any(layer > 1 for _, layer in model.config.shortcut_pairs)  # shortcuts beyond layer 1 need the hooks
+    batch = image_batch(make_processor(model.config), ["What colour is the square?"])
+    decoder = model.model.language_model
+    original = decoder.forward
+
+    def dropping(*args, **kwargs):  # a decoder that does not hand **kwargs on to its layers
+        kwargs.pop(INJECTION_KWARG, None)
+        return original(*args, **kwargs)
+
+    decoder.forward = dropping
+    with pytest.raises(RuntimeError, match=rf"{type(decoder).__name__} did not pass the keyword argument "
+                                           rf"'{INJECTION_KWARG}' on to its decoder layers \[\d"):
+        model(**batch)
+    del decoder.forward  # the real decoder again: the same call runs
+    with torch.no_grad():
+        assert model(**batch).logits.isfinite().all()
+
+
+def test_the_injection_plan_sums_the_shortcuts_into_each_layer():
+    from sparsecut.injection import add_at, inject, plan
+
+    z = {(3, 1): torch.ones(1, 2, 4), (5, 2): torch.full((1, 2, 4), 2.0), (4, 2): torch.full((1, 2, 4), 3.0)}
+    per_layer = plan(z)
+    assert sorted(per_layer) == [0, 1] and torch.equal(per_layer[1], torch.full((2, 4), 5.0))
+    positions = (torch.tensor([0, 0]), torch.tensor([1, 3]))
+    hidden = torch.zeros(1, 5, 4)
+    embeds, deeper = inject(hidden, positions, per_layer)
+    assert torch.equal(embeds[0, [1, 3]], torch.ones(2, 4)) and not embeds[0, [0, 2, 4]].any()
+    assert sorted(deeper.per_layer) == [1] and 0 in per_layer  # the plan itself is left as it was
+    assert torch.equal(add_at(hidden, positions, torch.ones(2, 4)), embeds) and not hidden.any()
