@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .models import FamilyNotShipped, served_specs
+    from .checkpoints import FamilyNotShipped, served_specs
 
     if args.max_image_mb <= 0:
         sys.exit(f"--max-image-mb must be > 0; got {args.max_image_mb}.")
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         sys.exit(f"python -m app: {err}")
 
     from .engine import Engine
-    from .requests import RequestError
+    from .request_checks import RequestError
     from .ui import build_demo, launch
 
     engine = Engine(models, baseline, device=args.device, dtype=args.dtype, max_image_mb=args.max_image_mb)

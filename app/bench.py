@@ -21,7 +21,7 @@ import torch
 from analysis.bench import machine, interleaved, summary
 
 from .examples import load_examples
-from .requests import Decoding
+from .request_checks import Decoding
 
 TARGET_S = 1.0  # the target for a short answer from both models together, on 2 CPU cores
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     from .engine import Engine
-    from .models import FamilyNotShipped, served_specs
+    from .checkpoints import FamilyNotShipped, served_specs
 
     torch.set_num_threads(args.threads)
     if bool(args.model) != bool(args.baseline):

@@ -29,8 +29,8 @@ from sparsecut import zoo
 from sparsecut.config import pattern_config
 from sparsecut.patterns import format_pattern
 
-from .models import default_family, display_name, load_model
-from .requests import Decoding, RequestError, check_question, read_image
+from .checkpoints import default_family, display_name, load_model
+from .request_checks import Decoding, RequestError, check_question, read_image
 from .streaming import interleave, stream_generate
 from .views import VIEWS, ViewResult, diagram_view
 

@@ -19,8 +19,8 @@ import pandas as pd
 from PIL import Image
 
 from .examples import find_case, load_examples
-from .models import USAGE
-from .requests import MAX_NEW_TOKENS, Decoding, RequestError, Upload, read_image, with_short_answer
+from .checkpoints import USAGE
+from .request_checks import MAX_NEW_TOKENS, Decoding, RequestError, Upload, read_image, with_short_answer
 from .views import ATTRIBUTION_METHODS, side_by_side
 
 MEAN_HEADS = "mean"

@@ -14,11 +14,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 from conftest import one_torch_thread
-from test_app_models import export_tiny_family
+from test_app_checkpoints import export_tiny_family
 
 from app.engine import Engine
 from app.examples import DEFAULT_DIR
-from app.requests import Decoding
+from app.request_checks import Decoding
 from app.ui import build_demo, launch
 
 QUESTION = "What is written in the image?"
@@ -202,7 +202,7 @@ def test_the_readme_api_example_runs_as_written(served):
 
 
 def test_the_short_answer_switch_appends_the_instruction_to_plain_questions_only():
-    from app.requests import with_short_answer
+    from app.request_checks import with_short_answer
 
     assert with_short_answer("How many circles are there? ") == (
         "How many circles are there?\nAnswer the question using a single word or phrase.")

@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from app.examples import load_examples
-from app.requests import Decoding
+from app.request_checks import Decoding
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [

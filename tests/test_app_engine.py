@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from conftest import one_torch_thread
-from test_app_models import MEMBERS, export_tiny_family
+from test_app_checkpoints import MEMBERS, export_tiny_family
 
 from analysis.flops import forward_flops
 from app.engine import Engine, prefill_flops
 from app.examples import CASES, DEFAULT_DIR, load_examples, write_examples
-from app.requests import MAX_NEW_TOKENS, Decoding, RequestError
+from app.request_checks import MAX_NEW_TOKENS, Decoding, RequestError
 from app.streaming import stream_generate
 from sparsecut.config import pattern_config
 from sparsecut.evaluation.generation import answer as library_answer

@@ -201,7 +201,7 @@ def test_bad_data_is_skipped_with_counts_or_stops_the_run(tmp_path, tiny_backbon
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path, tiny_backbones, monkeypatch, capsys):
-    from training.engine import Trainer
+    from training.trainer import Trainer
 
     data = write_dataset(tmp_path)
     out = tmp_path / "run"

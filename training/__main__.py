@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     from sparsecut.base_models import BaseModelNotInstalled
 
     from .data import BadSample, LlavaDataset, read_records
-    from .engine import Trainer, TrainingDiverged
+    from .trainer import Trainer, TrainingDiverged
     from .model_source import load_model
 
     try:

@@ -23,7 +23,7 @@ from sparsecut import SparseCutConfig, SparseCutForConditionalGeneration
 from sparsecut.vision import vision_hidden_states
 
 from .data import IGNORE_INDEX
-from .engine import adamw, add_lora, apply_freezing
+from .trainer import adamw, add_lora, apply_freezing
 from .recipes import Recipe, load_recipe
 
 PRESETS = {

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from training.engine import adamw
+from training.trainer import adamw
 
 
 def fit(model: torch.nn.Module, step_loss: Callable[[torch.Generator], torch.Tensor], steps: int, lr: float, seed: int,

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM
 
 from sparsecut.convert import from_backbones
 from training.data import IGNORE_INDEX, Collator, encode, supervised_positions
-from training.engine import add_lora, apply_freezing
+from training.trainer import add_lora, apply_freezing
 from training.recipes import load_recipe
 
 from .dataset import DESCRIBE, image_for, scene_for

@@ -1,4 +1,4 @@
-"""app.models: the embedded family by default (members in order), a clear exit when it is absent, spec checks.
+"""app.checkpoints: the embedded family by default (members in order), a clear exit when it is absent, spec checks.
 
 ``export_tiny_family`` (used by the other app tests) ships a tiny random family in the zoo format: four SparseCut
 members with different patterns and high-res settings, sharing one vision tower, and a LLaVA baseline.
@@ -18,7 +18,7 @@ from conftest import make_model, make_processor, randomise_gates
 from PIL import Image
 
 from app.examples import load_examples
-from app.models import (
+from app.checkpoints import (
     DEFAULT_BASELINE,
     DEFAULT_MODEL,
     FamilyNotShipped,
