@@ -220,50 +220,19 @@ class Trainer:
             iterator = iter(self.loader)
             while state.windows_in_epoch < self.steps_per_epoch and state.step < self.total_steps:
                 started = time.perf_counter()
-                window = self._window(iterator)
-                counts = torch.tensor(
-                    [
-                        sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window if "labels" in b),
-                        sum(int(b["attention_mask"].sum()) for b in window if "attention_mask" in b),
-                        sum(b["skipped"] for b in window),
-                    ],
-                    device=a.device,
-                )
-                supervised, tokens, skipped = a.reduce(counts, reduction="sum").tolist()
-                global_tokens = torch.tensor(float(max(supervised, 1)), device=a.device)
-                loss_sum = torch.zeros((), device=a.device)
-                grad_norm = None
-                for batch in window:
-                    with a.accumulate(self.model):
-                        loss, token_loss = self._micro_loss(batch, global_tokens)
-                        if not torch.isfinite(token_loss):
-                            loss_sum = token_loss  # NaN/inf propagates to the check below, on every process
-                        else:
-                            loss_sum = loss_sum + token_loss
-                        a.backward(loss)
-                        if a.sync_gradients:
-                            bad = a.reduce((~torch.isfinite(loss_sum)).float(), reduction="sum")
-                            if bad.item() > 0:
-                                self.optimizer.zero_grad(set_to_none=True)
-                                raise TrainingDiverged(self._diverged_message(state))
-                            if r.max_grad_norm:
-                                grad_norm = a.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], r.max_grad_norm)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                last_loss = float(a.reduce(loss_sum, reduction="sum")) / max(supervised, 1)
+                last_loss, grad_norm, tokens, skipped = self._step(self._window(iterator))
                 elapsed = time.perf_counter() - started
                 state.step += 1
                 state.windows_in_epoch += 1
                 state.samples += global_batch
-                state.tokens += int(tokens)
-                state.skipped += int(skipped)
+                state.tokens += tokens
+                state.skipped += skipped
                 record = {
                     "step": state.step,
                     "epoch": state.epoch + state.windows_in_epoch / self.steps_per_epoch,
                     "loss": last_loss,
                     "lr": self.scheduler.get_last_lr()[0],
-                    "grad_norm": None if grad_norm is None else float(grad_norm),
+                    "grad_norm": grad_norm,
                     "tokens_per_s": tokens / elapsed,
                     "samples": state.samples,
                     "skipped": state.skipped,
@@ -284,6 +253,48 @@ class Trainer:
         if state.skipped:
             self.log(f"Warning: {state.skipped} sample(s) skipped during training because their image could not be decoded.")
         return {"final_loss": last_loss, **asdict(state)}
+
+    def _step(self, window: list[dict]) -> tuple[float, float | None, int, int]:
+        """One optimizer step on one global batch (``window``: this process's micro-batches of it): (loss per
+        supervised token over the whole global batch, gradient norm before clipping or None, non-padding tokens,
+        skipped samples), summed over all processes. Raises ``TrainingDiverged`` before applying a NaN/inf update."""
+        a = self.accelerator
+        counts = torch.tensor(
+            [
+                sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window if "labels" in b),
+                sum(int(b["attention_mask"].sum()) for b in window if "attention_mask" in b),
+                sum(b["skipped"] for b in window),
+            ],
+            device=a.device,
+        )
+        supervised, tokens, skipped = a.reduce(counts, reduction="sum").tolist()
+        global_tokens = torch.tensor(float(max(supervised, 1)), device=a.device)
+        loss_sum = torch.zeros((), device=a.device)
+        grad_norm = None
+        for batch in window:
+            with a.accumulate(self.model):
+                loss, token_loss = self._micro_loss(batch, global_tokens)
+                # NaN/inf propagates to the check at the synchronising micro-batch, on every process
+                loss_sum = token_loss if not torch.isfinite(token_loss) else loss_sum + token_loss
+                a.backward(loss)
+                if a.sync_gradients:
+                    grad_norm = self._checked_grad_norm(loss_sum)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        loss = float(a.reduce(loss_sum, reduction="sum")) / max(supervised, 1)
+        return loss, None if grad_norm is None else float(grad_norm), int(tokens), int(skipped)
+
+    def _checked_grad_norm(self, loss_sum: torch.Tensor):
+        """Before the update: stop if any process saw a NaN/inf loss; else clip (recipe ``max_grad_norm``) and return
+        the norm before clipping (None without clipping)."""
+        a = self.accelerator
+        if a.reduce((~torch.isfinite(loss_sum)).float(), reduction="sum").item() > 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(self._diverged_message(self.state))
+        if not self.recipe.max_grad_norm:
+            return None
+        return a.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.recipe.max_grad_norm)
 
     def _diverged_message(self, state: TrainState) -> str:
         saved = complete_checkpoints(self.output_dir)
