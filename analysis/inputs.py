@@ -102,7 +102,7 @@ def prepare(
         raise ValueError("The question must be a non-empty string.")
     config = model.config
     active = tuple(sorted(model.model.resolve_shortcuts(shortcuts), key=lambda s: (s[1], -s[0])))  # in LLM-layer order
-    use_high = model.model._use_high_res(high_res, config.num_views)
+    use_high = model.model.resolve_high_res(high_res)
     prompt = processor(images=[image], text=[processor.prompt(question, template=template)], high_res=use_high)
     device = model.device
     prompt_ids = prompt["input_ids"].to(device)

@@ -14,7 +14,6 @@ concurrent requests with different settings do not affect each other. Refused re
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -27,14 +26,13 @@ from analysis.flops import forward_flops
 from analysis.inputs import prepare, view_images
 from sparsecut import zoo
 from sparsecut.config import pattern_config
-from sparsecut.patterns import format_pattern
+from sparsecut.patterns import EXPLICIT_RE, format_pattern
 
 from .checkpoints import default_family, display_name, load_model
 from .request_checks import Decoding, RequestError, check_question, read_image
 from .streaming import interleave, stream_generate
 from .views import VIEWS, ViewResult, diagram_view
 
-SHORTCUTS_SYNTAX = re.compile(r"^\s*\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*$")
 EXAMPLE_CACHE = 16  # prepared examples kept for the views (a view's controls re-use the same greedy answer)
 
 
@@ -177,12 +175,11 @@ class Engine:
 
     def _settings(self, loaded: Loaded, shortcuts, high_res) -> tuple[tuple, bool, bool]:
         """(active shortcuts, high-res on, is an ablation) for one request on ``loaded``."""
-        config = loaded.model.config
-        trained = config.shortcut_pairs
+        trained = loaded.model.config.shortcut_pairs
         if shortcuts is None or (isinstance(shortcuts, str) and not shortcuts.strip()):
             active = trained
         else:
-            if isinstance(shortcuts, str) and not SHORTCUTS_SYNTAX.match(shortcuts):
+            if isinstance(shortcuts, str) and not EXPLICIT_RE.match(shortcuts):
                 raise RequestError(
                     f"Custom shortcuts must be written i:j,... (ViT layer : LLM layer), a subset of {loaded.name}'s "
                     f"{format_pattern(trained)}; got {shortcuts!r}."
@@ -191,12 +188,10 @@ class Engine:
                 active = loaded.model.model.resolve_shortcuts(shortcuts)
             except ValueError as err:
                 raise RequestError(f"Custom shortcuts for {loaded.name}: {err}") from err
-        if high_res is None:
-            use_high = config.high_res
-        elif high_res and not config.high_res:
-            raise RequestError(f"{loaded.name} was trained without high-res views; switch high-res fusion off.")
-        else:
-            use_high = bool(high_res)
+        try:
+            use_high = loaded.model.model.resolve_high_res(None if high_res is None else bool(high_res))
+        except ValueError as err:
+            raise RequestError(f"{loaded.name} was trained without high-res views; switch high-res fusion off.") from err
         return tuple(active), use_high, list(active) != list(trained)
 
     def _image(self, image):

@@ -187,7 +187,11 @@ class SparseCutModel(SparseCutPreTrainedModel):
             )
         return sorted(set(pairs))
 
-    def _use_high_res(self, high_res: bool | None, num_views: int) -> bool:
+    def resolve_high_res(self, high_res: bool | None = None, num_views: int | None = None) -> bool:
+        """Whether one call uses the high-res views: ``high_res`` if given (True refused for a model built without
+        them), else the model's own setting when the call has more than one view per image (``num_views``, default
+        the model's)."""
+        num_views = self.config.num_views if num_views is None else num_views
         if high_res is None:
             return self.config.high_res and num_views > 1
         if high_res and not self.config.high_res:
@@ -208,7 +212,7 @@ class SparseCutModel(SparseCutPreTrainedModel):
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be (images, views, 3, H, W) or (images, 3, H, W); got {tuple(pixel_values.shape)}.")
         num_images, num_views = pixel_values.shape[:2]
-        use_high = self._use_high_res(high_res, num_views)
+        use_high = self.resolve_high_res(high_res, num_views)
         if use_high and num_views != self.config.num_views:
             raise ValueError(
                 f"High-res needs {self.config.num_views} views per image (1 low-res + {self.config.high_res_grid}x"
@@ -312,7 +316,7 @@ class SparseCutModel(SparseCutPreTrainedModel):
 
     def _tokens_per_image(self, pixel_values: torch.Tensor, high_res: bool | None) -> int:
         num_views = pixel_values.shape[1] if pixel_values.dim() == 5 else 1
-        return self.config.tokens_per_image(self._use_high_res(high_res, num_views))
+        return self.config.tokens_per_image(self.resolve_high_res(high_res, num_views))
 
 
 class SparseCutForConditionalGeneration(SparseCutPreTrainedModel, GenerationMixin):

@@ -40,7 +40,8 @@ _GRID_PATTERNS: dict[str, tuple[str, str, str]] = {
 }
 PATTERN_NAMES: tuple[str, ...] = ("llava", *_GRID_PATTERNS, "deepstack")
 
-_EXPLICIT_RE = re.compile(r"^\s*\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*,?\s*$")
+EXPLICIT_RE = re.compile(  # "i:j,i:j,...": an explicit list of shortcuts
+    r"^\s*\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*,?\s*$")
 
 
 def _allowed() -> str:
@@ -74,7 +75,7 @@ def validate_shortcuts(shortcuts, vision_layers: int, llm_layers: int) -> list[S
 
 def parse_pattern_string(text: str) -> list[Shortcut]:
     """Parse ``"23:1,20:5"`` into ``[(20, 5), (23, 1)]`` (unvalidated against model depth)."""
-    if not _EXPLICIT_RE.match(text):
+    if not EXPLICIT_RE.match(text):
         raise ValueError(f"Unknown shortcut pattern {text!r}; expected {_allowed()}.")
     return [tuple(int(x) for x in item.split(":")) for item in text.split(",") if item.strip()]
 
