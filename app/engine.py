@@ -26,6 +26,7 @@ from analysis.flops import forward_flops
 from analysis.inputs import prepare, view_images
 from sparsecut import zoo
 from sparsecut.config import pattern_config
+from sparsecut.evaluation.generation import on_model, pad_token_id
 from sparsecut.patterns import EXPLICIT_RE, format_pattern
 
 from .checkpoints import default_family, display_name, load_model
@@ -213,12 +214,9 @@ class Engine:
                 f"new tokens are asked for, over the model's context of {limit} tokens. Shorten the question or lower "
                 "max new tokens."
             )
-        inputs = {k: v.to(model.device) for k, v in batch.items()}
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        inputs.update(shortcuts=list(active), high_res=use_high)
-        tokenizer = processor.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return _Job(loaded, inputs, {**decoding.generate_kwargs(), "pad_token_id": pad}, active, ablation, use_high,
+        inputs = {**on_model(batch, model), "shortcuts": list(active), "high_res": use_high}
+        settings = {**decoding.generate_kwargs(), "pad_token_id": pad_token_id(processor.tokenizer)}
+        return _Job(loaded, inputs, settings, active, ablation, use_high,
                     model.config.tokens_per_image(use_high), context, started)
 
     def _stream(self, job: _Job) -> Iterator[Answer]:

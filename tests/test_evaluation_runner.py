@@ -181,3 +181,15 @@ def test_two_cpu_processes_give_the_predictions_and_metrics_of_one(tmp_path, mod
     assert two["metrics"] == one["metrics"]
     assert len({p["prediction"] for p in lines(tmp_path / "one" / "predictions.jsonl")}) > 1  # answers differ
     assert f"| {os.path.basename(model_dir)} |" in (tmp_path / "one" / "results.md").read_text()
+
+
+def test_auto_dtype_is_fp32_on_a_cpu_whatever_a_timing_would_say(tmp_path, model_dir, monkeypatch):
+    from sparsecut.evaluation import generation
+    write_pope(tmp_path / "pope")
+    monkeypatch.setattr(generation, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(generation, "cpu_bf16_speedup", lambda model, processor: 10.0)  # a CPU where bf16 would win
+    seen = []
+    real = generation.answer
+    monkeypatch.setattr(generation, "answer", lambda model, *a, **k: seen.append(model.dtype) or real(model, *a, **k))
+    run(config(model_dir, tmp_path / "pope", tmp_path / "out", limit=4))
+    assert seen == [torch.float32]

@@ -102,18 +102,27 @@ def prompt(processor, question: str, images) -> str:
     return processor.apply_chat_template([{"role": "user", "content": user_content(processor, question, images)}])
 
 
+def on_model(batch, model) -> dict:
+    """A processor's batch on ``model``'s device, its ``pixel_values`` (if any) in the model's dtype."""
+    moved = {k: v.to(model.device) for k, v in batch.items()}
+    if "pixel_values" in moved:
+        moved["pixel_values"] = moved["pixel_values"].to(model.dtype)
+    return moved
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id ``generate`` pads with: the tokenizer's pad token, or its end-of-sequence token when it has none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 @torch.no_grad()
 def answer(model, processor, images: list, questions: list[str], max_new_tokens: int, **generate_kwargs) -> list[str]:
     """Greedy answers, stripped, for one batch. ``images[i]``: a path, bytes or PIL image, a list of them, or None
     (text only). ``generate_kwargs`` override the greedy defaults (e.g. ``do_sample=True, temperature=0.7``)."""
     texts = [prompt(processor, q, im) for q, im in zip(questions, images)]
     flat = [im for item in images for im in _as_list(item)]
-    batch = processor(images=flat or None, text=texts, padding_side="left")
-    batch = batch.to(model.device)
-    if "pixel_values" in batch:
-        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    batch = on_model(processor(images=flat or None, text=texts, padding_side="left"), model)
     tokenizer = processor.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    settings = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": pad, **generate_kwargs}
+    settings = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": pad_token_id(tokenizer), **generate_kwargs}
     out = model.generate(**batch, **settings)
     return [text.strip() for text in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
