@@ -152,6 +152,18 @@ def _loaded(obj, default_path, auto_class):
     return obj
 
 
+def grow_embeddings(lm, rows: int) -> None:
+    """Grow causal LM ``lm``'s input and output embeddings to ``rows`` rows (if fewer), the new rows at the mean row:
+    deterministic, so a delta over the base rebuilds them exactly (the image token's input row is never read)."""
+    old_rows = lm.get_input_embeddings().num_embeddings
+    if rows <= old_rows:
+        return
+    lm.resize_token_embeddings(rows, mean_resizing=False)
+    with torch.no_grad():
+        for matrix in {lm.get_input_embeddings().weight, lm.get_output_embeddings().weight}:
+            matrix[old_rows:] = matrix[:old_rows].mean(0)
+
+
 def from_backbones(
     vision,
     text,
@@ -192,12 +204,7 @@ def from_backbones(
         tokenizer.chat_template = CHAT_TEMPLATES.get(chat_template, chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    old_rows = lm.get_input_embeddings().num_embeddings
-    if len(tokenizer) > old_rows:
-        lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():  # new rows start at the mean row: deterministic (the image token's input row is never read)
-            for matrix in {lm.get_input_embeddings().weight, lm.get_output_embeddings().weight}:
-                matrix[old_rows:] = matrix[:old_rows].mean(0)
+    grow_embeddings(lm, len(tokenizer))
     config = SparseCutConfig(
         vision_config=tower.config.to_dict(),
         text_config=lm.config.to_dict(),

@@ -1,11 +1,15 @@
 """Named checkpoints shipped in ``assets/``: ``from_pretrained("sparsecut-tiny")`` works through here.
 
 A family is stored compactly: one ``family.json`` manifest, the parts every member shares (vision tower weights,
-tokenizer, image processor) once under ``shared/``, and per member only its config and remaining weights
-(fp16 safetensors). ``resolve(name)`` assembles a complete ``save_pretrained`` folder in a cache directory the
-first time (keyed by the files' content, upcast to fp32 for CPU inference) and returns its path.
+tokenizer, image processor) once under ``shared/``, and per member its config, processor settings and own weights
+(fp16/bf16 safetensors). A family trained on an installable base LLM (``sparsecut.base_models``) ships as deltas:
+the manifest names the base (``"base": {"text": name, "sha256": ...}``), a member's weights hold only what is not
+the base LLM (adapters / projector), and its ``lora/`` folder (peft's format) the low-rank change of the LLM.
+``resolve(name)`` assembles a complete fp32 ``save_pretrained`` folder in a cache directory the first time (base
+LLM + tower + member weights, LoRA merged; keyed by the files' content) and returns its path.
 
-The assets folder is ``$SPARSECUT_ASSETS`` if set, else ``assets/`` beside the package.
+The assets folder is ``$SPARSECUT_ASSETS`` if set, else ``assets/`` beside the package. Writing a family is the
+shipping code's job (``training/tiny/ship.py``); this module only reads.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 MANIFEST = "family.json"
-PROCESSOR_FILE = "processor_config.json"
-VISION_PREFIX = "model.vision_tower."
+VISION_PREFIX = "model.vision_tower."  # the tower's keys in a SparseCut state dict
+LLM_PREFIXES = ("model.language_model.", "lm_head.")  # the LLM's keys (what a delta family takes from its base)
+LORA_DIR = "lora"  # a delta member's LoRA, in peft's adapter format
 
 
 def assets_dir() -> str:
@@ -67,7 +72,7 @@ def _digest(paths: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _files(folder: str) -> list[str]:
+def folder_files(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, n))]
 
 
@@ -80,64 +85,76 @@ def resolve(name: str) -> str:
     manifest = _manifest(family)
     member = os.path.join(family, manifest["models"][name])
     shared = os.path.join(family, manifest["shared"])
-    sources = _files(shared) + _files(member)  # member files last: its processor_config.json wins
-    target = os.path.join(cache_dir(), f"{name}-{_digest(sources)}")
+    lora = os.path.join(member, LORA_DIR)
+    sources = folder_files(shared) + folder_files(member) + (folder_files(lora) if os.path.isdir(lora) else [])
+    base = manifest.get("base")
+    key = _digest(sources) if base is None else hashlib.sha256((_digest(sources) + json.dumps(base)).encode()).hexdigest()[:16]
+    target = os.path.join(cache_dir(), f"{name}-{key}")
     if os.path.isfile(os.path.join(target, "model.safetensors")):
         return target
     tmp = target + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    for path in sources:
+    for path in folder_files(shared) + folder_files(member):  # member files last: its processor_config.json wins
         if not path.endswith(".safetensors"):
             shutil.copy2(path, tmp)
     weights = load_file(os.path.join(member, "model.safetensors"))
     weights.update({VISION_PREFIX + k: v for k, v in load_file(os.path.join(shared, "vision.safetensors")).items()})
     weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}  # fp32: fast and exact on CPUs
+    if base is not None:
+        weights = assemble(weights, base, tmp, lora if os.path.isdir(lora) else None)
     save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target
 
 
-def _member_processor(processor, config):
-    """The family's processor with one member's view and token settings (high-res on/off, grid, fusion)."""
-    from .processing import SparseCutProcessor
+def base_weights(text: str, vocab_size: int) -> dict[str, torch.Tensor]:
+    """The LLM weights of base ``text`` (an installed base model's name or a causal-LM folder) under a SparseCut
+    model's keys, fp32, its embeddings grown to ``vocab_size`` rows as ``from_backbones`` grows them."""
+    from transformers import AutoModelForCausalLM
 
-    return SparseCutProcessor.from_model_config(
-        config, processor.image_processor, processor.tokenizer, template=processor.template,
-        pad_to_square=processor.pad_to_square, max_image_pixels=processor.max_image_pixels,
-    )
+    from .base_models import resolve_text_backbone
+    from .convert import grow_embeddings
+
+    lm = AutoModelForCausalLM.from_pretrained(resolve_text_backbone(text), dtype=torch.float32)
+    grow_embeddings(lm, vocab_size)
+    state = {"model.language_model." + k: v for k, v in lm.get_decoder().state_dict().items()}
+    if not lm.config.tie_word_embeddings:
+        state["lm_head.weight"] = lm.get_output_embeddings().weight.detach()
+    return state
 
 
-def export_family(models: dict, processor, out_dir: str, dtype: torch.dtype = torch.float16, card: str | None = None) -> None:
-    """Write ``models`` (name -> SparseCutForConditionalGeneration sharing one vision tower) and their processor in
-    the compact family format. Raises if the members' vision towers differ."""
-    shared = os.path.join(out_dir, "shared")
-    os.makedirs(shared, exist_ok=True)
-    vision = None
-    for name, model in models.items():
-        state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
-        tower = {k[len(VISION_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(VISION_PREFIX)}
-        if model.config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)
-        if vision is None:
-            vision = tower
-            save_file(vision, os.path.join(shared, "vision.safetensors"), metadata={"format": "pt"})
-        elif any(not torch.equal(vision[k], tower[k]) for k in vision):
-            raise ValueError(f"{name}'s vision tower differs from the others'; a family shares one tower.")
-        folder = os.path.join(out_dir, "models", name)
-        os.makedirs(folder, exist_ok=True)
-        model.config.save_pretrained(folder)
-        save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-        _member_processor(processor, model.config).save_pretrained(folder)
-        for path in _files(folder):  # the tokenizer lives in shared/ only
-            if os.path.basename(path) not in (PROCESSOR_FILE, "config.json", "model.safetensors", "generation_config.json"):
-                os.remove(path)
-    processor.save_pretrained(shared)
-    os.remove(os.path.join(shared, PROCESSOR_FILE))
-    manifest = {"models": {name: os.path.join("models", name) for name in models}, "shared": "shared", "dtype": str(dtype)}
-    with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2)
-    if card is not None:
-        with open(os.path.join(out_dir, "MODEL_CARD.md"), "w", encoding="utf-8") as handle:
-            handle.write(card)
+def check_base(base: dict) -> None:
+    """Raise if the installed base model is not the one a delta family was trained on (``base``: its manifest entry)."""
+    from .base_models import BASE_MODELS
+
+    spec = BASE_MODELS.get(base["text"])
+    if spec is not None and spec.sha256 != base["sha256"]:
+        raise ValueError(f"This family was trained on {base['text']} with sha256 {base['sha256']}, but this version of "
+                         f"SparseCut installs {spec.sha256}; use the SparseCut version the family came with, or retrain "
+                         "it (python -m training.tiny).")
+
+
+def assemble(weights: dict, base: dict, folder: str, lora: str | None) -> dict:
+    """A delta member's weights (name -> fp32 tensor, SparseCut keys, no LLM ones) completed with its base LLM's
+    (``base``: the manifest's entry) and its LoRA (``lora``: a peft adapter folder, or None) merged into them;
+    ``folder`` holds the member's config.json."""
+    from .config import SparseCutConfig
+    from .model import SparseCutForConditionalGeneration
+
+    check_base(base)
+    config = SparseCutConfig.from_pretrained(folder)
+    weights = {**base_weights(base["text"], config.text_config.vocab_size), **weights}
+    if lora is None:
+        return weights
+    from peft import PeftModel
+
+    model = SparseCutForConditionalGeneration(config)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"{folder}: the member's weights and its base do not make a whole model (missing "
+                         f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}).")
+    merged = PeftModel.from_pretrained(model, lora).merge_and_unload()
+    return {k: v.detach().contiguous() for k, v in merged.state_dict().items() if k not in tied}

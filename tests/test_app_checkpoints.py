@@ -26,7 +26,7 @@ from app.checkpoints import (
     default_family,
     display_name,
 )
-from sparsecut import zoo
+from training.tiny.export import export_family
 
 MEMBERS = {  # name -> SparseCutConfig overrides (conftest: ViT 6 layers, LLM 8 layers, hidden 32, 16-px views)
     DEFAULT_MODEL: {},  # sparse-uniform, 3 shortcuts, 2x2 high-res crops
@@ -46,7 +46,7 @@ def export_tiny_family(assets: str) -> None:
             model.model.vision_tower.load_state_dict(next(iter(models.values())).model.vision_tower.state_dict())
         randomise_gates(model, seed=seed + 1)
         models[name] = model
-    zoo.export_family(models, make_processor(models[DEFAULT_MODEL].config), os.path.join(assets, "tiny"))
+    export_family(models, make_processor(models[DEFAULT_MODEL].config), os.path.join(assets, "tiny"))
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

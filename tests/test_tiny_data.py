@@ -10,7 +10,6 @@ import pytest
 from conftest import make_processor, sparsecut_config
 from training.data import LlavaDataset, read_records
 from training.tiny.dataset import scene_for, write_split
-from training.tiny.family import corpus
 from training.tiny.font import CHARACTERS, draw_text, text_size
 from training.tiny.questions import FAMILIES, LETTERS, ask, caption, existence
 from training.tiny.scenes import COLOURS, SHAPES, WORDS, position_name, render, sample_scene
@@ -137,44 +136,18 @@ def test_training_cli_reads_the_splits_unchanged(tmp_path):
     assert all(len(r["conversations"]) == 6 for r in records)
 
 
-def test_tiny_tokenizer_round_trips_and_supervises_replies(tmp_path):
-    from transformers import AutoTokenizer
+def test_the_familys_splits_use_its_layout_and_six_question_conversations(tmp_path):
+    from PIL import Image
 
-    from conftest import image_processor
-    from sparsecut import SparseCutProcessor
-    from training.data import IGNORE_INDEX, encode
-    from training.tiny.tokenizer import build_tokenizer
+    from training.tiny.family import LAYOUT
 
-    tokenizer = build_tokenizer(corpus(1, 100), vocab_size=400)
-    tokenizer.save_pretrained(tmp_path)
-    loaded = AutoTokenizer.from_pretrained(tmp_path)
-    assert loaded("What is 46?")["input_ids"] == tokenizer("What is 46?")["input_ids"]
-    assert loaded.tokenize("46") == ["▁", "4", "6"]  # digits one by one
-    assert loaded.decode(loaded("There is a small red circle.")["input_ids"], skip_special_tokens=True) == "There is a small red circle."
-    processor = SparseCutProcessor(image_processor(), loaded, image_size=16, image_seq_length=16)
-    assert processor.template == "tokenizer"
-    record = {"image": "x.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat is written in the image?"}, {"from": "gpt", "value": "46"},
-        {"from": "human", "value": "What color is the circle?"}, {"from": "gpt", "value": "red"}]}
-    encoded = encode(record, processor, "tokenizer", 1000, high_res=True)
-    supervised = [loaded.decode([i]) for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
-    assert "".join(supervised).replace(" ", "") == "46</s>red</s>"
-    prompt = loaded(processor.prompt("What is written in the image?"))["input_ids"]  # the chat template's own words too
-    assert loaded.unk_token_id not in prompt and loaded.tokenize(" ASSISTANT:") == ["▁ASSISTANT", ":"]
-
-
-def test_tiny_lm_pretraining_learns_and_is_deterministic():
-    from training.tiny.lm import lm_config, pretrain_lm
-    from training.tiny.tokenizer import build_tokenizer
-
-    texts = corpus(2, 60)
-    tokenizer = build_tokenizer(texts, vocab_size=300)
-    config = lm_config(tokenizer, hidden=32, layers=2, heads=2)
-    model, losses = pretrain_lm(tokenizer, texts, steps=60, batch_size=8, block=64, lr=1e-2, config=config, progress=False)
-    assert sum(losses[-5:]) / 5 < 0.6 * losses[0]
-    again, losses_again = pretrain_lm(tokenizer, texts, steps=60, batch_size=8, block=64, lr=1e-2, config=config, progress=False)
-    assert losses == losses_again
-    assert model.config.vocab_size == len(tokenizer) and model.config.tie_word_embeddings
+    path = write_split(str(tmp_path), "instruct", seed=2, num_images=20, kind="instruct", turns=6, layout=LAYOUT)
+    records = json.loads(open(path).read())
+    turns = [len(r["conversations"]) // 2 for r in records]  # six of the seven families, where the scene allows
+    assert max(turns) == 6 and sum(t == 6 for t in turns) >= 18 and min(turns) >= 4
+    assert Image.open(tmp_path / "images" / records[0]["image"]).size == (96, 96)
+    questions = [turn["value"] for r in records for turn in r["conversations"][::2]]
+    assert any("written" in q for q in questions) and any("How many" in q for q in questions)
 
 
 def test_scores_per_family_f1_and_unanswerable_recall():
@@ -191,38 +164,6 @@ def test_scores_per_family_f1_and_unanswerable_recall():
     assert result["overall"] == 3 / 6 and result["count"] == 6
     assert abs(result["existence_f1"] - 0.5) < 1e-9  # precision 1/2, recall 1/2
     assert result["unanswerable_recall"] == 1.0
-
-
-def test_tiny_clip_pretraining_runs_and_crops_are_described():
-    from training.tiny.clip import clip_config, crop_caption, pairs, pretrain_clip
-    from training.tiny.tokenizer import build_tokenizer
-
-    tokenizer = build_tokenizer(corpus(4, 40), vocab_size=200)
-    scene, _ = scene_for(4, 0)
-    described = " ".join(crop_caption(scene, q) for q in range(4))
-    assert all(f"{s.size} {s.name}" in described for s in scene.shapes)  # every shape lies in exactly one quadrant
-    (low, text, negative), (crop, _, _) = pairs(4, 0)
-    assert low.shape == crop.shape == (3, 64, 64) and text == caption(scene)
-    assert negative != text and len(negative.split()) == len(text.split())  # one word (or number) changed
-    config = clip_config(tokenizer, hidden=32, layers=2, heads=2)
-    tower, losses = pretrain_clip(tokenizer, seed=4, num_scenes=40, steps=30, batch_size=16, lr=3e-3, config=config, progress=False)
-    assert sum(losses[-5:]) / 5 < losses[0]
-    assert type(tower).__name__ == "CLIPVisionModel" and tower.config.image_size == 64
-
-
-def test_hard_negatives_change_exactly_one_thing():
-    from training.tiny.clip import perturb
-
-    for index in range(200):
-        scene, rng = scene_for(5, index)
-        other = perturb(scene, rng)
-        pairs_before = {(s.colour, s.shape) for s in scene.shapes}
-        pairs_after = {(s.colour, s.shape) for s in other.shapes}
-        assert len(pairs_after) == len(scene.shapes)  # still distinct pairings
-        assert [s.cell for s in other.shapes] == [s.cell for s in scene.shapes]
-        changed_shapes = len(pairs_before - pairs_after)
-        changed_text = scene.text != other.text
-        assert changed_shapes + changed_text == 1, (scene, other)
 
 
 def test_existence_questions_are_balanced_like_pope():

@@ -1,37 +1,87 @@
 """python -m training.tiny --quick: every stage of the family pipeline, a few steps each, through the training CLI,
-then the export in the zoo's format and the scoring of the exported checkpoints."""
+then the export in the zoo's delta format and the scoring of the exported checkpoints; a rerun resumes."""
 
 import json
+import os
 
 import pytest
+from safetensors.torch import load_file
 
 from sparsecut import SparseCutForConditionalGeneration
+from sparsecut.zoo import LLM_PREFIXES
 from training.tiny.__main__ import QUICK, main
 from training.tiny.family import Budget, budget_with
+from training.tiny.progress import report
+
+MEMBERS = "sparsecut-tiny,llava-tiny"
 
 
-def test_quick_pipeline_trains_ships_and_scores_two_members(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPARSECUT_CACHE", str(tmp_path / "cache"))
-    assert main(["--output", str(tmp_path), "--quick", "--cpu", "--jobs", "2", "--models", "sparsecut-tiny,llava-tiny",
-                 "--budget", "stage2_steps=3"]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, tiny_backbones):
+    """One quick pipeline run on a tiny random LLM (SmolLM2's place; the command is the same)."""
+    root = tmp_path_factory.mktemp("quick")
+    os.environ["SPARSECUT_CACHE"] = str(root / "cache")
+    try:
+        argv = ["--output", str(root / "run"), "--quick", "--cpu", "--jobs", "2", "--models", MEMBERS,
+                "--budget", "stage2_steps=3", "--text", tiny_backbones["text"], "--mixed-precision", "no"]
+        assert main(argv) == 0
+        yield root / "run", argv
+    finally:
+        del os.environ["SPARSECUT_CACHE"]
+
+
+def test_quick_pipeline_trains_ships_and_scores_two_members(quick_run):
+    run, _ = quick_run
+    results = json.loads((run / "results.json").read_text())
     assert set(results["results"]) == {"sparsecut-tiny", "llava-tiny"}
     for scores in results["results"].values():
         assert 0.0 <= scores["overall"] <= 1.0 and scores["count"] > 20
-    sparse = SparseCutForConditionalGeneration.from_pretrained(tmp_path / "models" / "sparsecut-tiny")
-    llava = SparseCutForConditionalGeneration.from_pretrained(tmp_path / "models" / "llava-tiny")
+    sparse = SparseCutForConditionalGeneration.from_pretrained(run / "models" / "sparsecut-tiny")
+    llava = SparseCutForConditionalGeneration.from_pretrained(run / "models" / "llava-tiny")
     assert sparse.config.high_res and sparse.config.pattern == "sparse-uniform" and len(sparse.config.shortcuts) == 7
     assert llava.config.mode == "llava"  # pattern llava, no high-res, projector only
-    assert (tmp_path / "backbones" / "text" / "tokenizer.json").exists()
-    table = (tmp_path / "results.md").read_text()
+    assert sparse.config.vision_config.image_size == 48  # the cells-96 layout's low-res view
+    table = (run / "results.md").read_text()
     assert "| sparsecut-tiny |" in table and "| llava-tiny |" in table and "existence F1" in table
-    assert json.loads((tmp_path / "backbones" / "pretraining.json").read_text())["corpus_texts"] > 0
-    shipped = tmp_path / "family"  # the zoo's format, scored as shipped
-    assert json.loads((shipped / "family.json").read_text())["models"].keys() == {"sparsecut-tiny", "llava-tiny"}
+    assert json.loads((run / "backbones" / "backbones.json").read_text())["tower_steps"] == QUICK.tower_steps
+    shipped = run / "family"  # the zoo's delta format, scored as shipped
+    manifest = json.loads((shipped / "family.json").read_text())
+    assert manifest["models"].keys() == {"sparsecut-tiny", "llava-tiny"} and manifest["base"]["text"].endswith("text")
+    for name in manifest["models"]:
+        stored = load_file(shipped / "models" / name / "model.safetensors")
+        assert not any(k.startswith(LLM_PREFIXES) for k in stored)  # the LLM comes from the base + the LoRA
+        assert (shipped / "models" / name / "lora" / "adapter_model.safetensors").exists()
     assert json.loads((shipped / "results.json").read_text())["results"] == results["results"]
     card = (shipped / "MODEL_CARD.md").read_text()
     assert "python -m training.tiny --output" in card and "| sparsecut-tiny |" in card and results["run"]["jobs"] == 2
-    assert results["run"]["budget"] == {**QUICK.__dict__, "stage2_steps": 3} and "3 steps, batch 8" in card
+    assert results["run"]["budget"] == {**QUICK.__dict__, "stage2_steps": 3} and "3 steps; batch 8" in card
+    assert set(results["run"]["stage_seconds"]["llava-tiny"]) == {"stage1", "stage2"}
+
+
+def test_a_rerun_skips_finished_stages_and_resumes_an_interrupted_one(quick_run):
+    run, argv = quick_run
+    sparse_metrics = (run / "models" / "sparsecut-tiny" / "metrics.jsonl").read_text()
+    before = load_file(run / "models" / "llava-tiny" / "model.safetensors")
+    (run / "models" / "llava-tiny" / "training_summary.json").unlink()  # its stage 2 "interrupted" after its last checkpoint
+    assert main(argv) == 0
+    assert (run / "models" / "sparsecut-tiny" / "metrics.jsonl").read_text() == sparse_metrics  # not retrained
+    log = (run / "models" / "llava-tiny.log").read_text()
+    assert "Resumed from" in log and log.count("Resumed from") == 1  # stage 2 only, from its checkpoint
+    after = load_file(run / "models" / "llava-tiny" / "model.safetensors")
+    assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
+
+
+def test_progress_reports_steps_and_an_eta_from_measured_seconds(tmp_path):
+    for name, stage, steps in [("a", "-stage1", 4), ("a", "", 2), ("b", "-stage1", 1)]:
+        folder = tmp_path / "models" / (name + stage)
+        folder.mkdir(parents=True)
+        lines = [json.dumps({"step": s, "time": 100.0 + 2.0 * s * (3 if stage == "" else 1)}) for s in range(1, steps + 1)]
+        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "models" / "a-stage1" / "training_summary.json").write_text("{}")
+    line = report(str(tmp_path), ["a", "b"], {"stage1": 4, "stage2": 10}, jobs=1)
+    # stage 1: 2 s/step (3 + 0 timed steps), stage 2: 6 s/step (1 timed); left: 3 stage-1 steps, 18 stage-2 steps
+    assert line.startswith("25% of the family's steps (a stage2 2/10; b stage1 1/4)") and "ETA 2 min" in line
+    assert "ETA 1 min" in report(str(tmp_path), ["a", "b"], {"stage1": 4, "stage2": 10}, jobs=2)
 
 
 def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsys):
@@ -44,5 +94,5 @@ def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsy
         with pytest.raises(ValueError, match=reason):
             budget_with(Budget(), bad)
     with pytest.raises(SystemExit):
-        main(["--output", "unused", "--budget", "clip_steps=-1"])
-    assert "clip_steps must be positive" in capsys.readouterr().err
+        main(["--output", "unused", "--budget", "tower_steps=-1"])
+    assert "tower_steps must be positive" in capsys.readouterr().err

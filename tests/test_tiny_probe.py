@@ -18,9 +18,9 @@ SMALL = dict(steps=2, batch=4, scenes=8, test_scenes=4, progress=False)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_backbones):
     root = tmp_path_factory.mktemp("probe-run")
-    build_backbones(str(root), QUICK, seed=0)  # the probe then finds them and builds nothing
+    build_backbones(str(root), QUICK, seed=0, text=tiny_backbones["text"])  # the probe then finds them and builds nothing
     return str(root)
 
 
@@ -190,8 +190,8 @@ def test_probe_with_oracle_positions_and_the_layout_checks(run):
     assert model.projector[0].in_features == FEATURES + 2 * GRID
     with pytest.raises(ValueError, match="needs oracle_vision"):
         probe(run, "llava-tiny", ["position"], oracle_positions=True, **SMALL)
-    with pytest.raises(ValueError, match="64-px views but layout cells-96 cuts 48-px ones: pass --vision"):
-        probe(run, "llava-tiny", ["position"], layout="cells-96", **SMALL)
+    with pytest.raises(ValueError, match="48-px views but layout thirds-128 cuts 64-px ones: pass --vision"):
+        probe(run, "llava-tiny", ["position"], layout="thirds-128", **SMALL)
 
 
 def test_probe_with_lora_trains_only_the_lora_and_the_projector_or_adapters(run):
@@ -210,3 +210,17 @@ def test_probe_with_lora_trains_only_the_lora_and_the_projector_or_adapters(run)
         assert result["settings"]["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="lora_rank must be >= 0"):
         probe(run, "llava-tiny", ["count"], lora_rank=-1, **SMALL)
+
+
+def test_probe_with_the_small_delta_levers(run):
+    """LoRA on the attention projections only, and one-layer adapters: the deltas a shipped member can afford."""
+    from training.tiny.probe import with_lora
+
+    model = with_lora(build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0, adapter_mlp="linear")[0], rank=2,
+                      modules="attention")
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert any(".o_proj.lora_A" in n for n in trainable) and not any(".mlp." in n and "lora_" in n for n in trainable)
+    assert any(".adapters." in n and ".linear_1." in n for n in trainable) and not any(".linear_2." in n for n in trainable)
+    result = probe(run, "sparsecut-tiny", ["count"], lora_rank=2, lora_modules="attention", adapter_mlp="linear", **SMALL)
+    assert result["settings"]["lora_modules"] == "attention" and result["settings"]["adapter_mlp"] == "linear"
+    assert result["settings"]["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -41,7 +41,7 @@ def test_shipped_checkpoints_reproduce_the_table_on_200_questions(table, monkeyp
     subset = table["subset"]
     images = table["images"] * subset["questions"] // table["questions"] + 8  # enough scenes for the first 200
     rescored = score_shipped(SHIPPED, list(FAMILY), seed=table["run"]["seed"], images=images,
-                             subset=subset["questions"], progress=False)
+                             subset=subset["questions"], progress=False, layout=table["run"]["layout"])
     for name in FAMILY:
         expected, got = subset["results"][name], rescored["subset"]["results"][name]
         assert got["count"] == subset["questions"]

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from training.tiny.clip import VIEW
+from training.tiny.tower import VIEW
 from training.tiny.dataset import image_for, scene_for
 from training.tiny.scenes import COLOURS, TEXT_ADVANCE, TEXT_COLOUR
 from training.tiny.tower_probe import TASKS, linear_probe, probe_examples, tower_probe
@@ -120,7 +120,7 @@ def test_a_tower_and_a_layout_that_disagree_on_the_view_size_are_refused():
 
 
 def test_dense_pretraining_and_the_tower_probe_run_on_the_cells_layout():
-    from training.tiny.clip import tower_config
+    from training.tiny.tower import tower_config
     from training.tiny.dense import pretrain_dense, view_labels
     from training.tiny.scenes import LAYOUTS
 

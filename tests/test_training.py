@@ -16,6 +16,7 @@ from sparsecut import SparseCutForConditionalGeneration
 from sparsecut.convert import from_backbones
 from training.__main__ import main
 from training.checkpoints import complete_checkpoints
+from training.recipes import load_recipe
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "white": (250, 250, 250)}
 FAST = ["--mixed-precision", "no", "--num-workers", "0", "--cpu", "--num-shortcuts", "3"]
@@ -89,13 +90,27 @@ def test_unfrozen_vit_and_lora_recipes(tmp_path, tiny_backbones):
         out = tmp_path / recipe
         assert run(["--recipe", recipe, "--model", base, "--data", data["data"], "--images", data["images"], "--output", out,
                     "--global-batch-size", 4, "--per-device-batch-size", 4, "--max-steps", 2, "--learning-rate", 1e-2,
-                    "--lora", '{"r": 4, "alpha": 8, "dropout": 0.0}' if recipe == "stage2_lora" else "none", *FAST]) == 0
+                    "--lora", '{"r": 4, "alpha": 8, "dropout": 0.0, "modules": "attention"}' if recipe == "stage2_lora" else "none",
+                    *FAST]) == 0
         before, after = weights(base), weights(out)
         assert set(before) == set(after)  # LoRA merged into a plain SparseCut checkpoint
         vit_changed = any(not torch.equal(before[k], after[k]) for k in before if ".vision_tower." in k)
-        llm_changed = any(not torch.equal(before[k], after[k]) for k in before if ".language_model.layers." in k)
+        llm_changed = {k.split(".")[-2] for k in before if ".language_model.layers." in k and not torch.equal(before[k], after[k])}
         assert vit_changed == (recipe == "stage2_unfrozen_vit")
-        assert llm_changed
+        assert llm_changed == ({"q_proj", "k_proj", "v_proj", "o_proj"} if recipe == "stage2_lora" else llm_changed) != set()
+    lora = load_file(tmp_path / "stage2_lora" / "lora" / "adapter_model.safetensors")  # the unmerged delta beside it
+    for key, value in after.items():  # merged = base + (alpha / r) B A, projection by projection
+        if key.endswith("q_proj.weight") and ".language_model.layers." in key:
+            stem = next(k for k in lora if key[: -len(".weight")] in k and "lora_A" in k)
+            delta = 2.0 * lora[stem.replace("lora_A", "lora_B")] @ lora[stem]
+            torch.testing.assert_close(value, before[key] + delta, rtol=1e-5, atol=1e-6)
+
+
+def test_lora_settings_are_checked_before_training():
+    with pytest.raises(ValueError, match="LoRA modules must be all"):
+        load_recipe("stage2_lora", {"lora": {"r": 4, "modules": "mlp"}})
+    with pytest.raises(ValueError, match="Unknown LoRA settings \\['rank'\\]"):
+        load_recipe("stage2_lora", {"lora": {"rank": 4}})
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, tiny_backbones):

@@ -4,9 +4,14 @@ import os
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import image_batch, make_model, make_processor, randomise_gates
 from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor, zoo
+from sparsecut.base_models import BASE_MODELS
+from sparsecut.convert import from_backbones
+from training.tiny.export import export_family
+from training.trainer import add_lora
 
 
 @pytest.fixture
@@ -18,7 +23,7 @@ def family(tmp_path, monkeypatch):
     b.model.vision_tower.load_state_dict(a.model.vision_tower.state_dict())
     randomise_gates(a)
     processor = make_processor(a.config)
-    zoo.export_family({"tiny-a": a, "tiny-b": b}, processor, str(tmp_path / "assets" / "tiny"), card="# card\n")
+    export_family({"tiny-a": a, "tiny-b": b}, processor, str(tmp_path / "assets" / "tiny"), card="# card\n")
     return {"tiny-a": a, "tiny-b": b, "processor": processor, "root": tmp_path}
 
 
@@ -57,4 +62,43 @@ def test_resolve_caches_and_rejects_unknown_names(family):
     b = family["tiny-b"]
     b.model.vision_tower.embeddings.patch_embedding.weight.data += 1
     with pytest.raises(ValueError, match="vision tower differs"):
-        zoo.export_family({"x": family["tiny-a"], "y": b}, family["processor"], str(family["root"] / "other"))
+        export_family({"x": family["tiny-a"], "y": b}, family["processor"], str(family["root"] / "other"))
+
+
+def test_a_delta_family_rebuilds_each_member_from_its_base_and_lora(tmp_path, monkeypatch, tiny_backbones):
+    """A family over an installable base ships each member's adapters and LoRA only; the zoo rebuilds the model."""
+    monkeypatch.setenv("SPARSECUT_ASSETS", str(tmp_path / "assets"))
+    monkeypatch.setenv("SPARSECUT_CACHE", str(tmp_path / "cache"))
+    model, processor = from_backbones(tiny_backbones["vision"], tiny_backbones["text"], pattern="sparse-uniform", num_shortcuts=3)
+    randomise_gates(model)
+    with_lora = add_lora(model, {"r": 2, "alpha": 4, "dropout": 0.0, "modules": "attention"})
+    with torch.no_grad():  # a LoRA that changes something (peft starts B at zero)
+        for name, param in with_lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    trained = tmp_path / "trained"
+    with_lora.save_pretrained(trained / "lora")
+    merged = with_lora.merge_and_unload().eval()
+    merged.save_pretrained(trained)
+    base = {"text": tiny_backbones["text"], "sha256": "not-an-installed-base"}
+    family = tmp_path / "assets" / "tiny"
+    export_family({"delta": merged}, processor, str(family), dtype=torch.float32, base=base,
+                  loras={"delta": str(trained / "lora")}, sources={"delta": str(trained)})
+    stored = load_file(family / "models" / "delta" / "model.safetensors")
+    assert stored and not any(k.startswith(zoo.LLM_PREFIXES + (zoo.VISION_PREFIX,)) for k in stored)  # adapters only
+    assert (family / "models" / "delta" / "lora" / "adapter_model.safetensors").exists()
+    loaded = SparseCutForConditionalGeneration.from_pretrained("delta").eval()
+    batch = image_batch(SparseCutProcessor.from_pretrained("delta"), ["What?"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, merged(**batch).logits, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # an LLM weight changed outside the LoRA cannot ship as a delta
+        merged.model.language_model.norm.weight.add_(1.0)
+    with pytest.raises(ValueError, match="cannot ship as a delta"):
+        export_family({"delta": merged}, processor, str(tmp_path / "other"), base=base,
+                      loras={"delta": str(trained / "lora")}, sources={"delta": str(trained)})
+
+
+def test_a_delta_family_refuses_another_installed_base():
+    with pytest.raises(ValueError, match="trained on smollm2-135m-instruct with sha256 0000"):
+        zoo.check_base({"text": "smollm2-135m-instruct", "sha256": "0" * 64})
+    zoo.check_base({"text": "smollm2-135m-instruct", "sha256": BASE_MODELS["smollm2-135m-instruct"].sha256})

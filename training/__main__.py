@@ -19,6 +19,8 @@ from .recipes import Recipe, load_recipe, parse_field, recipe_names
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sparsecut.config import MLP_TYPES
+
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, help=f"a named recipe ({', '.join(recipe_names())}) or a JSON path")
     parser.add_argument("--data", required=True, help="LLaVA-format JSON (a list) or JSONL file")
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--grid", type=int, default=2, help="high-res grid g (2 -> four crops)")
     source.add_argument("--adapter-attention", action=argparse.BooleanOptionalAction, default=True,
                         help="adapters start with an attention block (SparseCut); --no-adapter-attention: LLaVA's MLP only")
+    source.add_argument("--adapter-mlp", default="mlp2x_gelu", choices=MLP_TYPES,
+                        help="the adapters' MLP: mlp2x_gelu (LLaVA-1.5's projector) or linear (one layer)")
     run = parser.add_argument_group("run")
     run.add_argument("--resume", nargs="?", const=True, default=False, help="resume from the latest checkpoint in --output, or from PATH")
     run.add_argument("--dry-run", action="store_true", help="validate every sample (decoding every image), print the plan, train nothing")
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
         set_seed(recipe.seed)  # new adapters are initialised from it: the same seed gives the same run
         model, processor = load_model(
             args.model, args.vision, args.text, args.pattern, args.num_shortcuts, args.high_res, args.grid, args.adapter_attention,
-            _chat_template(args.chat_template),
+            _chat_template(args.chat_template), args.adapter_mlp,
         )
         template = processor.template if recipe.template == "auto" else recipe.template
         dataset = LlavaDataset(

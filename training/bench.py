@@ -136,7 +136,7 @@ def family_model(base: str = FAMILY_BASE, pattern: str = "sparse-uniform", high_
 
     from sparsecut.convert import from_backbones
 
-    from .tiny.clip import tower_config, tower_image_processor
+    from .tiny.tower import tower_config, tower_image_processor
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tower:

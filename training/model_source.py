@@ -9,13 +9,14 @@ from sparsecut.convert import from_backbones, init_from_llava, saved_model_type
 
 
 def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num_shortcuts=None, high_res=True, grid=2,
-               adapter_attention=True, chat_template=None):
+               adapter_attention=True, chat_template=None, adapter_mlp="mlp2x_gelu"):
     """(model, processor) for training.
 
     - ``model`` a SparseCut ``save_pretrained`` folder (e.g. stage 1's output): loaded as is (pattern options ignored);
     - ``model`` an HF LLaVA folder or hub id: ``init_from_llava`` with the pattern options;
     - ``vision`` + ``text``: ``from_backbones`` (fresh adapters, the paper's stage-1 start; ``text`` may name an
-      installed base model such as ``smollm2-135m-instruct``), with ``chat_template`` replacing the tokenizer's."""
+      installed base model such as ``smollm2-135m-instruct``), with ``chat_template`` replacing the tokenizer's.
+    ``adapter_mlp`` (``mlp2x_gelu`` or ``linear``) shapes new adapters (backbones or LLaVA)."""
     if model is not None and (vision or text):
         raise ValueError("Give either --model or --vision and --text, not both.")
     if model is not None and chat_template is not None:
@@ -24,7 +25,7 @@ def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num
         if not (vision and text):
             raise ValueError("Give --model (a SparseCut or LLaVA checkpoint) or both --vision and --text (backbones).")
         return from_backbones(vision, text, pattern=pattern, num_shortcuts=num_shortcuts, high_res=high_res, high_res_grid=grid,
-                              adapter_attention=adapter_attention, chat_template=chat_template)
+                              adapter_attention=adapter_attention, adapter_mlp=adapter_mlp, chat_template=chat_template)
     kind = saved_model_type(model) if os.path.isdir(model) else "llava"
     if kind == "sparsecut":
         return SparseCutForConditionalGeneration.from_pretrained(model), SparseCutProcessor.from_pretrained(model)
@@ -32,7 +33,7 @@ def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num
         from transformers import AutoImageProcessor, AutoTokenizer
 
         built = init_from_llava(model, pattern=pattern, num_shortcuts=num_shortcuts, high_res=high_res, high_res_grid=grid,
-                                adapter_attention=adapter_attention)
+                                adapter_attention=adapter_attention, adapter_mlp=adapter_mlp)
         processor = SparseCutProcessor.from_model_config(
             built.config, AutoImageProcessor.from_pretrained(model), AutoTokenizer.from_pretrained(model)
         )

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 
 RECIPE_DIR = os.path.join(os.path.dirname(__file__), "recipes")
 MODULES = ("adapters", "language_model", "vision_tower")
+LORA_KEYS = {"r", "alpha", "dropout", "modules"}
+# LoRA "modules" -> which projections of each decoder layer get one
+LORA_MODULES = {"all": r"self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj", "attention": r"self_attn\.(q|k|v|o)_proj"}
 
 
 @dataclass
@@ -31,7 +34,7 @@ class Recipe:
     mixed_precision: str = "bf16"  # no | fp16 | bf16 (autocast, fp32 master weights; bf16 also on CPUs with AVX-512 bf16/AMX)
     gradient_checkpointing: bool = False
     group_by_modality_length: bool = False
-    lora: dict | None = None  # {"r", "alpha", "dropout"} -> peft LoRA on the LLM's linear layers
+    lora: dict | None = None  # {"r", "alpha", "dropout", "modules": "all" | "attention"} -> peft LoRA on the LLM's projections
     save_every: int = 500  # optimizer steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -48,6 +51,11 @@ class Recipe:
             raise ValueError(f"mixed_precision must be no, fp16 or bf16; got {self.mixed_precision!r}.")
         if self.global_batch_size < 1 or self.per_device_batch_size < 1:
             raise ValueError("Batch sizes must be positive.")
+        if self.lora is not None and sorted(set(self.lora) - LORA_KEYS):
+            raise ValueError(f"Unknown LoRA settings {sorted(set(self.lora) - LORA_KEYS)}; known: {sorted(LORA_KEYS)}.")
+        if self.lora is not None and self.lora.get("modules", "all") not in LORA_MODULES:
+            raise ValueError(f"LoRA modules must be all (every attention and MLP projection) or attention (q, k, v, o); "
+                             f"got {self.lora['modules']!r}.")
         if self.lora is not None and "language_model" in self.train_modules:
             raise ValueError("With LoRA the LLM is trained through its LoRA weights; drop 'language_model' from train_modules.")
 

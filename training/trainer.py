@@ -25,7 +25,10 @@ from sparsecut.precision import cpu_supports_bf16
 
 from .checkpoints import complete_checkpoints, find_resume_point, load_checkpoint, remove_unfinished, save_checkpoint
 from .data import IGNORE_INDEX, Collator, EpochOrder, supervised_positions
-from .recipes import Recipe
+from .recipes import LORA_MODULES, Recipe
+
+
+LORA_DIR = "lora"  # where save_model also writes an unmerged LoRA
 
 
 class TrainingDiverged(RuntimeError):
@@ -236,6 +239,7 @@ class Trainer:
                     "tokens_per_s": tokens / elapsed,
                     "samples": state.samples,
                     "skipped": state.skipped,
+                    "time": time.time(),  # wall clock (s since the epoch): progress and ETA from outside the run
                 }
                 if a.is_main_process:
                     _log_metrics(metrics_path, writer, record, state.step % r.log_every == 0 or state.step == 1)
@@ -305,12 +309,15 @@ class Trainer:
         )
 
     def save_model(self) -> None:
-        """The final ``save_pretrained`` folder (safetensors + processor) in the output directory."""
+        """The final ``save_pretrained`` folder (safetensors + processor) in the output directory; with LoRA, the
+        LoRA merged into the LLM there, and also unmerged in ``LORA_DIR`` (peft's adapter format: a small delta)."""
         a = self.accelerator
         a.wait_for_everyone()
         model = a.unwrap_model(self.model)
         state_dict = a.get_state_dict(self.model)
         if self.recipe.lora:
+            if a.is_main_process:
+                model.save_pretrained(os.path.join(self.output_dir, LORA_DIR), safe_serialization=True)
             model = model.merge_and_unload()
             state_dict = None if not a.is_main_process else model.state_dict()
         if a.is_main_process:
@@ -320,16 +327,20 @@ class Trainer:
 
 
 def add_lora(model, lora: dict):
-    """``model`` wrapped by peft with a LoRA (``lora``: r, alpha, dropout) on every attention and MLP projection of
-    its LLM's decoder layers (``language_model.layers.N`` in a SparseCut model, ``language_model.model.layers.N``
-    where the LLM is a whole causal LM); peft freezes everything else: re-apply the recipe's freezing after."""
+    """``model`` wrapped by peft with a LoRA (``lora``: r, alpha, dropout, modules) on the projections of its LLM's
+    decoder layers (``language_model.layers.N`` in a SparseCut model, ``language_model.model.layers.N`` where the LLM
+    is a whole causal LM): ``modules`` ``"all"`` (default: every attention and MLP projection) or ``"attention"``
+    (q, k, v, o only); peft freezes everything else: re-apply the recipe's freezing after."""
     from peft import LoraConfig, get_peft_model
 
+    modules = lora.get("modules", "all")
+    if modules not in LORA_MODULES:
+        raise ValueError(f"LoRA modules must be one of {', '.join(LORA_MODULES)}; got {modules!r}.")
     config = LoraConfig(
         r=int(lora.get("r", 128)),
         lora_alpha=int(lora.get("alpha", 256)),
         lora_dropout=float(lora.get("dropout", 0.05)),
-        target_modules=r".*language_model\.(model\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
+        target_modules=rf".*language_model\.(model\.)?layers\.\d+\.({LORA_MODULES[modules]})",
     )
     return get_peft_model(model, config)
 

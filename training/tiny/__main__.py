@@ -1,37 +1,44 @@
-"""python -m training.tiny: build the synthetic benchmark, pretrain the tiny backbones, train the family, ship it, score it.
+"""python -m training.tiny: build the synthetic benchmark, pretrain the tower, train the family, ship it, score it.
 
-    python -m training.tiny --output runs/tiny                 # everything, from scratch, deterministic for --seed
+    python -m training.tiny --output runs/tiny                 # everything, deterministic for --seed; a rerun resumes
     python -m training.tiny --output runs/tiny --ship assets/sparsecut-tiny   # ... and replace the shipped family
     python -m training.tiny --output runs/tiny --quick         # a few steps of every stage (what the tests run)
     python -m training.tiny --output runs/tiny --models sparsecut-tiny,llava-tiny
-    python -m training.tiny --output runs/long --budget stage2_steps=12000,instruct_images=60000   # e.g. on a GPU
+    python -m training.tiny --output runs/long --budget stage2_steps=4000,instruct_images=40000   # e.g. on a GPU
 
 Each family member is trained by the training CLI (``python -m training``) on the LLaVA JSON this writes, stage 1
-then stage 2, with the same recipe and budget; ``--jobs`` members train side by side (on a CPU each gets its share
-of the cores). The members are then exported in the zoo's format (to ``--ship``, default OUTPUT/family) and the
-exported checkpoints scored on the held-out split: OUTPUT/results.json and results.md, and the same beside the
-shipped family with its MODEL_CARD.md.
+(adapters on captions) then stage 2 (adapters + a LoRA on the LLM, multi-question conversations), with the same
+recipe and budget; ``--jobs`` members train side by side (on a CPU each gets its share of the cores). Every stage
+checkpoints as it goes: a rerun of the same command skips finished members and stages and resumes an interrupted one
+from its last checkpoint. Progress (steps per member and stage, ETA) is printed every ``--progress-every`` seconds.
+The members are then exported in the zoo's format as deltas over the base LLM (to ``--ship``, default
+OUTPUT/family) and the exported checkpoints scored on the held-out split: OUTPUT/results.json and results.md, and
+the same beside the shipped family with its MODEL_CARD.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .family import FAMILY, Budget, backbone_dirs, budget_with, build_backbones, cpu_mixed_precision, write_data
+from .family import (ADAPTER_MLP, BASE_TEXT, CHAT_TEMPLATE, FAMILY, LAYOUT, LORA_MODULES, Budget, backbone_dirs,
+                     budget_with, build_backbones, cpu_mixed_precision, write_data)
+from .progress import report, stage_dir, stage_done, stage_seconds
 
-QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, lm_steps=5, clip_steps=5, stage1_steps=2,
-               stage2_steps=2, batch=8)
+QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, tower_steps=2, stage1_steps=2, stage2_steps=2,
+               batch=8, save_every=1)
 
 
 def _train(args: list[str], log_path: str, threads: int | None) -> None:
-    """One training CLI run in a subprocess (a fresh accelerate state each time); its output goes to a log."""
+    """One training CLI run in a subprocess (a fresh accelerate state each time); its output is appended to a log."""
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-    with open(log_path, "w", encoding="utf-8") as log:
+    with open(log_path, "a", encoding="utf-8") as log:
         code = subprocess.run([sys.executable, "-m", "training", *args], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0:
         with open(log_path, encoding="utf-8") as log:
@@ -40,24 +47,43 @@ def _train(args: list[str], log_path: str, threads: int | None) -> None:
 
 
 def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: list[str], threads: int | None = None) -> str:
-    """Stage 1 then stage 2 for family member ``name`` (``threads``: the CPU threads it may use); returns the final
-    model folder."""
+    """Stage 1 then stage 2 for family member ``name`` (``threads``: the CPU threads it may use), each skipped when
+    finished and resumed from its last checkpoint when interrupted; returns the final model folder."""
     spec = FAMILY[name]
     vision, text = backbone_dirs(root)
-    out = os.path.join(root, "models", name)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
+    stage1, final = stage_dir(root, name, "stage1"), stage_dir(root, name, "stage2")
+    os.makedirs(os.path.dirname(final), exist_ok=True)
     common = ["--images", os.path.join(root, "data", "images"), "--global-batch-size", str(budget.batch),
               "--per-device-batch-size", str(budget.batch), "--seed", str(seed), "--num-workers", "1",
-              "--gradient-checkpointing", "false", "--save-every", "100000", *device_flags]
-    _train(["--recipe", "stage1", "--vision", vision, "--text", text, "--pattern", spec["pattern"],
-            "--high-res" if spec["high_res"] else "--no-high-res",
-            "--adapter-attention" if spec.get("adapter_attention", True) else "--no-adapter-attention", "--data", os.path.join(root, "data", "pretrain.json"),
-            "--output", out + "-stage1", "--max-steps", str(budget.stage1_steps), "--epochs", "1000", *common],
-           out + "-stage1.log", threads)
-    _train(["--recipe", "stage2", "--model", out + "-stage1", "--data", os.path.join(root, "data", "instruct.json"),
-            "--output", out, "--max-steps", str(budget.stage2_steps), "--epochs", "1000",
-            "--learning-rate", str(budget.stage2_lr), *common], out + ".log", threads)
-    return out
+              "--gradient-checkpointing", "false", "--save-every", str(budget.save_every), "--keep-checkpoints", "1",
+              "--resume", *device_flags]
+    if not stage_done(stage1):
+        _train(["--recipe", "stage1", "--vision", vision, "--text", text, "--chat-template", CHAT_TEMPLATE,
+                "--template", "auto", "--pattern", spec["pattern"], "--high-res" if spec["high_res"] else "--no-high-res",
+                "--adapter-attention" if spec.get("adapter_attention", True) else "--no-adapter-attention",
+                "--adapter-mlp", ADAPTER_MLP, "--data", os.path.join(root, "data", "pretrain.json"), "--output", stage1,
+                "--max-steps", str(budget.stage1_steps), "--epochs", "1000", "--learning-rate", str(budget.stage1_lr),
+                *common], stage1 + ".log", threads)
+    if not stage_done(final):
+        lora = {"r": budget.lora_rank, "alpha": 2 * budget.lora_rank, "dropout": 0.0, "modules": LORA_MODULES}
+        _train(["--recipe", "stage2_lora", "--model", stage1, "--data", os.path.join(root, "data", "instruct.json"),
+                "--output", final, "--max-steps", str(budget.stage2_steps), "--epochs", "1000",
+                "--learning-rate", str(budget.stage2_lr), "--adapter-learning-rate", str(budget.adapter_lr),
+                "--lora", json.dumps(lora), *common], final + ".log", threads)
+    return final
+
+
+def _report_every(seconds: float, root: str, names: list[str], budget: Budget, jobs: int, started: float) -> threading.Event:
+    """Print the family's progress every ``seconds`` from a background thread until the returned event is set."""
+    stop = threading.Event()
+    steps = {"stage1": budget.stage1_steps, "stage2": budget.stage2_steps}
+
+    def loop():
+        while not stop.wait(seconds):
+            print(f"[{time.time() - started:6.0f}s] {report(root, names, steps, jobs)}", flush=True)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return stop
 
 
 def main(argv=None) -> int:
@@ -73,8 +99,11 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=None,
                         help="members trained side by side (default: one per 1-2 CPU cores on a CPU, 1 on a GPU)")
     parser.add_argument("--budget", default="", help="comma-separated FIELD=VALUE overrides of the budget (steps, data "
-                        f"sizes, stage-2 lr, batch; fields: {', '.join(Budget.__dataclass_fields__)}), e.g. "
-                        "stage2_steps=12000,instruct_images=60000 for a longer run on a GPU")
+                        f"sizes, learning rates, LoRA rank, batch; fields: {', '.join(Budget.__dataclass_fields__)}), "
+                        "e.g. stage2_steps=4000,instruct_images=40000 for a longer run on a GPU")
+    parser.add_argument("--text", default=BASE_TEXT, help=f"the LLM every member starts from: an installed base model's "
+                        f"name (default {BASE_TEXT}) or a causal-LM folder; a run keeps the one it started with")
+    parser.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     parser.add_argument("--ship", default=None, help="family folder to export to (default OUTPUT/family); "
                         "assets/sparsecut-tiny replaces the shipped family")
     args = parser.parse_args(argv)
@@ -93,21 +122,32 @@ def main(argv=None) -> int:
     started = time.time()
     os.makedirs(args.output, exist_ok=True)
     write_data(args.output, budget, args.seed)
-    build_backbones(args.output, budget, args.seed)
+    try:
+        build_backbones(args.output, budget, args.seed, args.text)
+    except ValueError as err:
+        parser.error(str(err))
     precision, speedup = args.mixed_precision, None
     if precision == "auto":
         precision, speedup = cpu_mixed_precision(args.output, budget, threads) if on_cpu else ("bf16", None)
         print(f"mixed precision: {precision}" + (f" (bf16 step {speedup:.2f}x as fast as fp32 on this CPU)" if speedup else ""))
     device_flags = ["--mixed-precision", precision, *(["--cpu"] if on_cpu else [])]
-    print(f"[{time.time() - started:6.0f}s] backbones ready; training {len(names)} member(s), {jobs} at a time", flush=True)
+    backbones_seconds = time.time() - started
+    print(f"[{backbones_seconds:6.0f}s] backbones ready; training {len(names)} member(s), {jobs} at a time", flush=True)
+    member_seconds = {}
 
     def run(name: str) -> str:
+        began = time.time()
         folder = train_member(name, args.output, budget, args.seed, device_flags, threads)
-        print(f"[{time.time() - started:6.0f}s] trained {name}", flush=True)
+        member_seconds[name] = time.time() - began
+        print(f"[{time.time() - started:6.0f}s] trained {name} ({member_seconds[name] / 60:.1f} min in this process)", flush=True)
         return folder
 
-    with ThreadPoolExecutor(jobs) as pool:  # each member trains in its own subprocesses
-        list(pool.map(run, names))
+    stop = _report_every(args.progress_every, args.output, names, budget, jobs, started)
+    try:
+        with ThreadPoolExecutor(jobs) as pool:  # each member trains in its own subprocesses
+            list(pool.map(run, names))
+    finally:
+        stop.set()
     trained = time.time() - started
     from .ship import export, score_shipped, write_card, write_results
 
@@ -116,7 +156,9 @@ def main(argv=None) -> int:
     scored = score_shipped(ship, names, args.seed, data_dir=os.path.join(args.output, "data"))  # the split written above
     scored["run"] = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "train_seconds": trained,
                      "seconds": time.time() - started, "device": "cpu" if on_cpu else "cuda", "command": _command(argv),
-                     "mixed_precision": precision, "bf16_speedup": speedup}
+                     "mixed_precision": precision, "bf16_speedup": speedup, "backbones_seconds": backbones_seconds,
+                     "member_seconds": member_seconds, "stage_seconds": stage_seconds(args.output, names, budget),
+                     "layout": LAYOUT.name}
     for folder in {args.output, ship}:
         write_results(folder, scored)
     write_card(ship, args.output, scored)

@@ -44,8 +44,9 @@ def _families(rng, weights: dict[str, int], k: int) -> list[str]:
     return [names[i] for i in rng.choice(len(names), size=k, replace=False, p=p / p.sum())]
 
 
-def write_split(root: str, name: str, seed: int, num_images: int, kind: str, turns: int = 3) -> str:
-    """Write split ``name`` under ``root``: images in ``root/images/name/``, and
+def write_split(root: str, name: str, seed: int, num_images: int, kind: str, turns: int = 3,
+                layout: Layout = DEFAULT_LAYOUT) -> str:
+    """Write split ``name`` under ``root`` (scenes drawn in ``layout``): images in ``root/images/name/``, and
 
     - kind ``pretrain``: ``name.json``, one caption per image (stage 1);
     - kind ``instruct``: ``name.json``, a ``turns``-turn conversation per image (stage 2);
@@ -55,7 +56,7 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
     os.makedirs(folder, exist_ok=True)
     records = []
     for index in range(num_images):
-        scene, rng = scene_for(seed, index)
+        scene, rng = scene_for(seed, index, layout=layout)
         image = f"{name}/{_save_image(scene, seed, index, folder, f'{index:06d}.png')}"
         if kind == "pretrain":
             records.append({"id": f"{name}-{index}", "image": image, "conversations": [

@@ -30,7 +30,7 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from .clip import _pixels, tower_config, tower_image_processor
+from .tower import normalised_pixels, tower_config, tower_image_processor
 from .dataset import image_for, scene_for
 from .font import _GLYPHS
 from .loop import fit
@@ -101,7 +101,7 @@ def scene_views(seed: int, index: int, layout: Layout = DEFAULT_LAYOUT) -> np.nd
     image, view = image_for(scene_for(seed, index, layout=layout)[0], seed, index), layout.view
     views = [image.resize((view, view), Image.BICUBIC)]
     views += [image.crop((c * view, r * view, (c + 1) * view, (r + 1) * view)) for r in range(2) for c in range(2)]
-    return np.stack([_pixels(v) for v in views])
+    return np.stack([normalised_pixels(v) for v in views])
 
 
 class DenseHeads(nn.Module):

@@ -1,4 +1,12 @@
-"""The tiny family's members, its budget, its data splits and its pretrained backbones."""
+"""The tiny family's members, its recipe and budget, its data splits and its backbones.
+
+The family is SparseCut at miniature scale on a real pretrained LLM: a CLIP-style ViT pretrained here on the
+synthetic scenes with dense per-patch labels (``dense.py``) and SmolLM2-135M-Instruct (``sparsecut.base_models``;
+installed from its wheel, in ChatML). Scenes use the ``cells-96`` layout, whose 48-px low-res view has one 16-px
+patch per scene cell. Each member is trained by the training CLI: stage 1 the adapters on captions that name every
+object in row order; stage 2 the adapters and a LoRA on the LLM on multi-question conversations. Members ship as
+deltas over the base (``export.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,10 @@ import json
 import os
 from dataclasses import dataclass, fields, replace
 
-from .clip import clip_config, crop_caption, pretrain_clip, tower_image_processor
-from .dataset import scene_for, write_split
-from .lm import lm_config, pretrain_lm
-from .questions import FAMILIES, ask, caption
-from .tokenizer import build_tokenizer
+from .tower import tower_config, tower_image_processor
+from .dataset import write_split
+from .dense import pretrain_dense
+from .scenes import layout_named
 
 # name -> how it differs; everything else (backbones, recipe, budget) is shared
 FAMILY = {
@@ -25,19 +32,28 @@ FAMILY = {
 }
 # split seeds: training splits and the held-out test split never share a generator
 SPLIT_SEEDS = {"pretrain": 1, "instruct": 2, "backbone": 3, "test": 9}
+BASE_TEXT = "smollm2-135m-instruct"  # the family's LLM (sparsecut.base_models)
+CHAT_TEMPLATE = "chatml"  # ChatML without SmolLM2's default system prompt
+LAYOUT = layout_named("cells-96")
+ADAPTER_MLP = "mlp2x_gelu"  # the adapters' MLP (sparsecut.config.MLP_TYPES)
+LORA_MODULES = "all"  # which LLM projections get a LoRA (training.recipes.LORA_MODULES)
 
 
 @dataclass
 class Budget:
-    pretrain_images: int = 3000
-    instruct_images: int = 6000
+    pretrain_images: int = 3000  # stage-1 captions; the tower's dense labels come from as many scenes of another split
+    instruct_images: int = 3000  # stage-2 conversations, one per scene
     test_images: int = 320  # ~6.3 questions each: >= 2,000 held-out questions
-    lm_steps: int = 300
-    clip_steps: int = 600
+    tower_steps: int = 1600
     stage1_steps: int = 100
-    stage2_steps: int = 600
-    stage2_lr: float = 2e-3
-    batch: int = 32
+    stage1_lr: float = 1e-3
+    stage2_steps: int = 400
+    stage2_lr: float = 1.5e-3  # the LoRA's
+    adapter_lr: float = 1e-3  # the adapters' in stage 2
+    lora_rank: int = 8  # alpha = 2 x rank
+    turns: int = 6  # questions per stage-2 conversation
+    batch: int = 16
+    save_every: int = 25  # optimizer steps between checkpoints: what an interruption can lose
 
 
 def budget_with(base: Budget, overrides: str) -> Budget:
@@ -50,7 +66,7 @@ def budget_with(base: Budget, overrides: str) -> Budget:
         key = key.strip()
         if not sep or key not in names:
             raise ValueError(f"bad budget override {item!r}: use FIELD=VALUE with FIELD one of {', '.join(names)}.")
-        cast = type(getattr(base, key))  # int, or float for the learning rate
+        cast = type(getattr(base, key))  # int, or float for the learning rates
         try:
             changes[key] = cast(value)
         except ValueError:
@@ -66,48 +82,47 @@ def split_seed(seed: int, split: str) -> int:
 
 def write_data(root: str, budget: Budget, seed: int) -> None:
     data = os.path.join(root, "data")
-    write_split(data, "pretrain", split_seed(seed, "pretrain"), budget.pretrain_images, "pretrain")
-    write_split(data, "instruct", split_seed(seed, "instruct"), budget.instruct_images, "instruct")
-    write_split(data, "test", split_seed(seed, "test"), budget.test_images, "eval")
+    write_split(data, "pretrain", split_seed(seed, "pretrain"), budget.pretrain_images, "pretrain", layout=LAYOUT)
+    write_split(data, "instruct", split_seed(seed, "instruct"), budget.instruct_images, "instruct", turns=budget.turns,
+                layout=LAYOUT)
+    write_split(data, "test", split_seed(seed, "test"), budget.test_images, "eval", layout=LAYOUT)
+
+
+BACKBONES = "backbones.json"  # in OUTPUT/backbones: which tower and LLM the run's members start from
 
 
 def backbone_dirs(root: str) -> tuple[str, str]:
-    return os.path.join(root, "backbones", "vision"), os.path.join(root, "backbones", "text")
+    """(vision tower folder, text backbone: an installed base model's name or a causal-LM folder) of run ``root``."""
+    with open(os.path.join(root, "backbones", BACKBONES), encoding="utf-8") as handle:
+        text = json.load(handle)["text"]
+    return os.path.join(root, "backbones", "vision"), text
 
 
-def corpus(seed: int, images: int) -> list[str]:
-    """The synthetic text of ``images`` scenes: captions, crop captions, and questions with answers in the chat
-    template's format (so the tokenizer learns its words, and the LM the turn structure stage 2 uses)."""
-    texts = []
-    for index in range(images):
-        scene, rng = scene_for(seed, index)
-        texts.append(caption(scene))
-        texts += [crop_caption(scene, q) for q in range(4)]
-        texts += [f"USER: {qa.question} ASSISTANT: {qa.answer}" for family in FAMILIES if (qa := ask(scene, family, rng)) is not None]
-    return texts
-
-
-def build_backbones(root: str, budget: Budget, seed: int) -> None:
-    """Tokenizer, LM and CLIP ViT from the backbone split; saved as HF folders (vision/, text/)."""
-    vision_dir, text_dir = backbone_dirs(root)
-    if os.path.isfile(os.path.join(vision_dir, "model.safetensors")) and os.path.isfile(os.path.join(text_dir, "model.safetensors")):
+def build_backbones(root: str, budget: Budget, seed: int, text: str | None = None) -> None:
+    """The vision tower, pretrained with dense labels on the backbone split (``dense.py``), saved with its image
+    processor in ``root/backbones/vision``; ``text`` (default ``BASE_TEXT``) recorded as the run's LLM. Returns at
+    once when the run has its backbones (it keeps the LLM it started with: another ``text`` raises)."""
+    folder = os.path.join(root, "backbones")
+    record = os.path.join(folder, BACKBONES)
+    if os.path.isfile(record):
+        _, built_with = backbone_dirs(root)
+        if text is not None and built_with != text:
+            raise ValueError(f"{root} was started with LLM {built_with!r}, not {text!r}: use another --output.")
         return
-    backbone_seed = split_seed(seed, "backbone")
-    texts = corpus(backbone_seed, budget.pretrain_images)
-    tokenizer = build_tokenizer(texts)
-    lm, lm_losses = pretrain_lm(tokenizer, texts, steps=budget.lm_steps, seed=seed, config=lm_config(tokenizer))
-    lm.save_pretrained(text_dir)
-    tokenizer.save_pretrained(text_dir)
-    tower, clip_losses = pretrain_clip(tokenizer, backbone_seed, budget.pretrain_images, steps=budget.clip_steps,
-                                       config=clip_config(tokenizer))
-    tower.save_pretrained(vision_dir)
-    tower_image_processor().save_pretrained(vision_dir)
-    with open(os.path.join(root, "backbones", "pretraining.json"), "w", encoding="utf-8") as handle:
-        json.dump({"lm_final_loss": lm_losses[-1], "clip_final_loss": clip_losses[-1], "corpus_texts": len(texts)}, handle, indent=2)
+    import time
+
+    started = time.time()
+    tower, losses = pretrain_dense(split_seed(seed, "backbone"), budget.pretrain_images, budget.tower_steps,
+                                   tower_config(view=LAYOUT.view), layout=LAYOUT)
+    tower.save_pretrained(os.path.join(folder, "vision"))
+    tower_image_processor(LAYOUT.view).save_pretrained(os.path.join(folder, "vision"))
+    with open(record, "w", encoding="utf-8") as handle:  # written last: its presence means the backbones are done
+        json.dump({"text": text or BASE_TEXT, "tower_final_loss": losses[-1], "tower_seconds": time.time() - started,
+                   "tower_scenes": budget.pretrain_images, "tower_steps": budget.tower_steps, "layout": LAYOUT.name}, handle, indent=2)
 
 
 def cpu_mixed_precision(root: str, budget: Budget, threads: int | None = None) -> tuple[str, float | None]:
-    """("bf16", speedup) when a training step of ``sparsecut-tiny`` (stage 2: adapters + LLM, on one batch of the
+    """("bf16", speedup) when a training step of ``sparsecut-tiny`` (adapters + LLM, on one batch of the
     instruct split) runs at least ``MARGIN`` times faster under bf16 autocast than in fp32 on this CPU with
     ``threads`` threads (each member's share), ("no", speedup) otherwise; ("no", None) on a CPU without native bf16."""
     import torch
@@ -120,7 +135,8 @@ def cpu_mixed_precision(root: str, budget: Budget, threads: int | None = None) -
         return "no", None
     vision, text = backbone_dirs(root)
     spec = FAMILY["sparsecut-tiny"]
-    model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"])
+    model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"],
+                                      chat_template=CHAT_TEMPLATE)
     data = os.path.join(root, "data")
     records = read_records(os.path.join(data, "instruct.json"))[: budget.batch]
     batch = collate_records(records, processor, os.path.join(data, "images"), processor.template, spec["high_res"])

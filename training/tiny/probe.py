@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
+from sparsecut.config import MLP_TYPES
 from sparsecut.convert import from_backbones
 from training.data import IGNORE_INDEX, Collator, encode, supervised_positions
 from training.trainer import add_lora, apply_freezing
-from training.recipes import load_recipe
+from training.recipes import LORA_MODULES, load_recipe
 
 from .dataset import DESCRIBE, image_for, scene_for
-from .family import FAMILY, Budget, backbone_dirs, build_backbones, split_seed
+from .family import CHAT_TEMPLATE, FAMILY, LAYOUT, Budget, backbone_dirs, build_backbones, split_seed
 from .loop import fit
 from .oracle import FEATURES, POSITION_FEATURES, OracleVLM, oracle_features
 from .questions import FAMILIES, ask, caption
@@ -40,20 +41,22 @@ PROBED = ("existence", "attribute", "count", "position")
 
 
 def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False,
-                text: str | None = None, vision: str | None = None, oracle_positions: bool = False):
+                text: str | None = None, vision: str | None = None, oracle_positions: bool = False,
+                adapter_mlp: str = "mlp2x_gelu"):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
-    absent), with fresh adapters; ``text`` (a base model name such as ``smollm2-135m-instruct``, or a folder) replaces
-    the run's LLM, in ChatML without a default system prompt; ``vision`` (a CLIPVisionModel folder, e.g. from
+    absent), with fresh adapters, in ChatML without a default system prompt as the family; ``text`` (a base model name
+    such as ``smollm2-135m-instruct``, or a folder) replaces the run's LLM; ``vision`` (a CLIPVisionModel folder, e.g. from
     ``python -m training.tiny.dense``) replaces the run's tower; ``fresh_lm`` re-initialises the LLM (no text
     pretraining). Frozen as ``recipe`` (default: stage 2) freezes. ``oracle_vision``: instead, an ``OracleVLM`` on
-    that LLM (all of it trained), its cells carrying their row and column too with ``oracle_positions``."""
-    build_backbones(run, Budget(), seed)  # returns at once when run/backbones/ holds both
+    that LLM (all of it trained), its cells carrying their row and column too with ``oracle_positions``.
+    ``adapter_mlp``: the adapters' (or LLaVA projector's) MLP, ``mlp2x_gelu`` or ``linear``."""
+    build_backbones(run, Budget(), seed)  # returns at once when the run has its backbones
     run_vision, run_text = backbone_dirs(run)
     spec = FAMILY[member]
     torch.manual_seed(seed)
     model, processor = from_backbones(vision or run_vision, text or run_text, pattern=spec["pattern"], high_res=spec["high_res"],
-                                      adapter_attention=spec.get("adapter_attention", True),
-                                      chat_template="chatml" if text else None)
+                                      adapter_attention=spec.get("adapter_attention", True), adapter_mlp=adapter_mlp,
+                                      chat_template=CHAT_TEMPLATE)
     if fresh_lm:  # the LLM as transformers initialises it from its config
         fresh = AutoModelForCausalLM.from_config(model.config.text_config)
         model.model.language_model.load_state_dict(fresh.model.state_dict())
@@ -68,10 +71,11 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
     return model, processor
 
 
-def with_lora(model, rank: int):
+def with_lora(model, rank: int, modules: str = "all"):
     """``model`` (a member or an ``OracleVLM``) with its LLM trained through a LoRA of rank ``rank`` (alpha 2 x rank,
-    no dropout) and its projector or adapters trained in full; every other weight frozen."""
-    model = add_lora(model, {"r": rank, "alpha": 2 * rank, "dropout": 0.0})
+    no dropout) on ``modules`` (``training.recipes.LORA_MODULES``) and its projector or adapters trained in full;
+    every other weight frozen."""
+    model = add_lora(model, {"r": rank, "alpha": 2 * rank, "dropout": 0.0, "modules": modules})
     for name, param in model.named_parameters():  # peft froze all but the LoRA
         param.requires_grad = "lora_" in name or ".projector." in name or ".adapters." in name
     return model
@@ -151,7 +155,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           seed: int = 0, progress: bool = True, oracle_vision: bool = False, text: str | None = None,
           per_sample: int = 1, caption_steps: int = 0, llm_lr: float | None = None, bf16: bool = False,
           vision: str | None = None, eval_every: int = 0, oracle_positions: bool = False,
-          layout: str = DEFAULT_LAYOUT.name, lora_rank: int = 0) -> dict:
+          layout: str = LAYOUT.name, lora_rank: int = 0, lora_modules: str = "all",
+          adapter_mlp: str = "mlp2x_gelu") -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
     ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
@@ -161,7 +166,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     oracle's cells also carry their row and column (as a ViT's tokens carry position embeddings); ``layout``: the
     scenes' geometry (``training/tiny/scenes.py``), whose low-res view must be the tower's input size; ``lora_rank``
     R > 0: the LLM trained through a LoRA of rank R (alpha 2R, on every attention and MLP projection; ``llm_lr`` is
-    then the LoRA's learning rate) instead of in full, as a shipped member's small delta would be."""
+    then the LoRA's learning rate) instead of in full, as a shipped member's small delta would be; ``lora_modules``:
+    ``all`` or ``attention`` (q, k, v, o only); ``adapter_mlp``: ``mlp2x_gelu`` (LLaVA-1.5's) or ``linear``."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES)}.")
@@ -177,13 +183,14 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         raise ValueError(f"per_sample must be >= 1 and caption_steps in 0..steps; got {per_sample} and {caption_steps}.")
     geometry = layout_named(layout)
     recipe = load_recipe("stage2")
-    model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision, oracle_positions)
+    model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision, oracle_positions,
+                                   adapter_mlp)
     if not oracle_vision and model.config.vision_config.image_size != geometry.view:
         raise ValueError(f"the tower takes {model.config.vision_config.image_size}-px views but layout {layout} cuts "
                          f"{geometry.view}-px ones: pass --vision with a tower trained on that layout "
                          f"(python -m training.tiny.dense --layout {layout}).")
     if lora_rank:
-        model = with_lora(model, lora_rank)
+        model = with_lora(model, lora_rank, lora_modules)
     setting = dict(families=list(families), high_res=not oracle_vision and model.config.high_res,
                    max_shapes=max_shapes, max_length=recipe.max_length, oracle_vision=oracle_vision,
                    oracle_positions=oracle_positions, layout=geometry)
@@ -230,7 +237,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
                          "oracle_vision": oracle_vision, "seed": seed, "text": text, "per_sample": per_sample,
                          "caption_steps": caption_steps, "llm_lr": llm_lr, "bf16": bf16, "vision": vision,
                          "eval_every": eval_every, "oracle_positions": oracle_positions, "layout": layout,
-                         "lora_rank": lora_rank, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}}
+                         "lora_rank": lora_rank, "lora_modules": lora_modules, "adapter_mlp": adapter_mlp,
+                         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}}
 
 
 def _groups(model, lr: float, llm_lr: float | None) -> list[dict]:
@@ -264,7 +272,7 @@ def main(argv=None) -> int:
                         "(installed from its wheel) or a causal-LM folder; ChatML without a default system prompt")
     parser.add_argument("--vision", default=None, help="a vision tower folder instead of the run's (e.g. "
                         "python -m training.tiny.dense's output)")
-    parser.add_argument("--layout", default=DEFAULT_LAYOUT.name, choices=list(LAYOUTS), help="the scenes' geometry "
+    parser.add_argument("--layout", default=LAYOUT.name, choices=list(LAYOUTS), help="the scenes' geometry "
                         "(training/tiny/scenes.py); a real tower must take its low-res view")
     parser.add_argument("--per-sample", type=int, default=1, help="questions per training sequence (multi-turn)")
     parser.add_argument("--caption-steps", type=int, default=0, help="first train this many steps on captions that "
@@ -272,6 +280,10 @@ def main(argv=None) -> int:
     parser.add_argument("--llm-lr", type=float, default=None, help="the LLM's learning rate (default: --lr)")
     parser.add_argument("--lora-rank", type=int, default=0, help="train the LLM through a LoRA of this rank (alpha "
                         "twice it; --llm-lr is its learning rate) instead of in full (0)")
+    parser.add_argument("--lora-modules", default="all", choices=list(LORA_MODULES), help="which projections get a "
+                        "LoRA: all (attention and MLP) or attention (q, k, v, o)")
+    parser.add_argument("--adapter-mlp", default="mlp2x_gelu", choices=list(MLP_TYPES), help="the adapters' (or "
+                        "LLaVA projector's) MLP: mlp2x_gelu (LLaVA-1.5's) or linear (a smaller delta to ship)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every N steps (the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
@@ -286,7 +298,8 @@ def main(argv=None) -> int:
                        args.test_scenes, args.max_shapes, args.fresh_lm, args.seed, oracle_vision=args.oracle_vision,
                        text=args.text, per_sample=args.per_sample, caption_steps=args.caption_steps,
                        llm_lr=args.llm_lr, bf16=args.bf16, vision=args.vision, eval_every=args.eval_every,
-                       oracle_positions=args.oracle_positions, layout=args.layout, lora_rank=args.lora_rank)
+                       oracle_positions=args.oracle_positions, layout=args.layout, lora_rank=args.lora_rank,
+                       lora_modules=args.lora_modules, adapter_mlp=args.adapter_mlp)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""

@@ -3,8 +3,8 @@
     python -m training.tiny.ship --from runs/tiny --to assets/sparsecut-tiny     # export + score + card
     python -m training.tiny.ship --score-only --to assets/sparsecut-tiny         # rescore the shipped checkpoints
 
-Export writes the zoo's compact format (``sparsecut.zoo.export_family``: the vision tower and tokenizer once, each
-member's remaining weights in fp16). The results table is then made from the *shipped* checkpoints, loaded by name
+Export writes the zoo's compact format (``export.py``: the vision tower and tokenizer once; per member, in fp16, its
+adapters and its LoRA as a delta over the base LLM, which the zoo takes from the installed base). The results table is then made from the *shipped* checkpoints, loaded by name
 through the zoo as a user would, on the held-out split (its own seed, regenerated here from the generator), and
 saved as ``results.md`` + ``results.json`` beside them; ``results.json`` also keeps the scores of the first
 ``SUBSET`` questions, which the tests reproduce.
@@ -22,24 +22,34 @@ from contextlib import ExitStack, contextmanager
 
 from .dataset import write_split
 from .evaluate import predict, read_eval, results_table, score
-from .family import FAMILY, Budget, split_seed
+from .export import export_family
+from .family import BACKBONES, FAMILY, LAYOUT, Budget, backbone_dirs, split_seed
+from .scenes import layout_named
 
 SUBSET = 200  # questions the tests rescore (the first ones of the held-out split)
 TEST_IMAGES = Budget().test_images
 
 
 def export(root: str, names: list[str], out_dir: str) -> None:
-    """Export trained members ``root/models/<name>`` (all from one vision tower) to ``out_dir``."""
-    from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor, zoo
+    """Export trained members ``root/models/<name>`` (all from the run's vision tower and LLM) to ``out_dir`` as
+    deltas over the run's base LLM."""
+    from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
+    from sparsecut.base_models import BASE_MODELS, resolve_text_backbone, sha256_of
+    from training.trainer import LORA_DIR
 
-    models = {name: SparseCutForConditionalGeneration.from_pretrained(os.path.join(root, "models", name)) for name in names}
-    processor = SparseCutProcessor.from_pretrained(os.path.join(root, "models", names[0]))
-    zoo.export_family(models, processor, out_dir)
+    _, text = backbone_dirs(root)
+    folders = {name: os.path.join(root, "models", name) for name in names}
+    models = {name: SparseCutForConditionalGeneration.from_pretrained(folder) for name, folder in folders.items()}
+    processor = SparseCutProcessor.from_pretrained(folders[names[0]])
+    digest = BASE_MODELS[text].sha256 if text in BASE_MODELS else sha256_of(os.path.join(resolve_text_backbone(text), "model.safetensors"))
+    loras = {name: os.path.join(folder, LORA_DIR) for name, folder in folders.items() if os.path.isdir(os.path.join(folder, LORA_DIR))}
+    export_family(models, processor, out_dir, base={"text": text, "sha256": digest}, loras=loras, sources=folders)
 
 
-def held_out(seed: int, images: int, folder: str) -> list[dict]:
-    """Write the first ``images`` scenes of the held-out split under ``folder``; return its questions in order."""
-    return read_eval(write_split(folder, "test", split_seed(seed, "test"), images, "eval"))
+def held_out(seed: int, images: int, folder: str, layout: str = LAYOUT.name) -> list[dict]:
+    """Write the first ``images`` scenes of the held-out split (drawn in ``layout``) under ``folder``; return its
+    questions in order."""
+    return read_eval(write_split(folder, "test", split_seed(seed, "test"), images, "eval", layout=layout_named(layout)))
 
 
 @contextmanager
@@ -57,18 +67,19 @@ def assets_at(family_dir: str):
 
 
 def score_shipped(family_dir: str, names: list[str], seed: int = 0, images: int = TEST_IMAGES,
-                  subset: int | None = SUBSET, progress: bool = True, data_dir: str | None = None) -> dict:
+                  subset: int | None = SUBSET, progress: bool = True, data_dir: str | None = None,
+                  layout: str = LAYOUT.name) -> dict:
     """Score the models ``names`` shipped in ``family_dir``, loaded by name through the zoo, on the held-out split:
     {"seed", "questions", "images", "results", "subset"}. ``data_dir``: a folder that already holds the split
     (``test.jsonl`` and ``images/``, as the pipeline's OUTPUT/data does); otherwise its first ``images`` scenes are
-    written to a temporary folder."""
+    written to a temporary folder, drawn in ``layout``."""
     from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
 
     with ExitStack() as stack:
         stack.enter_context(assets_at(family_dir))
         if data_dir is None:
             data_dir = stack.enter_context(tempfile.TemporaryDirectory())
-            records = held_out(seed, images, data_dir)
+            records = held_out(seed, images, data_dir, layout)
         else:
             records = read_eval(os.path.join(data_dir, "test.jsonl"))
         results, first = {}, {}
@@ -96,39 +107,51 @@ def write_results(out_dir: str, scored: dict) -> str:
 
 
 def write_card(out_dir: str, run_root: str, scored: dict) -> None:
-    """``MODEL_CARD.md``: how the family was made (command, seed, data sizes, budget, time) and what it scores."""
+    """``MODEL_CARD.md``: how the family was made (command, seed, data sizes, base model and its hash, recipe,
+    times per stage and member) and what it scores."""
+    from .family import ADAPTER_MLP, LORA_MODULES
+    from .progress import STAGES
+
     run = scored["run"]
     budget = run["budget"]
-    with open(os.path.join(run_root, "backbones", "pretraining.json"), encoding="utf-8") as handle:
-        pretraining = json.load(handle)
-    members = "\n".join(f"| `{name}` | {spec['pattern']} | {'yes' if spec['high_res'] else 'no'} |"
-                         for name, spec in FAMILY.items() if name in scored["results"])
+    with open(os.path.join(run_root, "backbones", BACKBONES), encoding="utf-8") as handle:
+        backbones = json.load(handle)
+    with open(os.path.join(out_dir, "family.json"), encoding="utf-8") as handle:
+        base = json.load(handle)["base"]
+    members = "\n".join(
+        f"| `{name}` | {spec['pattern']} | {'yes' if spec['high_res'] else 'no'} | "
+        + " | ".join(f"{run['stage_seconds'][name][stage] / 60:.1f}" for stage in STAGES) + " |"
+        for name, spec in FAMILY.items() if name in scored["results"])
     card = f"""# The sparsecut-tiny family
 
-The embedded default models of SparseCut: a miniature of the paper's setup, trained from scratch on the synthetic
-benchmark of `training/tiny/` by one command. They answer questions about synthetic 128-px scenes (coloured
-shapes on a 3x3 grid, small printed text); they know nothing else.
+The embedded default models of SparseCut: the paper's architecture at miniature scale on a real pretrained LLM,
+trained on the synthetic benchmark of `training/tiny/` by one command. They answer questions about synthetic
+{LAYOUT.image_size}-px scenes (coloured shapes on a 3x3 grid, small printed text); they know nothing else.
 
 ## How it was made
 
     {run["command"]}
 
-- seed {run["seed"]}; device: {run["device"]}; {run["jobs"]} member(s) trained side by side; training took
-  {run["train_seconds"] / 60:.1f} min, everything (data, backbones, family, export, scoring) {run["seconds"] / 60:.1f} min.
-- data (generator splits never shared): stage 1 {budget["pretrain_images"]} captioned scenes, stage 2
-  {budget["instruct_images"]} scenes with 3-turn conversations, held-out {scored["images"]} scenes
-  ({scored["questions"]} questions, generator seed {scored["seed"]}); backbones from a separate split.
-- backbones: BPE tokenizer (`tokenizers`, {pretraining["corpus_texts"]} texts), Llama-style LM (8 layers, width 128)
-  pretrained {budget["lm_steps"]} steps (final loss {pretraining["lm_final_loss"]:.3f}); CLIP-style ViT (8 layers,
-  width 128, 16-px patches, 64-px input) pretrained contrastively with hard negatives {budget["clip_steps"]} steps
-  (final loss {pretraining["clip_final_loss"]:.3f}).
-- every member: stage 1 (adapters only, lr 1e-3) {budget["stage1_steps"]} steps, stage 2 (adapters + LLM, lr
-  {budget["stage2_lr"]}) {budget["stage2_steps"]} steps, batch {budget["batch"]}, through `python -m training`.
-- stored: the vision tower and tokenizer once in `shared/`, each member's other weights in fp16 safetensors
-  (`sparsecut.zoo` assembles and caches an fp32 folder on first load).
+- seed {run["seed"]}; device: {run["device"]}, mixed precision {run["mixed_precision"]}; {run["jobs"]} member(s)
+  trained side by side; training took {run["train_seconds"] / 60:.1f} min (the backbones {run["backbones_seconds"] / 60:.1f}
+  of them), everything (data, tower, family, export, scoring) {run["seconds"] / 60:.1f} min.
+- data (generator splits never shared; layout `{run["layout"]}`): stage 1 {budget["pretrain_images"]} captioned
+  scenes, stage 2 {budget["instruct_images"]} scenes with {budget["turns"]}-question conversations, held-out
+  {scored["images"]} scenes ({scored["questions"]} questions, generator seed {scored["seed"]}); the tower's dense
+  labels from {backbones["tower_scenes"]} scenes of a separate split.
+- LLM: `{base["text"]}` (sha256 `{base["sha256"]}`), in ChatML without a default system prompt; frozen except for
+  a LoRA of rank {budget["lora_rank"]} (alpha {2 * budget["lora_rank"]}, on the {LORA_MODULES} projections).
+- vision tower: CLIP-style ViT (8 layers, width 128, 16-px patches, {LAYOUT.view}-px input) pretrained
+  {backbones["tower_steps"]} steps with dense per-patch labels (`training/tiny/dense.py`; final loss
+  {backbones["tower_final_loss"]:.3f}), frozen afterwards.
+- every member: stage 1 (adapters only, {ADAPTER_MLP} MLP, lr {budget["stage1_lr"]}) {budget["stage1_steps"]}
+  steps on captions; stage 2 (adapters at lr {budget["adapter_lr"]} + the LoRA at lr {budget["stage2_lr"]})
+  {budget["stage2_steps"]} steps; batch {budget["batch"]}; through `python -m training`.
+- stored: the vision tower and tokenizer once in `shared/`, each member's adapters and LoRA in fp16; the LLM comes
+  from the installed base (`sparsecut.zoo` assembles and caches an fp32 folder on first load).
 
-| member | pattern | high-res |
-|---|---|---|
+| member | pattern | high-res | stage 1 min | stage 2 min |
+|---|---|---|---|---|
 {members}
 
 ## Scores (from these files, `python -m training.tiny.ship --score-only --to {out_dir}`)
@@ -155,11 +178,13 @@ def main(argv=None) -> int:
             parser.error(f"no trained model(s) {missing} under {args.source!r}/models; run python -m training.tiny first")
         export(args.source, names, args.to)
     started = time.time()
-    scored = score_shipped(args.to, names, args.seed)
     previous = os.path.join(args.to, "results.json")
+    run = None
     if os.path.isfile(previous):  # keep how the family was trained
         with open(previous, encoding="utf-8") as handle:
-            scored["run"] = json.load(handle).get("run")
+            run = json.load(handle).get("run")
+    scored = score_shipped(args.to, names, args.seed, layout=(run or {}).get("layout", LAYOUT.name))
+    scored["run"] = run
     print(write_results(args.to, scored))
     print(f"Scored in {time.time() - started:.0f}s: {os.path.join(args.to, 'results.md')}")
     return 0

@@ -1,0 +1,100 @@
+"""Write trained models in the zoo's compact family format (``sparsecut.zoo`` reads it; see its docstring).
+
+``export_family(models, processor, out_dir)`` stores full members: the vision tower and tokenizer once under
+``shared/``, each member's remaining weights. With ``base`` (a delta family over an installable base LLM), a member's
+LLM weights are not stored: only its adapters, and its LoRA (``loras[name]``, a peft adapter folder) in the same
+dtype; before writing, each member is rebuilt from the base + what would be stored and compared with the trained
+model, so a member whose LLM changed outside its LoRA is refused instead of shipped wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sparsecut.zoo import LLM_PREFIXES, LORA_DIR, MANIFEST, VISION_PREFIX, folder_files, assemble
+
+PROCESSOR_FILE = "processor_config.json"
+MEMBER_FILES = (PROCESSOR_FILE, "config.json", "model.safetensors", "generation_config.json")
+DELTA_TOLERANCE = 1e-4  # max |rebuilt - trained| of an LLM weight (LoRA merged in fp32 on both sides)
+
+
+def _member_processor(processor, config):
+    """The family's processor with one member's view and token settings (high-res on/off, grid, fusion)."""
+    from sparsecut.processing import SparseCutProcessor
+
+    return SparseCutProcessor.from_model_config(
+        config, processor.image_processor, processor.tokenizer, template=processor.template,
+        pad_to_square=processor.pad_to_square, max_image_pixels=processor.max_image_pixels,
+    )
+
+
+def _check_delta(name: str, state: dict, kept: dict, base: dict, config_dir: str, lora: str | None) -> None:
+    """Raise unless base + ``kept`` (what would be stored, tower included) + ``lora`` rebuilds member ``name``'s
+    trained LLM weights ``state``."""
+    rebuilt = assemble({k: v.float() for k, v in kept.items()}, base, config_dir, lora)
+    for key, value in state.items():
+        if key.startswith(LLM_PREFIXES) and key in rebuilt:
+            gap = (rebuilt[key] - value.float()).abs().max().item()
+            if gap > DELTA_TOLERANCE:
+                raise ValueError(f"{name}'s {key} differs from its base + LoRA by {gap:.2e}: it was trained outside "
+                                 "its LoRA (full LLM or embeddings), so it cannot ship as a delta; export it in full.")
+
+
+def _write_lora(source: str, target: str, dtype: torch.dtype) -> None:
+    os.makedirs(target, exist_ok=True)
+    shutil.copy2(os.path.join(source, "adapter_config.json"), target)
+    weights = load_file(os.path.join(source, "adapter_model.safetensors"))
+    save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, os.path.join(target, "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def export_family(models: dict, processor, out_dir: str, dtype: torch.dtype = torch.float16, card: str | None = None,
+                  base: dict | None = None, loras: dict[str, str] | None = None, sources: dict[str, str] | None = None) -> None:
+    """Write ``models`` (name -> SparseCutForConditionalGeneration sharing one vision tower) and their processor in
+    the family format, weights in ``dtype``. ``base`` ({"text": installed base name or causal-LM folder, "sha256"}):
+    a delta family; ``loras`` name -> the member's peft LoRA folder (none: the member's LLM is the base's);
+    ``sources`` name -> the trained model's folder (its config; needed with ``base``). Raises if the members'
+    vision towers differ, or a delta member's LLM is not its base + LoRA."""
+    shared = os.path.join(out_dir, "shared")
+    os.makedirs(shared, exist_ok=True)
+    vision = None
+    for name, model in models.items():
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        tower = {k[len(VISION_PREFIX):]: state.pop(k).to(dtype) for k in list(state) if k.startswith(VISION_PREFIX)}
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        kept = {k: v for k, v in state.items() if base is None or not k.startswith(LLM_PREFIXES)}
+        lora = (loras or {}).get(name)
+        if base is not None:
+            _check_delta(name, state, {**kept, **{VISION_PREFIX + k: v for k, v in tower.items()}}, base, sources[name], lora)
+        if vision is None:
+            vision = tower
+            save_file(vision, os.path.join(shared, "vision.safetensors"), metadata={"format": "pt"})
+        elif any(not torch.equal(vision[k], tower[k]) for k in vision):
+            raise ValueError(f"{name}'s vision tower differs from the others'; a family shares one tower.")
+        folder = os.path.join(out_dir, "models", name)
+        shutil.rmtree(folder, ignore_errors=True)  # a re-export replaces the member whole (no stale LoRA)
+        os.makedirs(folder)
+        model.config.save_pretrained(folder)
+        save_file({k: v.to(dtype) for k, v in kept.items()}, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        _member_processor(processor, model.config).save_pretrained(folder)
+        for path in folder_files(folder):  # the tokenizer lives in shared/ only
+            if os.path.basename(path) not in MEMBER_FILES:
+                os.remove(path)
+        if lora is not None:
+            _write_lora(lora, os.path.join(folder, LORA_DIR), dtype)
+    processor.save_pretrained(shared)
+    os.remove(os.path.join(shared, PROCESSOR_FILE))
+    manifest = {"models": {name: os.path.join("models", name) for name in models}, "shared": "shared", "dtype": str(dtype)}
+    if base is not None:
+        manifest["base"] = base
+    with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=2)
+    if card is not None:
+        with open(os.path.join(out_dir, "MODEL_CARD.md"), "w", encoding="utf-8") as handle:
+            handle.write(card)
