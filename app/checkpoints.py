@@ -8,12 +8,11 @@ which is downloaded once (safetensors, configs and tokenizer files only: no pick
 from __future__ import annotations
 
 import os
-import re
 
 from sparsecut import zoo
+from sparsecut.loading import checkpoint_kind
 
 DEFAULT_MODEL, DEFAULT_BASELINE = "sparsecut-tiny", "llava-tiny"
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # weights as safetensors only
 USAGE = "python -m app --model PATH_OR_HUB_ID [--model ANOTHER ...] [--baseline PATH_OR_HUB_ID]"
 
@@ -48,15 +47,10 @@ def served_specs(models: list[str] | None, baseline: str | None) -> tuple[list[s
 
 
 def check_spec(spec: str) -> str:
-    """``spec`` if it names a shipped model, an existing folder or a hub id; a ValueError saying why not otherwise."""
-    if zoo.is_known(spec) or os.path.isdir(spec) or HUB_ID.match(spec):
-        return spec
-    if os.path.exists(spec):
-        raise ValueError(f"{spec!r} is a file; pass the checkpoint's folder.")
-    shipped = ", ".join(sorted(zoo.available())) or "none in this checkout"
-    raise ValueError(
-        f"Model {spec!r} is neither a folder, a hub id (owner/name) nor a shipped name (shipped: {shipped})."
-    )
+    """``spec`` if it names a shipped model, a checkpoint folder or a hub id; a ValueError saying why not otherwise
+    (``sparsecut.loading.checkpoint_kind``)."""
+    checkpoint_kind(spec)
+    return spec
 
 
 def display_name(spec: str) -> str:
@@ -66,7 +60,7 @@ def display_name(spec: str) -> str:
 
 def local_path(spec: str) -> str:
     """What ``sparsecut.evaluation.generation.load`` takes: a shipped name or folder as is, a hub id downloaded."""
-    if zoo.is_known(check_spec(spec)) or os.path.isdir(spec):
+    if checkpoint_kind(spec) != "hub":
         return spec
     from huggingface_hub import snapshot_download
 

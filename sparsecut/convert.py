@@ -116,12 +116,14 @@ def init_from_llava(
     num_shortcuts: int | None = None,
     high_res: bool = True,
     high_res_grid: int = 2,
+    dtype: torch.dtype | None = None,
     **config_overrides,
 ) -> SparseCutForConditionalGeneration:
     """A SparseCut model of any pattern, initialised from a LLaVA checkpoint: its tower and LLM, and its projector
     in every adapter's MLP. Attention output projections start at 0 and (by default) the extra shortcuts' gates
-    too, so before training the model computes what the LLaVA checkpoint does on the low-res view."""
-    llava = _load_llava(model_or_path)
+    too, so before training the model computes what the LLaVA checkpoint does on the low-res view. ``dtype``: the
+    checkpoint's weights are loaded in it (default: as ``from_pretrained`` loads them)."""
+    llava = _load_llava(model_or_path, **({"dtype": dtype} if dtype is not None else {}))
     config = sparsecut_config_from_llava(
         llava.config,
         shortcuts=None,

@@ -81,6 +81,9 @@ def test_specs_are_checked_before_loading(family_env, tmp_path):
     export_tiny_family(str(family_env / "assets"))
     folder = tmp_path / "runs" / "stage2"
     folder.mkdir(parents=True)
+    with pytest.raises(ValueError, match="has no config.json: it is not a checkpoint folder"):
+        check_spec(str(folder))
+    (folder / "config.json").write_text(json.dumps({"model_type": "sparsecut"}))
     assert check_spec(DEFAULT_MODEL) == DEFAULT_MODEL and check_spec(str(folder)) == str(folder)
     assert check_spec("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"
     assert display_name(str(folder)) == "stage2" and display_name("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"

@@ -69,6 +69,8 @@ def test_a_rerun_skips_finished_stages_and_resumes_an_interrupted_one(quick_run)
     assert "Resumed from" in log and log.count("Resumed from") == 1  # stage 2 only, from its checkpoint
     after = load_file(run / "models" / "llava-tiny" / "model.safetensors")
     assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
+    kept = sorted(os.listdir(run / "predictions"))  # each shipped member's answers, reused by the rerun's scoring
+    assert len(kept) == 2 and all(name.startswith(("sparsecut-tiny-", "llava-tiny-")) for name in kept)
 
 
 def test_progress_reports_steps_and_an_eta_from_measured_seconds(tmp_path):

@@ -1,13 +1,11 @@
 """Load a model for evaluation and answer a batch of (image, question) pairs greedily.
 
-``load(name_or_path)`` takes a shipped name (``sparsecut.zoo``, e.g. ``sparsecut-tiny``), a SparseCut
-``save_pretrained`` folder, or an HF LLaVA folder (``model_type`` ``llava``), which becomes the llava-mode
-SparseCut baseline through ``sparsecut.convert.from_hf_llava`` with LLaVA-1.5's ``vicuna_v1`` prompt.
+``load(name_or_path)`` takes what ``sparsecut.loading.load_checkpoint`` takes (a shipped name such as
+``sparsecut-tiny``, a SparseCut ``save_pretrained`` folder, an HF LLaVA folder or hub id, which becomes the
+llava-mode SparseCut baseline with LLaVA-1.5's ``vicuna_v1`` prompt) and picks the dtype.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -28,35 +26,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load(name_or_path: str, device="cpu", dtype: str = "auto", template: str | None = None):
-    """(model in eval mode on ``device``, processor) for a shipped name, a SparseCut folder or an HF LLaVA folder."""
-    from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor, zoo
-    from sparsecut.convert import saved_model_type
+    """(model in eval mode on ``device``, processor) for a shipped name, a SparseCut folder or an HF LLaVA checkpoint
+    (``sparsecut.loading.load_checkpoint``: a LLaVA one becomes the llava-mode baseline)."""
+    from sparsecut.loading import load_checkpoint
 
     device = torch.device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    path = zoo.resolve(name_or_path) if zoo.is_known(name_or_path) else name_or_path
-    if not os.path.isdir(path):
-        known = ", ".join(sorted(zoo.available())) or "none shipped yet"
-        raise FileNotFoundError(f"Model {name_or_path!r} is neither a folder nor a shipped name ({known}). Pass a "
-                                "SparseCut save_pretrained folder, an HF LLaVA folder, or a shipped name.")
-    kind = saved_model_type(path)
-    if kind == "llava":
-        from transformers import AutoImageProcessor, AutoTokenizer
-
-        from sparsecut.convert import from_hf_llava
-
-        model = from_hf_llava(path, dtype=torch_dtype)
-        processor = SparseCutProcessor.from_model_config(model.config, AutoImageProcessor.from_pretrained(path),
-                                                         AutoTokenizer.from_pretrained(path),
-                                                         template=template or "vicuna_v1")
-    elif kind == "sparsecut":
-        model = SparseCutForConditionalGeneration.from_pretrained(path, dtype=torch_dtype)
-        processor = SparseCutProcessor.from_pretrained(path)
-        if template:
-            processor.template = template
-    else:
-        raise ValueError(f"{path} holds a {kind!r} checkpoint; expected a SparseCut (model_type 'sparsecut') or an "
-                         "HF LLaVA (model_type 'llava') folder.")
+    model, processor = load_checkpoint(name_or_path, resolve_dtype(dtype, device), template)
     model = model.to(device).eval()
     if dtype == "auto" and device.type == "cpu" and cpu_supports_bf16() and cpu_bf16_speedup(model, processor) >= MARGIN:
         model = model.to(torch.bfloat16)

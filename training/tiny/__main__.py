@@ -153,7 +153,8 @@ def main(argv=None) -> int:
 
     ship = args.ship or os.path.join(args.output, "family")
     export(args.output, names, ship)
-    scored = score_shipped(ship, names, args.seed, data_dir=os.path.join(args.output, "data"))  # the split written above
+    scored = score_shipped(ship, names, args.seed, data_dir=os.path.join(args.output, "data"),  # the split written above
+                           predictions_dir=os.path.join(args.output, "predictions"))
     scored["run"] = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "train_seconds": trained,
                      "seconds": time.time() - started, "device": "cpu" if on_cpu else "cuda", "command": _command(argv),
                      "mixed_precision": precision, "bf16_speedup": speedup, "backbones_seconds": backbones_seconds,

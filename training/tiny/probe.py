@@ -44,17 +44,19 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
                 text: str | None = None, vision: str | None = None, oracle_positions: bool = False,
                 adapter_mlp: str = "mlp2x_gelu"):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
-    absent), with fresh adapters, in ChatML without a default system prompt as the family; ``text`` (a base model name
+    absent and not both replaced), with fresh adapters, in ChatML without a default system prompt as the family; ``text`` (a base model name
     such as ``smollm2-135m-instruct``, or a folder) replaces the run's LLM; ``vision`` (a CLIPVisionModel folder, e.g. from
     ``python -m training.tiny.dense``) replaces the run's tower; ``fresh_lm`` re-initialises the LLM (no text
     pretraining). Frozen as ``recipe`` (default: stage 2) freezes. ``oracle_vision``: instead, an ``OracleVLM`` on
     that LLM (all of it trained), its cells carrying their row and column too with ``oracle_positions``.
     ``adapter_mlp``: the adapters' (or LLaVA projector's) MLP, ``mlp2x_gelu`` or ``linear``."""
-    build_backbones(run, Budget(), seed)  # returns at once when the run has its backbones
-    run_vision, run_text = backbone_dirs(run)
+    if vision is None or text is None:  # the run's own backbones are needed
+        build_backbones(run, Budget(), seed)  # returns at once when the run has them
+        run_vision, run_text = backbone_dirs(run)
+    vision, text = vision or run_vision, text or run_text
     spec = FAMILY[member]
     torch.manual_seed(seed)
-    model, processor = from_backbones(vision or run_vision, text or run_text, pattern=spec["pattern"], high_res=spec["high_res"],
+    model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"],
                                       adapter_attention=spec.get("adapter_attention", True), adapter_mlp=adapter_mlp,
                                       chat_template=CHAT_TEMPLATE)
     if fresh_lm:  # the LLM as transformers initialises it from its config

@@ -13,6 +13,7 @@ saved as ``results.md`` + ``results.json`` beside them; ``results.json`` also ke
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ from .family import BACKBONES, FAMILY, LAYOUT, Budget, backbone_dirs, split_seed
 from .scenes import layout_named
 
 SUBSET = 200  # questions the tests rescore (the first ones of the held-out split)
+LORA_TARGETS = {"all": "every attention and MLP projection", "attention": "the attention projections (q, k, v, o)"}
 TEST_IMAGES = Budget().test_images
 
 
@@ -68,12 +70,13 @@ def assets_at(family_dir: str):
 
 def score_shipped(family_dir: str, names: list[str], seed: int = 0, images: int = TEST_IMAGES,
                   subset: int | None = SUBSET, progress: bool = True, data_dir: str | None = None,
-                  layout: str = LAYOUT.name) -> dict:
+                  layout: str = LAYOUT.name, predictions_dir: str | None = None) -> dict:
     """Score the models ``names`` shipped in ``family_dir``, loaded by name through the zoo, on the held-out split:
     {"seed", "questions", "images", "results", "subset"}. ``data_dir``: a folder that already holds the split
     (``test.jsonl`` and ``images/``, as the pipeline's OUTPUT/data does); otherwise its first ``images`` scenes are
-    written to a temporary folder, drawn in ``layout``."""
-    from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
+    written to a temporary folder, drawn in ``layout``. ``predictions_dir``: keep each model's answers there, keyed
+    by the shipped files and the questions, and reuse them (a rerun after an interruption scores only the rest)."""
+    from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor, zoo
 
     with ExitStack() as stack:
         stack.enter_context(assets_at(family_dir))
@@ -83,10 +86,20 @@ def score_shipped(family_dir: str, names: list[str], seed: int = 0, images: int 
         else:
             records = read_eval(os.path.join(data_dir, "test.jsonl"))
         results, first = {}, {}
+        asked = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
         for name in names:
-            model = SparseCutForConditionalGeneration.from_pretrained(name).eval()
-            predictions = predict(model, SparseCutProcessor.from_pretrained(name), records, os.path.join(data_dir, "images"),
-                                  progress=progress)
+            kept = predictions_dir and os.path.join(predictions_dir, f"{os.path.basename(zoo.resolve(name))}-{asked}.json")
+            if kept and os.path.isfile(kept):
+                with open(kept, encoding="utf-8") as handle:
+                    predictions = json.load(handle)
+            else:
+                model = SparseCutForConditionalGeneration.from_pretrained(name).eval()
+                predictions = predict(model, SparseCutProcessor.from_pretrained(name), records,
+                                      os.path.join(data_dir, "images"), progress=progress)
+                if kept:
+                    os.makedirs(predictions_dir, exist_ok=True)
+                    with open(kept, "w", encoding="utf-8") as handle:
+                        json.dump(predictions, handle)
             results[name] = score(records, predictions)
             if subset:
                 first[name] = score(records[:subset], predictions[:subset])
@@ -140,10 +153,10 @@ trained on the synthetic benchmark of `training/tiny/` by one command. They answ
   {scored["images"]} scenes ({scored["questions"]} questions, generator seed {scored["seed"]}); the tower's dense
   labels from {backbones["tower_scenes"]} scenes of a separate split.
 - LLM: `{base["text"]}` (sha256 `{base["sha256"]}`), in ChatML without a default system prompt; frozen except for
-  a LoRA of rank {budget["lora_rank"]} (alpha {2 * budget["lora_rank"]}, on the {LORA_MODULES} projections).
+  a LoRA of rank {budget["lora_rank"]} (alpha {2 * budget["lora_rank"]}) on {LORA_TARGETS[LORA_MODULES]}.
 - vision tower: CLIP-style ViT (8 layers, width 128, 16-px patches, {LAYOUT.view}-px input) pretrained
   {backbones["tower_steps"]} steps with dense per-patch labels (`training/tiny/dense.py`; final loss
-  {backbones["tower_final_loss"]:.3f}), frozen afterwards.
+  {backbones["tower_final_loss"]:.3f}; {backbones["tower_seconds"] / 60:.1f} min), frozen afterwards.
 - every member: stage 1 (adapters only, {ADAPTER_MLP} MLP, lr {budget["stage1_lr"]}) {budget["stage1_steps"]}
   steps on captions; stage 2 (adapters at lr {budget["adapter_lr"]} + the LoRA at lr {budget["stage2_lr"]})
   {budget["stage2_steps"]} steps; batch {budget["batch"]}; through `python -m training`.
