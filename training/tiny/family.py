@@ -35,8 +35,10 @@ SPLIT_SEEDS = {"pretrain": 1, "instruct": 2, "backbone": 3, "test": 9}
 BASE_TEXT = "smollm2-135m-instruct"  # the family's LLM (sparsecut.base_models)
 CHAT_TEMPLATE = "chatml"  # ChatML without SmolLM2's default system prompt
 LAYOUT = layout_named("cells-96")
-ADAPTER_MLP = "mlp2x_gelu"  # the adapters' MLP (sparsecut.config.MLP_TYPES)
-LORA_MODULES = "all"  # which LLM projections get a LoRA (training.recipes.LORA_MODULES)
+# a member ships as its adapters + LoRA, ~2.9 MB in fp16 (the family must add <= 30 MB to git): one-layer adapters
+# (7 x 140K parameters; LLaVA-1.5's two-layer MLP would be 7 x 470K) and a rank-4 LoRA on the attention projections
+ADAPTER_MLP = "linear"  # the adapters' MLP (sparsecut.config.MLP_TYPES)
+LORA_MODULES = "attention"  # which LLM projections get a LoRA (training.recipes.LORA_MODULES)
 
 
 @dataclass
@@ -48,9 +50,9 @@ class Budget:
     stage1_steps: int = 100
     stage1_lr: float = 1e-3
     stage2_steps: int = 400
-    stage2_lr: float = 1.5e-3  # the LoRA's
+    stage2_lr: float = 3e-3  # the LoRA's
     adapter_lr: float = 1e-3  # the adapters' in stage 2
-    lora_rank: int = 8  # alpha = 2 x rank
+    lora_rank: int = 4  # alpha = 2 x rank
     turns: int = 6  # questions per stage-2 conversation
     batch: int = 16
     save_every: int = 25  # optimizer steps between checkpoints: what an interruption can lose
