@@ -13,7 +13,7 @@ Parts (``--parts``, all by default):
   sparsecut pattern's additions (the layer-1 add into the embeddings and the pre-hook adds at the deeper
   layers, eq. 4) against the same LLM with no injection, same inputs, interleaved.
 - ``generation``: time to first token (``generate`` of 1 token) and decode tokens/s at several batch sizes.
-- ``training``: ``training.bench`` steps (stage 1; stage 2 with gradient checkpointing) with MFU.
+- ``training``: ``python -m training.bench`` steps (stage 1; stage 2 with gradient checkpointing) with MFU.
 - ``scaling``: prefill time and FLOPs against the number of shortcuts (sparse-uniform 1 ... L_v - 1, then
   dense) and the high-res grid (1, 2x2, 3x3); PNG plots with ``--plots``.
 
@@ -32,8 +32,9 @@ import contextlib
 import gc
 import json
 import os
+import subprocess
 import sys
-import time
+import tempfile
 
 import numpy as np
 import torch
@@ -43,10 +44,10 @@ from sparsecut import SparseCutConfig, SparseCutForConditionalGeneration, inject
 from sparsecut.config import pattern_config
 from sparsecut.convert import from_hf_llava
 from sparsecut.patterns import make_pattern
-from training.bench import cpu_name
+from sparsecut.benchmarking import device_name, interleaved, machine, summary, synchronize, write_json
 
 from .flops import DEFAULT_TEXT_TOKENS, forward_flops, mode_config
-from .presets import ALIASES, PRESETS, preset_config
+from sparsecut.presets import ALIASES, PRESETS, preset_config
 
 MODES = ("llava", "concat", "sparsecut")
 PARTS = ("prefill", "overhead", "generation", "training", "scaling")
@@ -65,43 +66,15 @@ TARGETS = (  # the issue's targets, which apply to the paper's shape on a GPU
 # ----------------------------------------------------------------------------- timing
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(calls: dict, repeats: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
-    """Seconds per call of each named callable: ``warmup + repeats`` rounds, each round calling every callable
-    once, the order rotated from round to round; the warm-up rounds are dropped."""
-    names = list(calls)
-    times = {name: [] for name in names}
-    for round_index in range(warmup + repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            _sync(device)
-            started = time.perf_counter()
-            calls[name]()
-            _sync(device)
-            if round_index >= warmup:
-                times[name].append(time.perf_counter() - started)
-    return times
-
-
-def summary(seconds: list[float]) -> dict:
-    """Median and quartiles in milliseconds."""
-    q1, median, q3 = np.percentile(np.asarray(seconds) * 1e3, [25, 50, 75])
-    return {"median_ms": float(median), "q1_ms": float(q1), "q3_ms": float(q3), "repeats": len(seconds)}
-
-
 def peak_memory_mib(call, device: torch.device) -> float | None:
     """GPU memory a call allocates at its peak above what was allocated before it (MiB); None on CPU."""
     if device.type != "cuda":
         return None
-    _sync(device)
+    synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     call()
-    _sync(device)
+    synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
@@ -294,30 +267,30 @@ def _generate_call(model, inputs: dict, new_tokens: int):
 
 
 def bench_training(settings) -> list[dict]:
-    """``training.bench`` steps for stages 1 and 2, with MFU: the FLOPs a step needs (``analysis.flops``, forward
-    counted on the module graph) over the step time and the device's peak. Backward = 2x forward for trained
-    weights (input + weight gradients), 1x for frozen ones the gradient flows through, 0 for the ViT."""
-    from training.bench import PRESETS as TRAIN_PRESETS
-    from training.bench import run
-
-    preset = settings["train_preset"]
-    spec = TRAIN_PRESETS[preset]
-    config = SparseCutConfig(  # as training.bench.run builds it
-        vision_config=spec["vision"], text_config=spec["text"], pattern="sparse-uniform", high_res=True,
-        image_token_id=spec["text"]["vocab_size"] - 1,
-    )
+    """``python -m training.bench`` steps for stages 1 and 2 (run as a command, one process per stage: this package
+    does not import the trainer), with MFU: the FLOPs a step needs (``analysis.flops``, forward counted on the
+    module graph) over the step time and the device's peak. Backward = 2x forward for trained weights (input +
+    weight gradients), 1x for frozen ones the gradient flows through, 0 for the ViT."""
+    preset, batch = settings["train_preset"], settings["train_batch"]
+    config = preset_config(preset)  # what training.bench builds
     rows = []
     for stage in (1, 2):
-        try:
-            result = run(preset, stage, settings["train_batch"], settings["train_steps"], settings["train_warmup"],
-                         "sparse-uniform", True, str(settings["device"]), settings["dtype_name"])
-        except torch.cuda.OutOfMemoryError:
-            _free(settings["device"])
-            rows.append({"preset": preset, "stage": stage, "batch": settings["train_batch"], "error": "out of memory"})
-            continue
-        f = forward_flops(config, "sparsecut", spec["text_tokens"][stage])
+        with tempfile.TemporaryDirectory() as folder:
+            out = os.path.join(folder, "train.json")
+            command = [sys.executable, "-m", "training.bench", "--preset", preset, "--stage", str(stage),
+                       "--batch", str(batch), "--steps", str(settings["train_steps"]),
+                       "--warmup", str(settings["train_warmup"]), "--device", str(settings["device"]),
+                       "--dtype", settings["dtype_name"], "--json", out]
+            env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
+            if done.returncode != 0:  # e.g. out of memory at this batch
+                rows.append({"preset": preset, "stage": stage, "batch": batch, "error": done.stderr.strip()[-300:]})
+                continue
+            with open(out, encoding="utf-8") as handle:
+                result = json.load(handle)[0]
+        f = forward_flops(config, "sparsecut", result["text_tokens"])
         llm = 2 if stage == 1 else 3  # frozen LLM and head in stage 1, trained in stage 2
-        step_flops = settings["train_batch"] * (f["vision"] + 3 * f["adapter"] + llm * (f["llm_body"] + f["lm_head"]))
+        step_flops = batch * (f["vision"] + 3 * f["adapter"] + llm * (f["llm_body"] + f["lm_head"]))
         peak = settings["peak_tflops"]
         result.update(model_flops_per_step=step_flops,
                       mfu=step_flops / result["step_s"] / (peak * 1e12) if peak else None)
@@ -382,12 +355,6 @@ def _grid_sweep(models: dict, settings) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def machine(device: torch.device) -> dict:
-    """Which device, threads and torch a benchmark ran on."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {"device": name, "device_type": device.type, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def _peak_tflops(device: torch.device, dtype: torch.dtype, given: float | None) -> tuple[float | None, str]:
@@ -580,7 +547,7 @@ def main(argv=None) -> int:
     parser.add_argument("--text-tokens", type=int, default=DEFAULT_TEXT_TOKENS, help="question length besides the image")
     parser.add_argument("--batches", type=int, nargs="+", help="generation batch sizes (default 1 8 32, quick 1 2)")
     parser.add_argument("--new-tokens", type=int, help="generated tokens per sequence (default 32, quick 3)")
-    parser.add_argument("--train-preset", help="training.bench preset (default paper-7b on a GPU, tiny on the CPU)")
+    parser.add_argument("--train-preset", help="training.bench preset (default paper-7b on a GPU, micro on the CPU)")
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (known GPUs are looked up)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -605,7 +572,7 @@ def main(argv=None) -> int:
         "warmup": args.warmup if args.warmup is not None else (1 if args.quick else 3),
         "generation_repeats": args.repeats or (2 if args.quick else 5),
         "batches": args.batches or ([1, 2] if args.quick else [1, 8, 32]), "new_tokens": args.new_tokens or (3 if args.quick else 32),
-        "train_preset": args.train_preset or ("paper-7b" if device.type == "cuda" else "tiny"),
+        "train_preset": args.train_preset or ("paper-7b" if device.type == "cuda" else "micro"),
         "train_steps": 1 if args.quick else 10, "train_warmup": 0 if args.quick else 2, "train_batch": args.train_batch,
         "peak_tflops": peak, "peak_tflops_source": peak_source,
     }
@@ -616,9 +583,7 @@ def main(argv=None) -> int:
     if args.plots and "scaling" in results:
         results["plots"] = save_plots(results, args.plots)
     print(format_report(results))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
+    write_json(args.json, results)
     return 0
 
 

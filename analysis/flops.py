@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sparsecut import SparseCutConfig, SparseCutForConditionalGeneration
 from sparsecut.config import pattern_config
 
-from .presets import PRESETS, preset_config
+from sparsecut.presets import PRESETS, preset_config
 
 MODES = ("llava", "concat", "sparsecut")
 # LLaVA-1.5's vicuna_v1 prompt (system line, USER:/ASSISTANT:, ~42 tokens) around a VQAv2 question with its

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 
 import torch
 
-from analysis.bench import machine, interleaved, summary
+from sparsecut.benchmarking import interleaved, machine, summary, write_json
 
 from .examples import load_examples
 from .request_checks import Decoding
@@ -106,9 +105,7 @@ def main(argv=None) -> int:
         sys.exit(f"python -m app.bench: {err}")
     result["machine"] = machine(torch.device(args.device))
     print(format_report(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+    write_json(args.json, result)
     return 0
 
 

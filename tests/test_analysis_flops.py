@@ -12,7 +12,7 @@ from transformers import LlavaConfig
 
 from analysis import flops
 from analysis.flops import PAPER_FLOPS, forward_flops, load_config, main, paper_count
-from analysis.presets import PRESETS, preset_config
+from sparsecut.presets import PRESETS, preset_config
 from sparsecut.patterns import make_pattern
 
 

@@ -16,7 +16,6 @@ per-cell features read from each scene's specification (``oracle.py``): the memb
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
+from sparsecut.benchmarking import write_json
 from sparsecut.config import MLP_TYPES
 from sparsecut.convert import from_backbones
 from training.data import IGNORE_INDEX, Collator, encode, supervised_positions
@@ -308,9 +308,7 @@ def main(argv=None) -> int:
     print(f"{args.member}{vision}, {args.steps} steps, {result['questions']} held-out questions (teacher-forced exact match):")
     for family, score in result["scores"].items():
         print(f"  {family:<13} {100 * score:5.1f}%")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+    write_json(args.json, result)
     return 0
 
 

@@ -131,6 +131,7 @@ def write_card(out_dir: str, run_root: str, scored: dict) -> None:
         backbones = json.load(handle)
     with open(os.path.join(out_dir, "family.json"), encoding="utf-8") as handle:
         base = json.load(handle)["base"]
+    member_minutes = sum(sum(stages.values()) for stages in run["stage_seconds"].values()) / 60
     members = "\n".join(
         f"| `{name}` | {spec['pattern']} | {'yes' if spec['high_res'] else 'no'} | "
         + " | ".join(f"{run['stage_seconds'][name][stage] / 60:.1f}" for stage in STAGES) + " |"
@@ -146,8 +147,10 @@ trained on the synthetic benchmark of `training/tiny/` by one command. They answ
     {run["command"]}
 
 - seed {run["seed"]}; device: {run["device"]}, mixed precision {run["mixed_precision"]}; {run["jobs"]} member(s)
-  trained side by side; training took {run["train_seconds"] / 60:.1f} min (the backbones {run["backbones_seconds"] / 60:.1f}
-  of them), everything (data, tower, family, export, scoring) {run["seconds"] / 60:.1f} min.
+  trained side by side. Measured training time (each stage's timed steps, from its log): the tower
+  {backbones["tower_seconds"] / 60:.1f} min, the members {member_minutes:.1f} min in all ({member_minutes / run["jobs"]:.1f} min of
+  wall clock at {run["jobs"]} at a time); the last invocation of the command took {run["seconds"] / 60:.1f} min (data,
+  what was left to train, export, scoring; a resumed run's earlier invocations are not in it).
 - data (generator splits never shared; layout `{run["layout"]}`): stage 1 {budget["pretrain_images"]} captioned
   scenes, stage 2 {budget["instruct_images"]} scenes with {budget["turns"]}-question conversations, held-out
   {scored["images"]} scenes ({scored["questions"]} questions, generator seed {scored["seed"]}); the tower's dense

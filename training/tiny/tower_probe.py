@@ -16,7 +16,6 @@ trained on 80% of the scenes, scored on the other 20%):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionModel
 
+from sparsecut.benchmarking import write_json
 from sparsecut.vision import vision_hidden_states
 
 from .dataset import scene_for
@@ -160,9 +160,7 @@ def main(argv=None) -> int:
     for layer, scores in result["accuracy"].items():
         print(f"{layer:>5} " + " ".join(f"{100 * scores[t]:>13.1f}%" for t in TASKS))
     print(f"{'base':>5} " + " ".join(f"{100 * result['majority_baseline'][t]:>13.1f}%" for t in TASKS) + "  (majority class)")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+    write_json(args.json, result)
     return 0
 
 

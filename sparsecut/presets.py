@@ -1,4 +1,5 @@
-"""Model shapes shared by the FLOPs tool (``analysis.flops``) and the benchmark (``analysis.bench``).
+"""Model shapes for the cost tools: the FLOPs counter (``analysis.flops``) and the benchmarks (``analysis.bench``,
+``training.bench``): one table, so a preset name means one shape everywhere.
 
 Only the fields that set the cost are given (widths, depths, heads, vocabulary, image and patch size); the
 published checkpoints' other fields (RoPE base, norm epsilon, ...) do not change a FLOP or a timing.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sparsecut import SparseCutConfig
+from .config import SparseCutConfig
 
 # openai/clip-vit-large-patch14-336: 577 tokens per view (576 patches + CLS)
 CLIP_VIT_L_336 = dict(
@@ -52,6 +53,14 @@ PRESETS = {
              num_key_value_heads=4, vocab_size=2048),
         2047, "ViT 4x128 (64 px, patch 8: 64 tokens per view) + Llama 8x256",
     ),
+    # a small model that trains on a laptop CPU in seconds per step
+    "small": Preset(
+        dict(model_type="clip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=8,
+             num_attention_heads=4, image_size=112, patch_size=14),
+        dict(model_type="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+             num_key_value_heads=8, vocab_size=8000),
+        7999, "ViT 8x256 (112 px, patch 14) + Llama 8x512",
+    ),
     # the test suite's size: every part runs in milliseconds
     "micro": Preset(
         dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -61,7 +70,7 @@ PRESETS = {
         127, "ViT 3x32 (16 px, patch 4) + Llama 4x32",
     ),
 }
-ALIASES = {"paper-7b": "llava-1.5-7b"}  # training.bench's name for the same shape
+ALIASES = {"paper-7b": "llava-1.5-7b"}  # the benchmarks' name for the paper's shape
 
 
 def preset_config(name: str, **overrides) -> SparseCutConfig:
