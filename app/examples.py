@@ -2,7 +2,7 @@
 
     python -m app.examples --out assets/examples      # writes <case>.png (128 px), examples.json and README.md
 
-Images and questions come from the synthetic benchmark (``training.tiny.scenes`` / ``questions``): each case takes
+Images and questions come from the synthetic benchmark (``sparsecut.evaluation.synthetic.scenes`` / ``questions``): each case takes
 the first scene, from ``numpy.random.default_rng([seed, case, index])`` for index 0, 1, ..., that poses its kind of
 question. The same seed always gives the same files. The app's gallery reads ``examples.json``.
 """
@@ -20,8 +20,8 @@ from PIL import Image
 
 from sparsecut.evaluation.benchmarks.synthetic import normalise
 
-from training.tiny.questions import ask
-from training.tiny.scenes import DEFAULT_LAYOUT, render, sample_scene
+from sparsecut.evaluation.synthetic.questions import ask
+from sparsecut.evaluation.synthetic.scenes import DEFAULT_LAYOUT, render, sample_scene
 
 SEED = 4242  # not a seed of the tiny family's training or test splits
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "examples")
@@ -32,7 +32,7 @@ MANIFEST = "examples.json"
 class Case:
     name: str  # file stem
     kind: str  # small text / unanswerable / cluttered scene
-    family: str  # question family (training.tiny.questions)
+    family: str  # question family (sparsecut.evaluation.synthetic.questions)
     subtype: str  # the question subtype wanted
     scene: dict  # sample_scene options
     note: str  # what the case probes
@@ -124,7 +124,7 @@ def _card(entries: list[dict], seed: int) -> str:
     return (
         "# Case-study examples (the app's gallery)\n\n"
         f"Made by `python -m app.examples --out assets/examples --seed {seed}` from the synthetic benchmark the embedded\n"
-        f"models are trained on (`training/tiny/scenes.py`, `questions.py`): {DEFAULT_LAYOUT.image_size}-px PNGs, deterministic for the\n"
+        f"models are trained on (`sparsecut/evaluation/synthetic/`: `scenes.py`, `questions.py`): {DEFAULT_LAYOUT.image_size}-px PNGs, deterministic for the\n"
         "seed, in the spirit of the paper's Fig. 4 (small text, unanswerable questions, cluttered scenes). Each case is\n"
         "the first scene from `numpy.random.default_rng([seed, case number, index])`, index 0, 1, ..., that poses its\n"
         "question; `examples.json` records the index, the question as the models see it (with the benchmark's\n"

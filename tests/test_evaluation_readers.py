@@ -313,8 +313,8 @@ def test_mmbench_errors(tmp_path):
 # ---- the synthetic benchmark -------------------------------------------------------------------------------------------
 
 def test_synthetic_benchmark_reads_the_tiny_eval_split(tmp_path):
-    from training.tiny.dataset import write_split
-    from training.tiny.questions import FAMILIES
+    from sparsecut.evaluation.synthetic.dataset import write_split
+    from sparsecut.evaluation.synthetic.questions import FAMILIES
 
     from sparsecut.evaluation.benchmarks import synthetic
 

@@ -161,7 +161,7 @@ def _free_port() -> int:
 
 
 def test_two_cpu_processes_give_the_predictions_and_metrics_of_one(tmp_path, model_dir):
-    from training.tiny.dataset import write_split
+    from sparsecut.evaluation.synthetic.dataset import write_split
 
     write_split(str(tmp_path / "data"), "test", seed=5, num_images=2, kind="eval")
     args = ["--model", model_dir, "--benchmark", "synthetic", "--data-dir", str(tmp_path / "data"), "--batch-size", "3",

@@ -9,10 +9,10 @@ import pytest
 
 from conftest import make_processor, sparsecut_config
 from training.data import LlavaDataset, read_records
-from training.tiny.dataset import scene_for, write_split
-from training.tiny.font import CHARACTERS, draw_text, text_size
-from training.tiny.questions import FAMILIES, LETTERS, ask, caption, existence
-from training.tiny.scenes import COLOURS, SHAPES, WORDS, position_name, render, sample_scene
+from sparsecut.evaluation.synthetic.dataset import scene_for, write_split
+from sparsecut.evaluation.synthetic.font import CHARACTERS, draw_text, text_size
+from sparsecut.evaluation.synthetic.questions import FAMILIES, LETTERS, ask, caption, existence
+from sparsecut.evaluation.synthetic.scenes import COLOURS, SHAPES, WORDS, position_name, render, sample_scene
 
 
 def _digest(path) -> str:

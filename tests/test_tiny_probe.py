@@ -8,10 +8,10 @@ import torch
 
 from training.data import Collator
 from training.tiny.__main__ import QUICK
-from training.tiny.dataset import scene_for
+from sparsecut.evaluation.synthetic.dataset import scene_for
 from training.tiny.family import build_backbones
 from training.tiny.oracle import CELLS, FEATURES, OracleVLM, oracle_features
-from training.tiny.scenes import COLOURS, GRID, SHAPES, SIZES
+from sparsecut.evaluation.synthetic.scenes import COLOURS, GRID, SHAPES, SIZES
 from training.tiny.probe import build_model, exact_match, main, probe, questions
 
 SMALL = dict(steps=2, batch=4, scenes=8, test_scenes=4, progress=False)
@@ -136,7 +136,7 @@ def test_probe_with_oracle_vision_is_deterministic(run):
 
 def test_several_questions_per_sample_and_captions(run):
     from training.data import IGNORE_INDEX
-    from training.tiny.questions import caption
+    from sparsecut.evaluation.synthetic.questions import caption
 
     _, processor = build_model(run, "llava-tiny", fresh_lm=False, seed=0)
     # seed 6: scenes whose captions the quick budget's small tokenizer spells without <unk>

@@ -8,8 +8,8 @@ from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from training.tiny.tower import VIEW
-from training.tiny.dataset import image_for, scene_for
-from training.tiny.scenes import COLOURS, TEXT_ADVANCE, TEXT_COLOUR
+from sparsecut.evaluation.synthetic.dataset import image_for, scene_for
+from sparsecut.evaluation.synthetic.scenes import COLOURS, TEXT_ADVANCE, TEXT_COLOUR
 from training.tiny.tower_probe import TASKS, linear_probe, probe_examples, tower_probe
 
 PATCH = 16
@@ -87,7 +87,7 @@ def test_dense_pretraining_fits_its_labels():
 
 def test_the_cells_layout_puts_each_object_inside_its_cells_patch_of_the_low_res_view():
     from training.tiny.dense import object_places
-    from training.tiny.scenes import LAYOUTS
+    from sparsecut.evaluation.synthetic.scenes import LAYOUTS
 
     cells = LAYOUTS["cells-96"]
     assert (cells.image_size, cells.view, cells.cell) == (96, 48, 32.0)
@@ -108,7 +108,7 @@ def test_the_cells_layout_puts_each_object_inside_its_cells_patch_of_the_low_res
 
 def test_a_tower_and_a_layout_that_disagree_on_the_view_size_are_refused():
     from training.tiny.dense import pretrain_dense
-    from training.tiny.scenes import LAYOUTS
+    from sparsecut.evaluation.synthetic.scenes import LAYOUTS
 
     config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                               image_size=VIEW, patch_size=PATCH)
@@ -122,7 +122,7 @@ def test_a_tower_and_a_layout_that_disagree_on_the_view_size_are_refused():
 def test_dense_pretraining_and_the_tower_probe_run_on_the_cells_layout():
     from training.tiny.tower import tower_config
     from training.tiny.dense import pretrain_dense, view_labels
-    from training.tiny.scenes import LAYOUTS
+    from sparsecut.evaluation.synthetic.scenes import LAYOUTS
 
     cells = LAYOUTS["cells-96"]
     labels = view_labels(scene_for(3, 0, layout=cells)[0], PATCH)

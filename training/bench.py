@@ -109,7 +109,7 @@ def family_batch(processor, stage: int, batch: int, template: str, high_res: boo
     import tempfile
 
     from .data import collate_records, read_records
-    from .tiny.dataset import write_split
+    from sparsecut.evaluation.synthetic.dataset import write_split
 
     with tempfile.TemporaryDirectory() as root:
         path = write_split(root, "bench", seed, batch, "pretrain" if stage == 1 else "instruct")

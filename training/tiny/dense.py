@@ -31,10 +31,10 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from .tower import normalised_pixels, tower_config, tower_image_processor
-from .dataset import image_for, scene_for
-from .font import _GLYPHS
+from sparsecut.evaluation.synthetic.dataset import image_for, scene_for
+from sparsecut.evaluation.synthetic.font import _GLYPHS
 from .loop import fit
-from .scenes import COLOURS, DEFAULT_LAYOUT, LAYOUTS, SHAPES, SIZES, TEXT_ADVANCE, Layout, Scene, Shape, layout_named
+from sparsecut.evaluation.synthetic.scenes import COLOURS, DEFAULT_LAYOUT, LAYOUTS, SHAPES, SIZES, TEXT_ADVANCE, Layout, Scene, Shape, layout_named
 
 CHARS = sorted(_GLYPHS)  # every character the font draws
 IGNORE = -100
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=3003, help="the scene split it trains on")
     parser.add_argument("--layout", default=DEFAULT_LAYOUT.name, choices=list(LAYOUTS), help="the scenes' geometry "
-                        "(training/tiny/scenes.py); the tower's input size is its low-res view")
+                        "(sparsecut/evaluation/synthetic/scenes.py); the tower's input size is its low-res view")
     args = parser.parse_args(argv)
     started = time.time()
     layout = layout_named(args.layout)

@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass, fields, replace
 
 from .tower import tower_config, tower_image_processor
-from .dataset import write_split
+from sparsecut.evaluation.synthetic.dataset import write_split
 from .dense import pretrain_dense
-from .scenes import layout_named
+from sparsecut.evaluation.synthetic.scenes import layout_named
 
 # name -> how it differs; everything else (backbones, recipe, budget) is shared
 FAMILY = {

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .scenes import COLOURS, GRID, SHAPES, SIZES, Scene
+from sparsecut.evaluation.synthetic.scenes import COLOURS, GRID, SHAPES, SIZES, Scene
 
 FEATURES = len(COLOURS) + len(SHAPES) + len(SIZES) + 2  # + legible text, scribble
 POSITION_FEATURES = 2 * GRID  # row one-hot, column one-hot

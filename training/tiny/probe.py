@@ -30,12 +30,12 @@ from training.data import IGNORE_INDEX, Collator, encode, supervised_positions
 from training.trainer import add_lora, apply_freezing
 from training.recipes import LORA_MODULES, load_recipe
 
-from .dataset import DESCRIBE, image_for, scene_for
+from sparsecut.evaluation.synthetic.dataset import DESCRIBE, image_for, scene_for
 from .family import CHAT_TEMPLATE, FAMILY, LAYOUT, Budget, backbone_dirs, build_backbones, split_seed
 from .loop import fit
 from .oracle import FEATURES, POSITION_FEATURES, OracleVLM, oracle_features
-from .questions import FAMILIES, ask, caption
-from .scenes import DEFAULT_LAYOUT, LAYOUTS, Layout, layout_named
+from sparsecut.evaluation.synthetic.questions import FAMILIES, ask, caption
+from sparsecut.evaluation.synthetic.scenes import DEFAULT_LAYOUT, LAYOUTS, Layout, layout_named
 
 PROBED = ("existence", "attribute", "count", "position")
 
@@ -166,7 +166,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     ``lr``; adapters / projector always at ``lr``); ``bf16``: autocast on the CPU; ``eval_every``: also score every
     that many steps (the learning curve, with the CPU seconds spent training so far); ``oracle_positions``: the
     oracle's cells also carry their row and column (as a ViT's tokens carry position embeddings); ``layout``: the
-    scenes' geometry (``training/tiny/scenes.py``), whose low-res view must be the tower's input size; ``lora_rank``
+    scenes' geometry (``sparsecut/evaluation/synthetic/scenes.py``), whose low-res view must be the tower's input size; ``lora_rank``
     R > 0: the LLM trained through a LoRA of rank R (alpha 2R, on every attention and MLP projection; ``llm_lr`` is
     then the LoRA's learning rate) instead of in full, as a shipped member's small delta would be; ``lora_modules``:
     ``all`` or ``attention`` (q, k, v, o only); ``adapter_mlp``: ``mlp2x_gelu`` (LLaVA-1.5's) or ``linear``."""
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
     parser.add_argument("--vision", default=None, help="a vision tower folder instead of the run's (e.g. "
                         "python -m training.tiny.dense's output)")
     parser.add_argument("--layout", default=LAYOUT.name, choices=list(LAYOUTS), help="the scenes' geometry "
-                        "(training/tiny/scenes.py); a real tower must take its low-res view")
+                        "(sparsecut/evaluation/synthetic/scenes.py); a real tower must take its low-res view")
     parser.add_argument("--per-sample", type=int, default=1, help="questions per training sequence (multi-turn)")
     parser.add_argument("--caption-steps", type=int, default=0, help="first train this many steps on captions that "
                         "name every object in row order (LLaVA's stage 1 as a copy task), then on the questions")

@@ -21,11 +21,11 @@ import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 
-from .dataset import write_split
+from sparsecut.evaluation.synthetic.dataset import write_split
 from .evaluate import predict, read_eval, results_table, score
 from .export import export_family
 from .family import BACKBONES, FAMILY, LAYOUT, Budget, backbone_dirs, split_seed
-from .scenes import layout_named
+from sparsecut.evaluation.synthetic.scenes import layout_named
 
 SUBSET = 200  # questions the tests rescore (the first ones of the held-out split)
 LORA_TARGETS = {"all": "every attention and MLP projection", "attention": "the attention projections (q, k, v, o)"}

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig
 
-from .scenes import DEFAULT_LAYOUT
+from sparsecut.evaluation.synthetic.scenes import DEFAULT_LAYOUT
 
 VIEW = DEFAULT_LAYOUT.view  # the tower's input size: the default layout's low-res view
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

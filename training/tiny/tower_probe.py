@@ -26,9 +26,9 @@ from transformers import CLIPVisionModel
 from sparsecut.benchmarking import write_json
 from sparsecut.vision import vision_hidden_states
 
-from .dataset import scene_for
+from sparsecut.evaluation.synthetic.dataset import scene_for
 from .dense import glyph_places, object_places, scene_views, token_at
-from .scenes import COLOURS, DEFAULT_LAYOUT, GRID, LAYOUTS, SHAPES, SIZES, Layout, layout_named
+from sparsecut.evaluation.synthetic.scenes import COLOURS, DEFAULT_LAYOUT, GRID, LAYOUTS, SHAPES, SIZES, Layout, layout_named
 
 TASKS = ("colour", "shape", "size", "presence", "glyph_high_res", "glyph_low_res")
 PATCH_SLOTS = 4  # 8-px glyph slots per 16-px patch of a full-resolution crop (2 x 2)
