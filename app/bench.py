@@ -5,7 +5,7 @@
 
 Each round asks every case study of the gallery in turn (image + question, greedy) three ways: both models at once
 (``Engine.compare``, what the page does with the comparison on), SparseCut alone and the baseline alone; the order
-rotates from round to round (``analysis.bench.interleaved``). Times are wall-clock from the call to the finished
+rotates from round to round (``sparsecut.benchmarking.interleaved``). Times are wall-clock from the call to the finished
 answer(s), image decoding and processing included; medians with quartiles. A benchmark, not a test.
 """
 

@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 
-from analysis.bench import interleaved, main, summary
+from analysis.bench import main
+from sparsecut.benchmarking import interleaved, summary
 
 
 @pytest.fixture(scope="module")
