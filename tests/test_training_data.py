@@ -134,9 +134,10 @@ def test_training_benchmark_runs(tmp_path):
     from training.bench import main as bench
 
     out = tmp_path / "bench.json"
-    assert bench(["--preset", "tiny", "--steps", "1", "--warmup", "0", "--json", str(out)]) == 0
+    assert bench(["--preset", "micro", "--steps", "1", "--warmup", "0", "--json", str(out)]) == 0
     import json
 
     results = json.loads(out.read_text())
     assert [r["stage"] for r in results] == [1, 2] and all(r["tokens_per_s"] > 0 for r in results)
     assert results[0]["trainable_params"] < results[1]["trainable_params"]  # stage 1: adapters only
+    assert results[0]["text_tokens"] == 16 and results[0]["seq_len"] == 16 + 16  # micro: 16 visual tokens

@@ -26,8 +26,9 @@ from .data import IGNORE_INDEX
 from .trainer import adamw, add_lora, apply_freezing
 from .recipes import Recipe, load_recipe
 
-# text tokens per sample at each stage (stage 1: a caption; stage 2: a conversation), by preset (sparsecut.presets)
-TEXT_TOKENS = {"llava-1.5-7b": {1: 64, 2: 400}, "small": {1: 32, 2: 128}, "micro": {1: 16, 2: 64}}
+# text tokens per sample at each stage (stage 1: a caption; stage 2: a conversation), for every sparsecut.presets shape
+TEXT_TOKENS = {"llava-1.5-7b": {1: 64, 2: 400}, "llava-1.5-13b": {1: 64, 2: 400}, "qwen2.5-3b": {1: 64, 2: 400},
+               "tiny": {1: 32, 2: 128}, "small": {1: 32, 2: 128}, "micro": {1: 16, 2: 64}}
 
 
 def run(preset: str, stage: int, batch: int, steps: int, warmup: int, pattern: str, high_res: bool, device: str, dtype: str) -> dict:
