@@ -54,7 +54,8 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
     stage1, final = stage_dir(root, name, "stage1"), stage_dir(root, name, "stage2")
     os.makedirs(os.path.dirname(final), exist_ok=True)
     common = ["--images", os.path.join(root, "data", "images"), "--global-batch-size", str(budget.batch),
-              "--per-device-batch-size", str(budget.batch), "--seed", str(seed), "--num-workers", "1",
+              "--per-device-batch-size", str(budget.batch), "--seed", str(seed),
+              "--num-workers", "0",  # a worker forked from a 6.5 GB SmolLM2 run copies it (two members OOM in 24 GB)
               "--gradient-checkpointing", "false", "--save-every", str(budget.save_every), "--keep-checkpoints", "1",
               "--resume", *device_flags]
     if not stage_done(stage1):
