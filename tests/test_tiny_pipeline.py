@@ -11,7 +11,7 @@ from sparsecut import SparseCutForConditionalGeneration
 from sparsecut.zoo import LLM_PREFIXES
 from training.tiny.__main__ import QUICK, main
 from training.tiny.family import Budget, budget_with
-from training.tiny.progress import report
+from training.tiny.progress import report, stage_progress
 
 MEMBERS = "sparsecut-tiny,llava-tiny"
 
@@ -84,6 +84,10 @@ def test_progress_reports_steps_and_an_eta_from_measured_seconds(tmp_path):
     # stage 1: 2 s/step (3 + 0 timed steps), stage 2: 6 s/step (1 timed); left: 3 stage-1 steps, 18 stage-2 steps
     assert line.startswith("25% of the family's steps (a stage2 2/10; b stage1 1/4)") and "ETA 2 min" in line
     assert "ETA 1 min" in report(str(tmp_path), ["a", "b"], {"stage1": 4, "stage2": 10}, jobs=2)
+    resumed = tmp_path / "models" / "b-stage1" / "metrics.jsonl"  # killed after step 3, resumed from step 1's checkpoint
+    resumed.write_text("".join(json.dumps({"step": s, "time": t}) + "\n" for s, t in
+                               [(1, 0.0), (2, 2.0), (3, 4.0), (2, 100.0), (3, 103.0), (4, 106.0)]))
+    assert stage_progress(str(resumed.parent), 4) == (4, 3, 2.0 + 3.0 + 3.0)  # steps 2-4 timed once; no gap counted
 
 
 def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsys):

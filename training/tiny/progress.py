@@ -28,18 +28,19 @@ def _records(folder: str) -> list[dict]:
 
 
 def stage_progress(folder: str, total: int) -> tuple[int, int, float]:
-    """(steps done, steps timed, their seconds) of one run of ``total`` steps: a step is timed when the log holds the
-    step before it too (a resumed run's gap between processes is not training time)."""
+    """(steps done, steps timed, their seconds) of one run of ``total`` steps: a step is timed when the log's line
+    before it is the step before it (a resumed run's gap between processes is not training time, and steps redone
+    after a resume from an earlier checkpoint count once)."""
     records = [r for r in _records(folder) if "time" in r]
     if stage_done(folder):
         done = total
     else:
         done = records[-1]["step"] if records else 0
-    timed, seconds = 0, 0.0
+    step_seconds = {}  # step -> its seconds; a step run again after a resume counts once, as last run
     for previous, record in zip(records, records[1:]):
         if record["step"] == previous["step"] + 1:
-            timed, seconds = timed + 1, seconds + record["time"] - previous["time"]
-    return done, timed, seconds
+            step_seconds[record["step"]] = record["time"] - previous["time"]
+    return done, len(step_seconds), sum(step_seconds.values())
 
 
 def report(root: str, names: list[str], steps: dict[str, int], jobs: int) -> str:
