@@ -86,7 +86,8 @@ def resolve(name: str) -> str:
     member = os.path.join(family, manifest["models"][name])
     shared = os.path.join(family, manifest["shared"])
     lora = os.path.join(member, LORA_DIR)
-    sources = folder_files(shared) + folder_files(member) + (folder_files(lora) if os.path.isdir(lora) else [])
+    files = folder_files(shared) + folder_files(member)  # member files last: its processor_config.json wins
+    sources = files + (folder_files(lora) if os.path.isdir(lora) else [])
     base = manifest.get("base")
     key = _digest(sources) if base is None else hashlib.sha256((_digest(sources) + json.dumps(base)).encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), f"{name}-{key}")
@@ -95,7 +96,7 @@ def resolve(name: str) -> str:
     tmp = target + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    for path in folder_files(shared) + folder_files(member):  # member files last: its processor_config.json wins
+    for path in files:
         if not path.endswith(".safetensors"):
             shutil.copy2(path, tmp)
     weights = load_file(os.path.join(member, "model.safetensors"))

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .family import (ADAPTER_MLP, BASE_TEXT, CHAT_TEMPLATE, FAMILY, LAYOUT, LORA_MODULES, Budget, backbone_dirs,
                      budget_with, build_backbones, cpu_mixed_precision, write_data)
-from .progress import report, stage_dir, stage_done, stage_seconds
+from .progress import report, stage_dir, stage_done, stage_seconds, stage_steps
 
 QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, tower_steps=2, stage1_steps=2, stage2_steps=2,
                batch=8, save_every=1)
@@ -77,7 +77,7 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
 def _report_every(seconds: float, root: str, names: list[str], budget: Budget, jobs: int, started: float) -> threading.Event:
     """Print the family's progress every ``seconds`` from a background thread until the returned event is set."""
     stop = threading.Event()
-    steps = {"stage1": budget.stage1_steps, "stage2": budget.stage2_steps}
+    steps = stage_steps(budget)
 
     def loop():
         while not stop.wait(seconds):

@@ -69,9 +69,14 @@ def report(root: str, names: list[str], steps: dict[str, int], jobs: int) -> str
     return f"{100 * done_all / max(1, total_all):.0f}% of the family's steps ({running}); {left}"
 
 
+def stage_steps(budget) -> dict[str, int]:
+    """stage -> its optimizer steps in ``budget``."""
+    return {"stage1": budget.stage1_steps, "stage2": budget.stage2_steps}
+
+
 def stage_seconds(root: str, names: list[str], budget) -> dict[str, dict[str, float]]:
     """member -> stage -> measured training seconds (the steps timed in its log, scaled to all its steps)."""
-    steps = {"stage1": budget.stage1_steps, "stage2": budget.stage2_steps}
+    steps = stage_steps(budget)
     table = {}
     for name in names:
         table[name] = {}
