@@ -25,6 +25,10 @@ def test_each_example_points_at_the_pixels_it_labels():
         shape = next(x for x in scenes[s].shapes if list(COLOURS).index(x.colour) == label
                      and (int(x.center[1] / 2 // PATCH) * per_row + int(x.center[0] / 2 // PATCH)) == where)
         assert tuple(low[shape.center[1] // 2, shape.center[0] // 2]) == COLOURS[shape.colour]
+    for task, axis in (("row", 0), ("column", 1)):  # each object's cell, read at the same token as its colour
+        assert [(s, w) for s, _, w, _ in examples[task]] == [(s, w) for s, _, w, _ in examples["colour"]]
+        for (s, _, where, label), shape in zip(examples[task], (x for scene in scenes for x in scene.shapes)):
+            assert label == shape.cell[axis] and label == int(shape.center[1 - axis] // scenes[s].layout.cell)
     for s, view, where, label in examples["glyph_high_res"]:
         image = np.asarray(image_for(scenes[s], seed, s))
         r, c = divmod(view - 1, 2)
@@ -64,6 +68,7 @@ def test_dense_labels_mark_objects_and_glyphs_where_the_probe_reads_them():
         scene = scene_for(3, index)[0]
         labels = view_labels(scene, PATCH)
         assert labels["colour"].shape == (5, 16) and labels["glyph"].shape == (5, 16, 4)
+        assert labels["row"][3, 6] == 1 and labels["column"][3, 6] == 2 and labels["row"][0, 15] == 3  # 4 x 4 patches
         assert (labels["colour"][0] > 0).sum() <= len(scene.shapes)  # objects sharing a centre patch: the last wins
         assert (labels["glyph"][0] == IGNORE).all() and (labels["text"][1:] == IGNORE).all()
         examples = probe_examples([scene], PATCH)
@@ -127,6 +132,7 @@ def test_dense_pretraining_and_the_tower_probe_run_on_the_cells_layout():
     cells = LAYOUTS["cells-96"]
     labels = view_labels(scene_for(3, 0, layout=cells)[0], PATCH)
     assert labels["colour"].shape == (5, 9) and labels["glyph"].shape == (5, 9, 4)
+    assert labels["row"].tolist() == [[0, 0, 0, 1, 1, 1, 2, 2, 2]] * 5 and labels["column"][0].tolist() == [0, 1, 2] * 3
     config = tower_config(hidden=32, layers=2, heads=4, view=cells.view)
     tower, losses = pretrain_dense(5, 4, 30, config, batch_size=4, lr=3e-3, progress=False, layout=cells)
     assert losses[-1] < 0.5 * losses[0]

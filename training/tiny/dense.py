@@ -8,7 +8,11 @@ each token of each view gets those as labels read from the scene, through linear
 - low-res view (half the image: 64 px in the ``thirds-128`` layout, 48 in ``cells-96``): per 16-px patch, the object whose centre lies in it (colour, shape, size; "none" if none)
   and whether the patch holds text (none / legible / scribble);
 - each full-resolution crop (a half-image tile): the same object labels, and per 8-px glyph slot of the
-  patch (2 x 2 slots) which character is written there ("none" if no glyph).
+  patch (2 x 2 slots) which character is written there ("none" if no glyph);
+- every token of every view: the row and the column of its patch in that view. A real CLIP token carries its
+  place (its position embedding survives to the last layer); the labels above never ask for it, and a tower trained
+  on them alone forgets it (row / column read out at 33-48% from its layers, chance 34%), which leaves "where is
+  ...?" and the order of a word's letters across patches to the LLM's token index alone.
 Glyph labels exist only for the crops: at half resolution a 5 x 7 glyph is a 3 x 4 blur, which is the point of the
 high-res views.
 
@@ -78,9 +82,13 @@ def glyph_places(scene: Scene, patch: int) -> list[tuple[str, int, int, int, int
 def view_labels(scene: Scene, patch: int) -> dict[str, np.ndarray]:
     """Per-token labels of the scene's 5 views (low-res, then the crops row by row), each (5, P) or (5, P, SLOTS):
     ``colour``/``shape``/``size`` (class + 1, 0 = no object centred in the patch), ``text`` (low-res only: 0 none,
-    1 legible, 2 scribble; IGNORE in crops), ``glyph`` (crops only: 1 + index in ``CHARS``, 0 none; IGNORE low-res)."""
-    tokens = (scene.layout.view // patch) ** 2
+    1 legible, 2 scribble; IGNORE in crops), ``glyph`` (crops only: 1 + index in ``CHARS``, 0 none; IGNORE low-res),
+    ``row``/``column`` (the patch's place in its view, the same for every scene)."""
+    per_row = scene.layout.view // patch
+    tokens = per_row**2
     labels = {name: np.zeros((5, tokens), dtype=np.int64) for name in ("colour", "shape", "size", "text")}
+    labels["row"] = np.tile(np.arange(tokens) // per_row, (5, 1))
+    labels["column"] = np.tile(np.arange(tokens) % per_row, (5, 1))
     labels["glyph"] = np.zeros((5, tokens, SLOTS), dtype=np.int64)
     labels["text"][1:] = IGNORE
     labels["glyph"][0] = IGNORE
@@ -105,12 +113,15 @@ def scene_views(seed: int, index: int, layout: Layout = DEFAULT_LAYOUT) -> np.nd
 
 
 class DenseHeads(nn.Module):
-    """Linear read-outs per supervised layer: object colour/shape/size (+ none), text kind, glyph per slot."""
+    """Linear read-outs per supervised layer: object colour/shape/size (+ none), text kind, the patch's row and
+    column among ``per_row``, glyph per slot."""
 
-    def __init__(self, hidden: int, layers: list[int]):
+    TOKEN_LABELS = ("colour", "shape", "size", "text", "row", "column")  # one class per token
+
+    def __init__(self, hidden: int, layers: list[int], per_row: int):
         super().__init__()
         sizes = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1, "size": len(SIZES) + 1, "text": 3,
-                 "glyph": SLOTS * (len(CHARS) + 1)}
+                 "row": per_row, "column": per_row, "glyph": SLOTS * (len(CHARS) + 1)}
         self.layers = layers
         self.heads = nn.ModuleDict({str(layer): nn.ModuleDict({k: nn.Linear(hidden, n) for k, n in sizes.items()})
                                     for layer in layers})
@@ -121,7 +132,7 @@ class DenseHeads(nn.Module):
         for layer in self.layers:
             heads = self.heads[str(layer)]
             tokens = hidden[layer]
-            for name in ("colour", "shape", "size", "text"):
+            for name in self.TOKEN_LABELS:
                 total = total + F.cross_entropy(heads[name](tokens).flatten(0, 1), labels[name].flatten(), ignore_index=IGNORE)
             glyph = heads["glyph"](tokens).unflatten(-1, (SLOTS, len(CHARS) + 1))  # (V, P, SLOTS, C)
             total = total + F.cross_entropy(glyph.flatten(0, 2), labels["glyph"].flatten(), ignore_index=IGNORE)
@@ -140,7 +151,7 @@ def pretrain_dense(seed: int, num_scenes: int, steps: int, config: CLIPVisionCon
     torch.manual_seed(seed)
     tower = CLIPVisionModel(config)
     layers = list(range(first_layer, config.num_hidden_layers + 1))
-    heads = DenseHeads(config.hidden_size, layers)
+    heads = DenseHeads(config.hidden_size, layers, layout.view // config.patch_size)
     pixels = torch.tensor(np.stack([scene_views(seed, i, layout) for i in range(num_scenes)]), dtype=torch.float16)  # (S, 5, 3, V, V)
     per_scene = [view_labels(scene_for(seed, i, layout=layout)[0], config.patch_size) for i in range(num_scenes)]
     labels = {k: torch.tensor(np.stack([p[k] for p in per_scene])) for k in per_scene[0]}

@@ -4,7 +4,7 @@ Before any VLM run, each tapped ViT layer's tokens are read out by a linear clas
 trained on 80% of the scenes, scored on the other 20%):
 
 - low-res view (half the image, 16-px patches): for every object, the token of the patch holding its centre -> its colour,
-  shape and size; for every grid cell, the token of the patch holding the cell's centre -> empty or not (presence);
+  shape and size, and the row and the column of its grid cell (what "where is ...?" asks); for every grid cell, the token of the patch holding the cell's centre -> empty or not (presence);
 - high-res crops (full resolution, 16-px patches): for every legible glyph, the token of the patch holding it ->
   which character (one head per 8-px slot of the patch, since a patch holds 2 x 2 glyph slots);
 - the same glyphs read from the low-res view, where by design they are a blur (chance: 1 / characters seen).
@@ -30,7 +30,7 @@ from sparsecut.evaluation.synthetic.dataset import scene_for
 from .dense import glyph_places, object_places, scene_views, token_at
 from sparsecut.evaluation.synthetic.scenes import COLOURS, DEFAULT_LAYOUT, GRID, LAYOUTS, SHAPES, SIZES, Layout, layout_named
 
-TASKS = ("colour", "shape", "size", "presence", "glyph_high_res", "glyph_low_res")
+TASKS = ("colour", "shape", "size", "row", "column", "presence", "glyph_high_res", "glyph_low_res")
 PATCH_SLOTS = 4  # 8-px glyph slots per 16-px patch of a full-resolution crop (2 x 2)
 
 
@@ -63,6 +63,8 @@ def probe_examples(scenes, patch: int) -> dict[str, list[tuple[int, int, int, in
                 examples["colour"].append((s, 0, token, list(COLOURS).index(shape.colour)))
                 examples["shape"].append((s, 0, token, SHAPES.index(shape.shape)))
                 examples["size"].append((s, 0, token, list(SIZES).index(shape.size)))
+                examples["row"].append((s, 0, token, shape.cell[0]))
+                examples["column"].append((s, 0, token, shape.cell[1]))
         taken, cell, view = {shape.cell for shape in scene.shapes}, scene.layout.cell, scene.layout.view
         for row in range(GRID):
             for column in range(GRID):
