@@ -128,3 +128,20 @@ def test_choice_and_circular_accuracy():
     with pytest.raises(ValueError, match="not one of the option letters"):
         choice_accuracy(["A"], ["C"], options[:1])
     assert circular_accuracy({1: [True, True, True, True], 2: [True, False], 3: [True]}) == pytest.approx(2 / 3)
+
+
+def test_bootstrap_interval_covers_the_mean_and_resamples_whole_groups():
+    from sparsecut.evaluation.metrics import bootstrap_interval
+
+    correct = [True] * 60 + [False] * 40
+    low, high = bootstrap_interval(correct, seed=1)
+    assert low < 0.6 < high and 0.08 < high - low < 0.3  # binomial: +-1.96 * sqrt(.24 / 100) = +-0.096
+    assert bootstrap_interval(correct, seed=1) == (low, high)  # deterministic for a seed
+    # ten groups of ten identical answers: only ten independent draws, so a wider interval than 100 single items
+    grouped = bootstrap_interval(correct, groups=[i // 10 for i in range(100)], seed=1)
+    assert grouped[1] - grouped[0] > 1.5 * (high - low)
+    assert bootstrap_interval([True] * 5) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="group keys"):
+        bootstrap_interval(correct, groups=[0] * 99)
+    with pytest.raises(ValueError, match="at least one"):
+        bootstrap_interval([])

@@ -163,7 +163,30 @@ def test_scores_per_family_f1_and_unanswerable_recall():
     assert result["families"] == {"count": 0.0, "existence": 1 / 3, "reading": 1.0, "unanswerable": 1.0}
     assert result["overall"] == 3 / 6 and result["count"] == 6
     assert abs(result["existence_f1"] - 0.5) < 1e-9  # precision 1/2, recall 1/2
-    assert result["unanswerable_recall"] == 1.0
+    assert result["unanswerable_recall"] == 1.0 and result["unanswerable_precision"] == 1.0
+    low, high = result["overall_interval"]
+    assert 0 <= low < 0.5 < high <= 1
+
+
+def test_existence_f1_per_kind_of_negative_and_unanswerable_precision():
+    from training.tiny.evaluate import results_table, score
+
+    def existence(answer, subtype):
+        return {"family": "existence", "answer": answer, "subtype": subtype}
+
+    # six positives, dealt in turn to the random / popular / adversarial splits; one negative of each kind
+    records = [existence("yes", "positive")] * 6 + [existence("no", k) for k in ("random", "popular", "adversarial")]
+    records += [{"family": "reading", "answer": "CAT"}, {"family": "unanswerable", "answer": "unanswerable"}]
+    predictions = ["yes", "no", "yes", "yes", "yes", "yes"] + ["no", "yes", "yes"] + ["unanswerable", "unanswerable"]
+    result = score(records, predictions)
+    # random: positives 1 and 4 (yes, yes) + a rejected negative: P 1, R 1; popular: positives 2 and 5 (no, yes) + a
+    # false yes: P 1/2, R 1/2; adversarial: positives 3 and 6 (yes, yes) + a false yes: P 2/3, R 1
+    assert result["existence_f1_by_negatives"] == pytest.approx({"random": 1.0, "popular": 0.5, "adversarial": 0.8})
+    assert result["unanswerable_recall"] == 1.0 and result["unanswerable_precision"] == 0.5  # one of two was right
+    row = results_table({"m": result}).splitlines()[2]
+    assert "| 1.000 / 0.500 / 0.800 |" in row and "| 1.000 / 0.500 |" in row
+    old = {k: v for k, v in result.items() if k not in ("existence_f1_by_negatives", "unanswerable_precision")}
+    assert "| - / - / - |" in results_table({"m": old})  # a table scored before the columns existed
 
 
 def test_existence_questions_are_balanced_like_pope():

@@ -102,3 +102,29 @@ def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsy
     with pytest.raises(SystemExit):
         main(["--output", "unused", "--budget", "tower_steps=-1"])
     assert "tower_steps must be positive" in capsys.readouterr().err
+
+
+def test_paper_tables_at_tiny_scale_from_the_members_scores():
+    from training.tiny.family import FAMILY
+    from training.tiny.ship import paper_tables
+
+    def scored(overall, reading=0.0, half_width=0.02):
+        return {"overall": overall, "overall_interval": (overall - half_width, overall + half_width),
+                "families": {"reading": reading}}
+
+    overall = {"sparse-uniform": 0.70, "sparse-top": 0.50, "sparse-reverse-uniform": 0.69, "dense-bottom": 0.72,
+               "dense-uniform": 0.60, "sparse-bottom": 0.65, "llava": 0.55}
+    results = {name: scored(overall[spec["pattern"]]) for name, spec in FAMILY.items()}
+    results["sparsecut-tiny"] = scored(0.8, reading=0.85)
+    results["sparsecut-tiny-lowres"]["families"]["reading"] = 0.25
+    results["llava-tiny"]["families"]["reading"] = 0.05
+    text = paper_tables(results)
+    assert "with high-res fusion 85.0%, sparsecut-tiny-lowres 25.0% (+60.0 points" in text and "llava-tiny 5.0%" in text
+    rows = [line for line in text.splitlines() if line.startswith("| sparsecut-tiny-") or line.startswith("| llava")]
+    assert rows[0].startswith("| sparsecut-tiny-dense-bottom | dense-bottom | 72.0 | 70.0-74.0 |")  # best first
+    assert rows[-1].startswith("| llava-tiny |") and len(rows) == 7
+    assert "sparse-uniform best of the six: no, dense-bottom is" in text
+    assert "over sparse-top +20.0 points (intervals apart)" in text
+    assert "over sparse-reverse-uniform +1.0 points (intervals overlap)" in text
+    del results["sparsecut-tiny-sparse-top"]  # a family without every pattern member has no Table 3
+    assert "Table 3" not in paper_tables(results) and "Table 4" in paper_tables(results)

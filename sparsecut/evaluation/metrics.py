@@ -4,6 +4,8 @@
 - ``gqa_accuracy``: GQA exact match.
 - ``pope_metrics``: POPE accuracy, precision, recall, F1 and yes-ratio (LLaVA's ``eval_pope.py``).
 - ``choice_accuracy`` / ``circular_accuracy``: ScienceQA-IMG, SEED-Bench, MMBench (see ``choices.py``).
+- ``bootstrap_interval``: a percentile bootstrap interval for an accuracy, resampling whole groups (e.g. the
+  questions of one image together, since they share what the model saw).
 """
 
 from __future__ import annotations
@@ -114,6 +116,29 @@ def circular_accuracy(groups: Mapping[object, Sequence[bool]]) -> float:
     if any(len(rounds) == 0 for rounds in groups.values()):
         raise ValueError("Every circular group needs at least one answered rotation.")
     return sum(all(rounds) for rounds in groups.values()) / len(groups) if groups else 0.0
+
+
+def bootstrap_interval(correct: Sequence[bool], groups: Sequence | None = None, level: float = 0.95,
+                       resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """(low, high) percentile bootstrap interval of the mean of ``correct``, resampling ``groups`` (one key per item;
+    each distinct key is drawn as a whole) or, without groups, single items; deterministic for ``seed``."""
+    import numpy as np
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}.")
+    if len(correct) == 0:
+        raise ValueError("bootstrap_interval needs at least one item.")
+    if groups is not None:
+        _same_length(correct, groups, "group keys")
+    keys = list(range(len(correct))) if groups is None else list(groups)
+    index = {key: k for k, key in enumerate(dict.fromkeys(keys))}
+    cluster = np.array([index[key] for key in keys])
+    hits = np.bincount(cluster, weights=np.asarray(correct, dtype=float), minlength=len(index))
+    sizes = np.bincount(cluster, minlength=len(index)).astype(float)
+    draws = np.random.default_rng(seed).integers(0, len(index), size=(resamples, len(index)))
+    means = hits[draws].sum(1) / sizes[draws].sum(1)
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
 def _same_length(predictions: Sequence, other: Sequence, name: str) -> None:

@@ -107,15 +107,55 @@ def score_shipped(family_dir: str, names: list[str], seed: int = 0, images: int 
             "results": results, "subset": {"questions": subset, "results": first}}
 
 
+PATTERN_MEMBERS = [name for name, spec in FAMILY.items() if spec["pattern"] != "llava" and not spec["high_res"]]
+
+
+def paper_tables(results: dict[str, dict]) -> str:
+    """Markdown: the paper's Table 4 (reading with and without high-res fusion) and Table 3 (the shortcut patterns,
+    all without high-res, overall accuracy with its 95% interval) at tiny scale, from the members in ``results``
+    (a table whose members are missing is left out)."""
+    parts = []
+    reading = {name: results[name]["families"].get("reading") for name in ("sparsecut-tiny", "sparsecut-tiny-lowres",
+                                                                           "llava-tiny") if name in results}
+    if len(reading) == 3 and None not in reading.values():
+        high, low, llava = (100 * reading[n] for n in ("sparsecut-tiny", "sparsecut-tiny-lowres", "llava-tiny"))
+        parts.append(f"**Table 4 at tiny scale** (reading, exact match): sparsecut-tiny with high-res fusion {high:.1f}%, "
+                     f"sparsecut-tiny-lowres {low:.1f}% ({high - low:+.1f} points from fusing the high-res crops), "
+                     f"llava-tiny {llava:.1f}% (it sees the low-res view only).")
+    if all(name in results for name in PATTERN_MEMBERS):
+        rows = sorted(PATTERN_MEMBERS, key=lambda name: -results[name]["overall"])
+        lines = ["**Table 3 at tiny scale** (shortcut patterns, all without high-res fusion; overall accuracy, 95% "
+                 "bootstrap interval over scenes):", "", "| member | pattern | overall | 95% interval |", "|---|---|---|---|"]
+        for name in rows + [n for n in ("llava-tiny",) if n in results]:
+            low, high = results[name]["overall_interval"]
+            lines.append(f"| {name} | {FAMILY[name]['pattern']} | {100 * results[name]['overall']:.1f} | "
+                         f"{100 * low:.1f}-{100 * high:.1f} |")
+        by_pattern = {FAMILY[name]["pattern"]: results[name] for name in PATTERN_MEMBERS}
+
+        def gap(a: str, b: str) -> str:
+            (a_low, a_high), (b_low, b_high) = by_pattern[a]["overall_interval"], by_pattern[b]["overall_interval"]
+            apart = a_low > b_high or b_low > a_high
+            return (f"{100 * (by_pattern[a]['overall'] - by_pattern[b]['overall']):+.1f} points "
+                    f"({'intervals apart' if apart else 'intervals overlap'})")
+
+        best = FAMILY[rows[0]]["pattern"]
+        lines += ["", f"The paper's ordering: sparse-uniform best of the six: {'yes' if best == 'sparse-uniform' else 'no, ' + best + ' is'}; "
+                  f"sparse-uniform over sparse-top {gap('sparse-uniform', 'sparse-top')}; sparse-uniform over "
+                  f"sparse-reverse-uniform {gap('sparse-uniform', 'sparse-reverse-uniform')}."]
+        parts.append("\n".join(lines))
+    return "".join(f"\n{part}\n" for part in parts)
+
+
 def write_results(out_dir: str, scored: dict) -> str:
-    """``results.json`` and ``results.md`` in ``out_dir``; returns the markdown table."""
-    table = results_table(scored["results"])
+    """``results.json`` and ``results.md`` in ``out_dir``; returns the markdown (the results table, then the
+    paper's tables at tiny scale where the family has their members)."""
+    table = results_table(scored["results"]) + paper_tables(scored["results"])
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(scored, handle, indent=2)
     with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as handle:
         handle.write(f"Held-out split: {scored['questions']} questions on {scored['images']} scenes (generator seed "
                      f"{scored['seed']}, never used for training), scored from the shipped fp16 checkpoints; accuracy "
-                     "in %, existence F1 and unanswerable recall as fractions.\n\n" + table)
+                     "in %, existence F1 and unanswerable recall / precision as fractions.\n\n" + table)
     return table
 
 
@@ -172,8 +212,7 @@ trained on the synthetic benchmark of `training/tiny/` by one command. They answ
 
 ## Scores (from these files, `python -m training.tiny.ship --score-only --to {out_dir}`)
 
-{results_table(scored["results"])}
-"""
+{results_table(scored["results"])}{paper_tables(scored["results"])}"""
     with open(os.path.join(out_dir, "MODEL_CARD.md"), "w", encoding="utf-8") as handle:
         handle.write(card)
 

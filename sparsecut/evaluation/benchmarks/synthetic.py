@@ -4,8 +4,10 @@ A split is ``<split>.jsonl`` in ``--data-dir`` (records with ``id``, ``image``, 
 ``family``, ``subtype``; the question already holds its instruction), images under ``images/`` (``python -m
 training.tiny`` writes ``OUTPUT/data/test.jsonl`` and ``OUTPUT/data/images/``). Answers are compared after
 ``normalise`` (lower case, no trailing period, single spaces): exact match on this benchmark's short answers.
-Scores are fractions in [0, 1]: accuracy per family and overall, POPE-style F1 on ``existence`` (an answer
-starting with "yes" is a yes), and the recall of ``unanswerable``.
+Scores are fractions in [0, 1]: accuracy per family and overall (with a 95% bootstrap interval over scenes:
+the questions of one scene are resampled together), POPE-style F1 on ``existence`` (an answer starting with "yes" is
+a yes) over all its questions and per kind of negative (random / popular / adversarial, each with every third
+positive in order, so each is balanced as POPE's splits are), and the recall and precision of ``unanswerable``.
 """
 
 from __future__ import annotations
@@ -30,41 +32,73 @@ def read_eval(path: str, limit: int | None = None) -> list[dict]:
     return records[:limit] if limit else records
 
 
+NEGATIVES = ("random", "popular", "adversarial")  # POPE's kinds of absent object (``questions.existence``)
+
+
+def _f1(said_yes: list[bool], truth: list[bool]) -> float:
+    tp = sum(p and t for p, t in zip(said_yes, truth))
+    precision = tp / sum(said_yes) if any(said_yes) else 0.0
+    recall = tp / sum(truth) if any(truth) else 0.0
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
 def score(records: list[dict], predictions: list[str]) -> dict:
-    """{"overall", "families": {family: accuracy}, "existence_f1", "unanswerable_recall", "count"}."""
-    hits = defaultdict(list)
-    tp = fp = fn = 0
-    unanswerable_hits = []
-    for record, prediction in zip(records, predictions):
-        correct = normalise(prediction) == normalise(record["answer"])
+    """{"overall", "overall_interval": (low, high), "families": {family: accuracy}, "existence_f1",
+    "existence_f1_by_negatives": {kind: F1}, "unanswerable_recall", "unanswerable_precision", "count"}."""
+    from ..metrics import bootstrap_interval
+
+    hits, every, scenes = defaultdict(list), [], []
+    existence = []  # (said yes, truth, subtype)
+    unanswerable_hits, said_unanswerable = [], []
+    for number, (record, prediction) in enumerate(zip(records, predictions)):
+        answer = normalise(prediction)
+        correct = answer == normalise(record["answer"])
         hits[record["family"]].append(correct)
+        every.append(correct)
+        scenes.append(record.get("scene", number))  # one scene's questions are resampled together
         if record["family"] == "existence":
-            said_yes = normalise(prediction).startswith("yes")
-            truth = record["answer"] == "yes"
-            tp += said_yes and truth
-            fp += said_yes and not truth
-            fn += (not said_yes) and truth
+            existence.append((answer.startswith("yes"), record["answer"] == "yes", record.get("subtype")))
         if record["answer"] == "unanswerable":
             unanswerable_hits.append(correct)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    every = [h for family in hits.values() for h in family]
+        if answer == "unanswerable":
+            said_unanswerable.append(correct)
+    positives = [e for e in existence if e[1]]
+    by_negatives = {}
+    for k, kind in enumerate(NEGATIVES):
+        split = positives[k :: len(NEGATIVES)] + [e for e in existence if not e[1] and e[2] == kind]
+        if any(not truth for _, truth, _ in split):
+            by_negatives[kind] = _f1([e[0] for e in split], [e[1] for e in split])
     return {
         "overall": sum(every) / len(every) if every else 0.0,
+        "overall_interval": bootstrap_interval(every, scenes) if every else (0.0, 0.0),
         "families": {f: sum(hits[f]) / len(hits[f]) for f in FAMILIES if hits[f]},
-        "existence_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "existence_f1": _f1([e[0] for e in existence], [e[1] for e in existence]),
+        "existence_f1_by_negatives": by_negatives,
         "unanswerable_recall": sum(unanswerable_hits) / len(unanswerable_hits) if unanswerable_hits else 0.0,
+        "unanswerable_precision": sum(said_unanswerable) / len(said_unanswerable) if said_unanswerable else 0.0,
         "count": len(every),
     }
 
 
 def results_table(results: dict[str, dict]) -> str:
-    """Markdown: one row per model, accuracy (%) per family, overall, existence F1 and unanswerable recall."""
-    header = ["model", *FAMILIES, "overall", "existence F1", "unanswerable recall"]
+    """Markdown: one row per model, accuracy (%) per family, overall with its 95% interval, existence F1 (all
+    questions; random / popular / adversarial negatives) and unanswerable recall / precision. Scores made before
+    a column existed show "-" there."""
+    header = ["model", *FAMILIES, "overall (95% interval)", "existence F1", "F1 random / popular / adversarial",
+              "unanswerable recall / precision"]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def fraction(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
     for name, r in results.items():
         cells = [f"{100 * r['families'][f]:.1f}" if f in r["families"] else "-" for f in FAMILIES]
-        cells += [f"{100 * r['overall']:.1f}", f"{r['existence_f1']:.3f}", f"{r['unanswerable_recall']:.3f}"]
+        interval = r.get("overall_interval")
+        cells.append(f"{100 * r['overall']:.1f}" + (f" ({100 * interval[0]:.1f}-{100 * interval[1]:.1f})" if interval else ""))
+        cells.append(fraction(r["existence_f1"]))
+        by_negatives = r.get("existence_f1_by_negatives", {})
+        cells.append(" / ".join(fraction(by_negatives.get(kind)) for kind in NEGATIVES))
+        cells.append(f"{fraction(r['unanswerable_recall'])} / {fraction(r.get('unanswerable_precision'))}")
         rows.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(rows) + "\n"
 
