@@ -49,7 +49,7 @@ class Budget:
     tower_steps: int = 1600
     stage1_steps: int = 100
     stage1_lr: float = 1e-3
-    stage2_steps: int = 400
+    stage2_steps: int = 600  # 400 left the question loss falling (README, step (c) -> (d))
     stage2_lr: float = 3e-3  # the LoRA's
     adapter_lr: float = 1e-3  # the adapters' in stage 2
     lora_rank: int = 4  # alpha = 2 x rank
