@@ -1,5 +1,7 @@
 """sparsecut.evaluation.metrics against hand-computed values of the official scripts' rules."""
 
+import random
+
 import pytest
 
 from sparsecut.evaluation.answers import CONTRACTIONS, evalai_normalise, normalise_words, strip_punctuation
@@ -140,6 +142,9 @@ def test_bootstrap_interval_covers_the_mean_and_resamples_whole_groups():
     # ten groups of ten identical answers: only ten independent draws, so a wider interval than 100 single items
     grouped = bootstrap_interval(correct, groups=[i // 10 for i in range(100)], seed=1)
     assert grouped[1] - grouped[0] > 1.5 * (high - low)
+    shuffled = list(range(100))
+    random.Random(0).shuffle(shuffled)
+    assert bootstrap_interval([correct[i] for i in shuffled], groups=[i // 10 for i in shuffled], seed=1) == grouped
     assert bootstrap_interval([True] * 5) == (1.0, 1.0)
     with pytest.raises(ValueError, match="group keys"):
         bootstrap_interval(correct, groups=[0] * 99)

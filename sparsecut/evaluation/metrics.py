@@ -121,7 +121,8 @@ def circular_accuracy(groups: Mapping[object, Sequence[bool]]) -> float:
 def bootstrap_interval(correct: Sequence[bool], groups: Sequence | None = None, level: float = 0.95,
                        resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """(low, high) percentile bootstrap interval of the mean of ``correct``, resampling ``groups`` (one key per item;
-    each distinct key is drawn as a whole) or, without groups, single items; deterministic for ``seed``."""
+    each distinct key is drawn as a whole) or, without groups, single items; deterministic for ``seed`` and, with
+    groups, independent of the items' order (the same answers gathered from several processes give the same)."""
     import numpy as np
 
     if not 0 < level < 1:
@@ -131,7 +132,7 @@ def bootstrap_interval(correct: Sequence[bool], groups: Sequence | None = None, 
     if groups is not None:
         _same_length(correct, groups, "group keys")
     keys = list(range(len(correct))) if groups is None else list(groups)
-    index = {key: k for k, key in enumerate(dict.fromkeys(keys))}
+    index = {key: k for k, key in enumerate(sorted(set(keys), key=lambda key: (type(key).__name__, key)))}
     cluster = np.array([index[key] for key in keys])
     hits = np.bincount(cluster, weights=np.asarray(correct, dtype=float), minlength=len(index))
     sizes = np.bincount(cluster, minlength=len(index)).astype(float)

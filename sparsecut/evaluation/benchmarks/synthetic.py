@@ -43,7 +43,7 @@ def _f1(said_yes: list[bool], truth: list[bool]) -> float:
 
 
 def score(records: list[dict], predictions: list[str]) -> dict:
-    """{"overall", "overall_interval": (low, high), "families": {family: accuracy}, "existence_f1",
+    """{"overall", "overall_interval": [low, high], "families": {family: accuracy}, "existence_f1",
     "existence_f1_by_negatives": {kind: F1}, "unanswerable_recall", "unanswerable_precision", "count"}."""
     from ..metrics import bootstrap_interval
 
@@ -55,7 +55,7 @@ def score(records: list[dict], predictions: list[str]) -> dict:
         correct = answer == normalise(record["answer"])
         hits[record["family"]].append(correct)
         every.append(correct)
-        scenes.append(record.get("scene", number))  # one scene's questions are resampled together
+        scenes.append(record.get("scene", record.get("id", number)))  # one scene's questions are resampled together
         if record["family"] == "existence":
             existence.append((answer.startswith("yes"), record["answer"] == "yes", record.get("subtype")))
         if record["answer"] == "unanswerable":
@@ -70,7 +70,7 @@ def score(records: list[dict], predictions: list[str]) -> dict:
             by_negatives[kind] = _f1([e[0] for e in split], [e[1] for e in split])
     return {
         "overall": sum(every) / len(every) if every else 0.0,
-        "overall_interval": bootstrap_interval(every, scenes) if every else (0.0, 0.0),
+        "overall_interval": list(bootstrap_interval(every, scenes)) if every else [0.0, 0.0],  # a list, as in JSON
         "families": {f: sum(hits[f]) / len(hits[f]) for f in FAMILIES if hits[f]},
         "existence_f1": _f1([e[0] for e in existence], [e[1] for e in existence]),
         "existence_f1_by_negatives": by_negatives,
