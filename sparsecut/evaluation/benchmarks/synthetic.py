@@ -36,10 +36,13 @@ NEGATIVES = ("random", "popular", "adversarial")  # POPE's kinds of absent objec
 
 
 def _f1(said_yes: list[bool], truth: list[bool]) -> float:
-    tp = sum(p and t for p, t in zip(said_yes, truth))
-    precision = tp / sum(said_yes) if any(said_yes) else 0.0
-    recall = tp / sum(truth) if any(truth) else 0.0
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    """POPE's F1 (``metrics.pope_metrics``) of yes/no decisions already made by this benchmark's rule."""
+    from ..metrics import pope_metrics
+
+    def words(flags: list[bool]) -> list[str]:
+        return ["yes" if flag else "no" for flag in flags]
+
+    return pope_metrics(words(said_yes), words(truth))["f1"]
 
 
 def score(records: list[dict], predictions: list[str]) -> dict:
