@@ -13,7 +13,7 @@ from dataclasses import asdict
 import numpy as np
 from PIL import Image
 
-from .questions import FAMILIES, ask, bare_question, caption
+from .questions import FAMILIES, ask, caption
 from .scenes import DEFAULT_LAYOUT, Layout, Scene, render, sample_scene
 
 DESCRIBE = "Describe the image briefly."
@@ -49,8 +49,7 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
     """Write split ``name`` under ``root`` (scenes drawn in ``layout``): images in ``root/images/name/``, and
 
     - kind ``pretrain``: ``name.json``, one caption per image (stage 1);
-    - kind ``instruct``: ``name.json``, a ``turns``-turn conversation per image (stage 2), each family at most once,
-      the first question with its instruction suffix as the benchmark asks it, the later ones without;
+    - kind ``instruct``: ``name.json``, a ``turns``-turn conversation per image (stage 2);
     - kind ``eval``: ``name.jsonl``, one question per family per image where the scene allows it.
     Returns the path of the written JSON/JSONL."""
     folder = os.path.join(root, "images", name)
@@ -68,10 +67,8 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
                 qa = ask(scene, family, rng)
                 if qa is None:
                     continue
-                # the first turn is asked as the benchmark asks (image, question, instruction); later turns without the
-                # instruction: it is ~60% of a turn's tokens, and a turn's answer must come from the image, not the suffix
-                text = f"<image>\n{qa.question}" if not conversation else bare_question(qa.question)
-                conversation += [{"from": "human", "value": text}, {"from": "gpt", "value": qa.answer}]
+                prefix = "<image>\n" if not conversation else ""
+                conversation += [{"from": "human", "value": prefix + qa.question}, {"from": "gpt", "value": qa.answer}]
                 if len(conversation) == 2 * turns:
                     break
             records.append({"id": f"{name}-{index}", "image": image, "conversations": conversation})

@@ -150,15 +150,6 @@ ASKERS = {
 }
 
 
-def bare_question(question: str) -> str:
-    """``question`` without its trailing short-answer instruction (``SHORT`` or ``UNANSWERABLE``); a choice question's
-    letter instruction stays (it says how to answer the options)."""
-    for suffix in (f"\n{UNANSWERABLE}", f"\n{SHORT}"):
-        if question.endswith(suffix):
-            return question[: -len(suffix)]
-    return question
-
-
 def ask(scene: Scene, family: str, rng: np.random.Generator) -> QA | None:
     """A question of ``family`` about ``scene``, or None when the scene cannot pose one (e.g. reading without text)."""
     return ASKERS[family](scene, rng)
