@@ -1,6 +1,6 @@
 """The case-study gallery, in the spirit of the paper's Fig. 4: small text, unanswerable questions, cluttered scenes.
 
-    python -m app.examples --out assets/examples      # writes <case>.png (128 px), examples.json and README.md
+    python -m app.examples --out assets/examples      # writes <case>.png (96 px in the default layout), examples.json and README.md
 
 Images and questions come from the synthetic benchmark (``sparsecut.evaluation.synthetic.scenes`` / ``questions``): each case takes
 the first scene, from ``numpy.random.default_rng([seed, case, index])`` for index 0, 1, ..., that poses its kind of

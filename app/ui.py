@@ -18,6 +18,8 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
+from sparsecut.evaluation.synthetic.scenes import DEFAULT_LAYOUT
+
 from .examples import find_case, load_examples
 from .checkpoints import USAGE
 from .request_checks import MAX_NEW_TOKENS, Decoding, RequestError, Upload, read_image, with_short_answer
@@ -159,8 +161,8 @@ def _header(engine) -> str:
     ]
     if engine.synthetic:
         lines.append(
-            "> **The embedded models are tiny and trained only on synthetic scenes** (128-px images of coloured "
-            "shapes and short printed text; see the case studies). They know nothing about photos: for photos, run "
+            "> **The embedded models are tiny and trained only on synthetic scenes** "
+            f"({DEFAULT_LAYOUT.image_size}-px images of coloured shapes and short printed text; see the case studies). They know nothing about photos: for photos, run "
             f"the app with a real checkpoint: `{USAGE}` (a SparseCut `save_pretrained` folder, or an HF LLaVA-1.5 "
             "folder or hub id such as `llava-hf/llava-1.5-7b-hf`)."
         )

@@ -44,7 +44,8 @@ def families() -> dict[str, str]:
     return {n: os.path.join(root, n) for n in sorted(os.listdir(root)) if os.path.isfile(os.path.join(root, n, MANIFEST))}
 
 
-def _manifest(family_path: str) -> dict:
+def manifest(family_path: str) -> dict:
+    """The family manifest (``family.json``) of the family folder ``family_path``."""
     with open(os.path.join(family_path, MANIFEST), encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -53,7 +54,7 @@ def available() -> dict[str, str]:
     """model name -> family folder, for every shipped model."""
     names = {}
     for path in families().values():
-        for name in _manifest(path)["models"]:
+        for name in manifest(path)["models"]:
             names[name] = path
     return names
 
@@ -82,13 +83,13 @@ def resolve(name: str) -> str:
     if name not in known:
         raise ValueError(f"Unknown model {name!r}; shipped models: {', '.join(sorted(known)) or 'none (assets/ is empty)'}.")
     family = known[name]
-    manifest = _manifest(family)
-    member = os.path.join(family, manifest["models"][name])
-    shared = os.path.join(family, manifest["shared"])
+    entry = manifest(family)
+    member = os.path.join(family, entry["models"][name])
+    shared = os.path.join(family, entry["shared"])
     lora = os.path.join(member, LORA_DIR)
     files = folder_files(shared) + folder_files(member)  # member files last: its processor_config.json wins
     sources = files + (folder_files(lora) if os.path.isdir(lora) else [])
-    base = manifest.get("base")
+    base = entry.get("base")
     key = _digest(sources) if base is None else hashlib.sha256((_digest(sources) + json.dumps(base)).encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), f"{name}-{key}")
     if os.path.isfile(os.path.join(target, "model.safetensors")):

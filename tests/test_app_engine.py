@@ -180,7 +180,7 @@ def test_examples_are_deterministic_and_the_committed_ones_match(tmp_path):
     for case, entry in zip(committed, entries):
         assert (tmp_path / entry["file"]).read_bytes() == Path(case.path).read_bytes()
         assert case.question == entry["question"] and case.answer == entry["answer"]
-        assert Image.open(case.path).size == (128, 128)
+        assert Image.open(case.path).size == (96, 96)
     assert (tmp_path / "README.md").read_text() == (Path(DEFAULT_DIR) / "README.md").read_text()
 
 

@@ -110,7 +110,7 @@ def test_scenes_and_captions():
     for s in scene.shapes:
         assert f"{s.size} {s.colour} {s.shape}" in text
     image = render(scene)
-    assert image.size == (128, 128) and image.mode == "RGB"
+    assert image.size == (96, 96) and image.mode == "RGB"
     assert set(WORDS) and all(set(w) <= set(CHARACTERS) for w in WORDS) and set(COLOURS) and set(SHAPES)
 
 

@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from sparsecut import SparseCutForConditionalGeneration
@@ -71,6 +72,50 @@ def test_a_rerun_skips_finished_stages_and_resumes_an_interrupted_one(quick_run)
     assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
     kept = sorted(os.listdir(run / "predictions"))  # each shipped member's answers, reused by the rerun's scoring
     assert len(kept) == 2 and all(name.startswith(("sparsecut-tiny-", "llava-tiny-")) for name in kept)
+
+
+def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_replaces_it(quick_run, tiny_backbones):
+    import shutil
+
+    from training.tiny.family import build_backbones
+    from training.tiny.export import export_family
+    from sparsecut import SparseCutProcessor
+
+    run, argv = quick_run
+    joined = run.parent / "joined"
+    shutil.copytree(run / "family", joined)
+    more = run.parent / "more"
+    argv = ["--output", str(more), "--quick", "--cpu", "--jobs", "1", "--models", "sparsecut-tiny-lowres",
+            "--budget", "stage2_steps=3", "--text", tiny_backbones["text"], "--mixed-precision", "no",
+            "--tower", str(joined), "--ship", str(joined)]
+    assert main(argv) == 0
+    manifest = json.loads((joined / "family.json").read_text())
+    assert list(manifest["models"]) == ["sparsecut-tiny", "llava-tiny", "sparsecut-tiny-lowres"]
+    results = json.loads((joined / "results.json").read_text())
+    assert set(results["results"]) == set(results["members"]) == set(manifest["models"])
+    first = json.loads((run / "results.json").read_text())
+    assert results["results"]["sparsecut-tiny"] == first["results"]["sparsecut-tiny"]  # the same files, rescored
+    assert results["members"]["llava-tiny"] == first["members"]["llava-tiny"]  # how it was trained: kept
+    assert "--tower" in results["members"]["sparsecut-tiny-lowres"]["command"]
+    card = (joined / "MODEL_CARD.md").read_text()
+    assert "1. `python -m training.tiny" in card and "2. `python -m training.tiny" in card and "--tower" in card
+    assert "| `sparsecut-tiny-lowres` | sparse-uniform | no |" in card
+    vision = load_file(more / "backbones" / "vision" / "model.safetensors")
+    stored = load_file(joined / "shared" / "vision.safetensors")
+    assert vision.keys() == stored.keys() and all((vision[k].half() == stored[k]).all() for k in vision)
+    with pytest.raises(ValueError, match="--seed 0"):  # its members are scored on seed 0's held-out split
+        build_backbones(str(run.parent / "other-seed"), QUICK, 1, tiny_backbones["text"], str(joined))
+    with pytest.raises(ValueError, match="its own pretraining"):  # a run keeps the tower it started with
+        build_backbones(str(run), QUICK, 0, tiny_backbones["text"], str(joined))
+    model = SparseCutForConditionalGeneration.from_pretrained(more / "models" / "sparsecut-tiny-lowres")
+    with torch.no_grad():
+        for weight in model.model.vision_tower.parameters():  # another tower: the family is replaced whole
+            weight.add_(0.5)
+    stayed = export_family({"sparsecut-tiny-lowres": model}, SparseCutProcessor.from_pretrained(more / "models" / "sparsecut-tiny-lowres"),
+                           str(joined), base=manifest["base"], loras={"sparsecut-tiny-lowres": str(more / "models" / "sparsecut-tiny-lowres" / "lora")},
+                           sources={"sparsecut-tiny-lowres": str(more / "models" / "sparsecut-tiny-lowres")})
+    assert stayed == [] and list(json.loads((joined / "family.json").read_text())["models"]) == ["sparsecut-tiny-lowres"]
+    assert sorted(os.listdir(joined / "models")) == ["sparsecut-tiny-lowres"]
 
 
 def test_progress_reports_steps_and_an_eta_from_measured_seconds(tmp_path):

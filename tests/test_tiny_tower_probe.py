@@ -9,7 +9,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from training.tiny.tower import VIEW
 from sparsecut.evaluation.synthetic.dataset import image_for, scene_for
-from sparsecut.evaluation.synthetic.scenes import COLOURS, TEXT_ADVANCE, TEXT_COLOUR
+from sparsecut.evaluation.synthetic.scenes import COLOURS, TEXT_ADVANCE, TEXT_COLOUR, layout_named
 from training.tiny.tower_probe import TASKS, linear_probe, probe_examples, tower_probe
 
 PATCH = 16
@@ -65,7 +65,7 @@ def test_dense_labels_mark_objects_and_glyphs_where_the_probe_reads_them():
     from training.tiny.dense import CHARS, IGNORE, view_labels
 
     for index in range(30):
-        scene = scene_for(3, index)[0]
+        scene = scene_for(3, index, layout=layout_named("thirds-128"))[0]  # 4 x 4 patches of its 64-px view
         labels = view_labels(scene, PATCH)
         assert labels["colour"].shape == (5, 16) and labels["glyph"].shape == (5, 16, 4)
         assert labels["row"][3, 6] == 1 and labels["column"][3, 6] == 2 and labels["row"][0, 15] == 3  # 4 x 4 patches
@@ -118,10 +118,10 @@ def test_a_tower_and_a_layout_that_disagree_on_the_view_size_are_refused():
     config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                               image_size=VIEW, patch_size=PATCH)
     tower = CLIPVisionModel(config).eval()
-    with pytest.raises(ValueError, match="64-px views but layout cells-96 cuts 48-px"):
-        tower_probe(tower, [1], seed=5, scenes=4, layout=LAYOUTS["cells-96"])
-    with pytest.raises(ValueError, match="64-px views but layout cells-96"):
-        pretrain_dense(5, 2, 1, config, layout=LAYOUTS["cells-96"], progress=False)
+    with pytest.raises(ValueError, match="48-px views but layout thirds-128 cuts 64-px"):
+        tower_probe(tower, [1], seed=5, scenes=4, layout=LAYOUTS["thirds-128"])
+    with pytest.raises(ValueError, match="48-px views but layout thirds-128"):
+        pretrain_dense(5, 2, 1, config, layout=LAYOUTS["thirds-128"], progress=False)
 
 
 def test_dense_pretraining_and_the_tower_probe_run_on_the_cells_layout():

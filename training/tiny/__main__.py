@@ -5,6 +5,8 @@
     python -m training.tiny --output runs/tiny --quick         # a few steps of every stage (what the tests run)
     python -m training.tiny --output runs/tiny --models sparsecut-tiny,llava-tiny
     python -m training.tiny --output runs/long --budget stage2_steps=4000,instruct_images=40000   # e.g. on a GPU
+    python -m training.tiny --output runs/more --models sparsecut-tiny-sparse-top --tower assets/sparsecut-tiny \
+        --ship assets/sparsecut-tiny                           # train more members on the shipped family's tower
 
 Each family member is trained by the training CLI (``python -m training``) on the LLaVA JSON this writes, stage 1
 (adapters on captions) then stage 2 (adapters + a LoRA on the LLM, multi-question conversations), with the same
@@ -13,7 +15,9 @@ checkpoints as it goes: a rerun of the same command skips finished members and s
 from its last checkpoint. Progress (steps per member and stage, ETA) is printed every ``--progress-every`` seconds.
 The members are then exported in the zoo's format as deltas over the base LLM (to ``--ship``, default
 OUTPUT/family) and the exported checkpoints scored on the held-out split: OUTPUT/results.json and results.md, and
-the same beside the shipped family with its MODEL_CARD.md.
+the same beside the shipped family with its MODEL_CARD.md. With ``--tower FAMILY`` the run takes the vision tower
+of a shipped family instead of pretraining one, so that its members join that family when shipped into it (the
+family can be trained a few members at a time, in separate runs); the results then cover every member shipped there.
 """
 
 from __future__ import annotations
@@ -104,6 +108,9 @@ def main(argv=None) -> int:
                         "e.g. stage2_steps=4000,instruct_images=40000 for a longer run on a GPU")
     parser.add_argument("--text", default=BASE_TEXT, help=f"the LLM every member starts from: an installed base model's "
                         f"name (default {BASE_TEXT}) or a causal-LM folder; a run keeps the one it started with")
+    parser.add_argument("--tower", default=None, help="a shipped family folder (e.g. assets/sparsecut-tiny) whose "
+                        "vision tower this run uses instead of pretraining one: its members can then be shipped into "
+                        "that family beside the ones there")
     parser.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     parser.add_argument("--ship", default=None, help="family folder to export to (default OUTPUT/family); "
                         "assets/sparsecut-tiny replaces the shipped family")
@@ -124,7 +131,7 @@ def main(argv=None) -> int:
     os.makedirs(args.output, exist_ok=True)
     write_data(args.output, budget, args.seed)
     try:
-        build_backbones(args.output, budget, args.seed, args.text)
+        build_backbones(args.output, budget, args.seed, args.text, args.tower)
     except ValueError as err:
         parser.error(str(err))
     precision, speedup = args.mixed_precision, None
@@ -150,20 +157,27 @@ def main(argv=None) -> int:
     finally:
         stop.set()
     trained = time.time() - started
-    from .ship import export, score_shipped, write_card, write_results
+    from sparsecut.zoo import manifest
+
+    from .ship import export, previous_members, score_shipped, write_card, write_results
 
     ship = args.ship or os.path.join(args.output, "family")
-    export(args.output, names, ship)
-    scored = score_shipped(ship, names, args.seed, data_dir=os.path.join(args.output, "data"),  # the split written above
+    stayed = export(args.output, names, ship)
+    shipped = list(manifest(ship)["models"])
+    scored = score_shipped(ship, shipped, args.seed, data_dir=os.path.join(args.output, "data"),  # the split written above
                            predictions_dir=os.path.join(args.output, "predictions"))
+    stage_times = stage_seconds(args.output, names, budget)
     scored["run"] = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "train_seconds": trained,
                      "seconds": time.time() - started, "device": "cpu" if on_cpu else "cuda", "command": _command(argv),
                      "mixed_precision": precision, "bf16_speedup": speedup, "backbones_seconds": backbones_seconds,
-                     "member_seconds": member_seconds, "stage_seconds": stage_seconds(args.output, names, budget),
-                     "layout": LAYOUT.name}
+                     "member_seconds": member_seconds, "stage_seconds": stage_times, "layout": LAYOUT.name}
+    scored["members"] = {**previous_members(ship, stayed),
+                         **{name: {"command": _command(argv), "seed": args.seed, "budget": budget.__dict__, "jobs": jobs,
+                                   "device": scored["run"]["device"], "mixed_precision": precision,
+                                   "stage_seconds": stage_times[name]} for name in names}}
     for folder in {args.output, ship}:
         write_results(folder, scored)
-    write_card(ship, args.output, scored)
+    write_card(ship, scored)
     for name, result in scored["results"].items():
         print(f"{name}: overall {result['overall']:.3f}", flush=True)
     print(f"Done in {time.time() - started:.0f}s: {os.path.join(ship, 'results.md')}")

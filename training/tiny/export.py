@@ -5,6 +5,10 @@
 LLM weights are not stored: only its adapters, and its LoRA (``loras[name]``, a peft adapter folder) in the same
 dtype; before writing, each member is rebuilt from the base + what would be stored and compared with the trained
 model, so a member whose LLM changed outside its LoRA is refused instead of shipped wrong.
+
+Exporting into a folder that already holds a family: when that family has the same base and a byte-equal stored
+tower (members trained on its shipped tower, ``python -m training.tiny --tower``), its other members stay and the new
+ones join them (a member of the same name is replaced); otherwise the family is replaced whole.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 
-from sparsecut.zoo import LLM_PREFIXES, LORA_DIR, MANIFEST, VISION_PREFIX, folder_files, assemble
+from sparsecut.zoo import LLM_PREFIXES, LORA_DIR, MANIFEST, VISION_PREFIX, assemble, folder_files, manifest
 
 PROCESSOR_FILE = "processor_config.json"
 MEMBER_FILES = (PROCESSOR_FILE, "config.json", "model.safetensors", "generation_config.json")
@@ -54,13 +58,25 @@ def _write_lora(source: str, target: str, dtype: torch.dtype) -> None:
 
 
 def export_family(models: dict, processor, out_dir: str, dtype: torch.dtype = torch.float16, card: str | None = None,
-                  base: dict | None = None, loras: dict[str, str] | None = None, sources: dict[str, str] | None = None) -> None:
+                  base: dict | None = None, loras: dict[str, str] | None = None, sources: dict[str, str] | None = None,
+                  tower_record: dict | None = None) -> list[str]:
     """Write ``models`` (name -> SparseCutForConditionalGeneration sharing one vision tower) and their processor in
     the family format, weights in ``dtype``. ``base`` ({"text": installed base name or causal-LM folder, "sha256"}):
     a delta family; ``loras`` name -> the member's peft LoRA folder (none: the member's LLM is the base's);
-    ``sources`` name -> the trained model's folder (its config; needed with ``base``). Raises if the members'
-    vision towers differ, or a delta member's LLM is not its base + LoRA."""
+    ``sources`` name -> the trained model's folder (its config; needed with ``base``); ``tower_record``: how the
+    tower was made (kept in the manifest; ``python -m training.tiny --tower`` reuses it). Members already in
+    ``out_dir`` stay when that family has the same tower and base (module docstring). Returns the names of those
+    that stayed. Raises if the members' vision towers differ, or a delta member's LLM is not its base + LoRA."""
     shared = os.path.join(out_dir, "shared")
+    first = next(iter(models.values())).state_dict()
+    staying, previous = _joinable(out_dir, {k[len(VISION_PREFIX):]: v.to(dtype) for k, v in first.items()
+                                         if k.startswith(VISION_PREFIX)}, base)
+    staying = {name: path for name, path in staying.items() if name not in models}
+    for name, path in previous.items():  # a replaced family's members go with it
+        if name not in staying:
+            shutil.rmtree(os.path.join(out_dir, path), ignore_errors=True)
+    if previous and not staying:  # and its shared files (stale ones would be assembled into every member)
+        shutil.rmtree(shared, ignore_errors=True)
     os.makedirs(shared, exist_ok=True)
     vision = None
     for name, model in models.items():
@@ -90,11 +106,30 @@ def export_family(models: dict, processor, out_dir: str, dtype: torch.dtype = to
             _write_lora(lora, os.path.join(folder, LORA_DIR), dtype)
     processor.save_pretrained(shared)
     os.remove(os.path.join(shared, PROCESSOR_FILE))
-    manifest = {"models": {name: os.path.join("models", name) for name in models}, "shared": "shared", "dtype": str(dtype)}
+    entry = {"models": {**staying, **{name: os.path.join("models", name) for name in models}}, "shared": "shared",
+                "dtype": str(dtype)}
     if base is not None:
-        manifest["base"] = base
+        entry["base"] = base
+    if tower_record is not None:
+        entry["tower"] = tower_record
     with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2)
+        json.dump(entry, handle, indent=2)
     if card is not None:
         with open(os.path.join(out_dir, "MODEL_CARD.md"), "w", encoding="utf-8") as handle:
             handle.write(card)
+    return list(staying)
+
+
+def _joinable(out_dir: str, tower: dict, base: dict | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(the members of the family in ``out_dir`` that new members on ``tower`` (name -> tensor, as stored) and
+    ``base`` can join, or {} if none can; every member there): name -> folder relative to ``out_dir``."""
+    if not os.path.isfile(os.path.join(out_dir, MANIFEST)):
+        return {}, {}
+    previous = manifest(out_dir)
+    stored = os.path.join(out_dir, previous["shared"], "vision.safetensors")
+    same = (previous.get("base") == base and os.path.isfile(stored) and _same_tensors(load_file(stored), tower))
+    return (previous["models"] if same else {}), previous["models"]
+
+
+def _same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)

@@ -100,27 +100,72 @@ def backbone_dirs(root: str) -> tuple[str, str]:
     return os.path.join(root, "backbones", "vision"), text
 
 
-def build_backbones(root: str, budget: Budget, seed: int, text: str | None = None) -> None:
+def build_backbones(root: str, budget: Budget, seed: int, text: str | None = None, tower_from: str | None = None) -> None:
     """The vision tower, pretrained with dense labels on the backbone split (``dense.py``), saved with its image
-    processor in ``root/backbones/vision``; ``text`` (default ``BASE_TEXT``) recorded as the run's LLM. Returns at
-    once when the run has its backbones (it keeps the LLM it started with: another ``text`` raises)."""
+    processor in ``root/backbones/vision``; ``text`` (default ``BASE_TEXT``) recorded as the run's LLM. With
+    ``tower_from`` (a shipped family folder) the tower is that family's instead of a new one, so that the members
+    this run trains can join it (``shipped_tower``). Returns at once when the run has its backbones (it keeps the LLM
+    and tower it started with: another ``text`` or ``tower_from`` raises)."""
     folder = os.path.join(root, "backbones")
     record = os.path.join(folder, BACKBONES)
     if os.path.isfile(record):
         _, built_with = backbone_dirs(root)
         if text is not None and built_with != text:
             raise ValueError(f"{root} was started with LLM {built_with!r}, not {text!r}: use another --output.")
+        with open(record, encoding="utf-8") as handle:
+            started_from = json.load(handle).get("tower_from")
+        if tower_from is not None and started_from != os.path.abspath(tower_from):
+            raise ValueError(f"{root} was started with the tower of {started_from or 'its own pretraining'}, not of "
+                             f"{tower_from}: use another --output.")
         return
     import time
 
     started = time.time()
-    tower, losses = pretrain_dense(split_seed(seed, "backbone"), budget.pretrain_images, budget.tower_steps,
-                                   tower_config(view=LAYOUT.view), layout=LAYOUT)
-    tower.save_pretrained(os.path.join(folder, "vision"))
-    tower_image_processor(LAYOUT.view).save_pretrained(os.path.join(folder, "vision"))
+    if tower_from is not None:
+        tower = shipped_tower(tower_from, os.path.join(folder, "vision"), text or BASE_TEXT, seed)
+    else:
+        model, losses = pretrain_dense(split_seed(seed, "backbone"), budget.pretrain_images, budget.tower_steps,
+                                       tower_config(view=LAYOUT.view), layout=LAYOUT)
+        model.save_pretrained(os.path.join(folder, "vision"))
+        tower_image_processor(LAYOUT.view).save_pretrained(os.path.join(folder, "vision"))
+        tower = {"tower_final_loss": losses[-1], "tower_seconds": time.time() - started, "tower_seed": seed,
+                 "tower_scenes": budget.pretrain_images, "tower_steps": budget.tower_steps, "layout": LAYOUT.name}
     with open(record, "w", encoding="utf-8") as handle:  # written last: its presence means the backbones are done
-        json.dump({"text": text or BASE_TEXT, "tower_final_loss": losses[-1], "tower_seconds": time.time() - started,
-                   "tower_scenes": budget.pretrain_images, "tower_steps": budget.tower_steps, "layout": LAYOUT.name}, handle, indent=2)
+        json.dump({"text": text or BASE_TEXT, **tower}, handle, indent=2)
+
+
+def shipped_tower(family_dir: str, folder: str, text: str, seed: int) -> dict:
+    """Write the vision tower that the members of shipped family ``family_dir`` share (``shared/vision.safetensors``,
+    as fp32) with the family's image processor into ``folder``; return its record from the family's manifest
+    (``tower_from`` added). Raises if the family was trained on another LLM than ``text``, on another layout or
+    with another seed than ``seed`` (its members are scored on that seed's held-out split), or does not record its
+    tower."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import CLIPVisionModel
+
+    from sparsecut.config import SparseCutConfig
+    from sparsecut.zoo import manifest
+
+    entry = manifest(family_dir)
+    tower = entry.get("tower")
+    if tower is None or entry.get("base", {}).get("text") != text:
+        raise ValueError(f"{family_dir} is not a family on {text} with a recorded tower (its manifest has "
+                         f"base {entry.get('base', {}).get('text')!r}, tower record: {'yes' if tower else 'no'}): "
+                         "train a tower in this run instead (drop --tower).")
+    if tower["layout"] != LAYOUT.name:
+        raise ValueError(f"{family_dir}'s tower was trained on the {tower['layout']} layout, this pipeline draws "
+                         f"{LAYOUT.name}: train a tower in this run instead (drop --tower).")
+    if tower["tower_seed"] != seed:
+        raise ValueError(f"{family_dir} was trained with --seed {tower['tower_seed']}, not {seed}: pass --seed "
+                         f"{tower['tower_seed']} to add members to it.")
+    member = os.path.join(family_dir, next(iter(entry["models"].values())))
+    model = CLIPVisionModel(SparseCutConfig.from_pretrained(member).vision_config)
+    weights = load_file(os.path.join(family_dir, entry["shared"], "vision.safetensors"))
+    model.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()})  # strict: every tensor, no other
+    model.save_pretrained(folder)
+    tower_image_processor(LAYOUT.view).save_pretrained(folder)
+    return {**tower, "tower_from": os.path.abspath(family_dir)}
 
 
 def cpu_mixed_precision(root: str, budget: Budget, threads: int | None = None) -> tuple[str, float | None]:

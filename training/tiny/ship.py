@@ -32,20 +32,24 @@ LORA_TARGETS = {"all": "every attention and MLP projection", "attention": "the a
 TEST_IMAGES = Budget().test_images
 
 
-def export(root: str, names: list[str], out_dir: str) -> None:
+def export(root: str, names: list[str], out_dir: str) -> list[str]:
     """Export trained members ``root/models/<name>`` (all from the run's vision tower and LLM) to ``out_dir`` as
-    deltas over the run's base LLM."""
+    deltas over the run's base LLM, joining the family there when it has the same tower and base (``export.py``);
+    returns the names of the members that were already there and stay."""
     from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
     from sparsecut.base_models import BASE_MODELS, resolve_text_backbone, sha256_of
     from training.trainer import LORA_DIR
 
     _, text = backbone_dirs(root)
+    with open(os.path.join(root, "backbones", BACKBONES), encoding="utf-8") as handle:
+        tower = {k: v for k, v in json.load(handle).items() if k not in ("text", "tower_from")}
     folders = {name: os.path.join(root, "models", name) for name in names}
     models = {name: SparseCutForConditionalGeneration.from_pretrained(folder) for name, folder in folders.items()}
     processor = SparseCutProcessor.from_pretrained(folders[names[0]])
     digest = BASE_MODELS[text].sha256 if text in BASE_MODELS else sha256_of(os.path.join(resolve_text_backbone(text), "model.safetensors"))
     loras = {name: os.path.join(folder, LORA_DIR) for name, folder in folders.items() if os.path.isdir(os.path.join(folder, LORA_DIR))}
-    export_family(models, processor, out_dir, base={"text": text, "sha256": digest}, loras=loras, sources=folders)
+    return export_family(models, processor, out_dir, base={"text": text, "sha256": digest}, loras=loras,
+                         sources=folders, tower_record=tower)
 
 
 def held_out(seed: int, images: int, folder: str, layout: str = LAYOUT.name) -> list[dict]:
@@ -159,56 +163,78 @@ def write_results(out_dir: str, scored: dict) -> str:
     return table
 
 
-def write_card(out_dir: str, run_root: str, scored: dict) -> None:
-    """``MODEL_CARD.md``: how the family was made (command, seed, data sizes, base model and its hash, recipe,
-    times per stage and member) and what it scores."""
+def previous_members(family_dir: str, names: list[str]) -> dict[str, dict]:
+    """How the members ``names`` already shipped in ``family_dir`` were trained (from its ``results.json``)."""
+    path = os.path.join(family_dir, "results.json")
+    if not names or not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        previous = json.load(handle)
+    return {name: previous["members"][name] for name in names}
+
+
+def write_card(out_dir: str, scored: dict) -> None:
+    """``MODEL_CARD.md``: how the family was made (per member the command, seed, budget and minutes per stage; the
+    tower, data sizes, base model and its hash, recipe) and what it scores."""
+    from sparsecut.zoo import manifest
+
     from .family import ADAPTER_MLP, LORA_MODULES
     from .progress import STAGES
 
-    run = scored["run"]
-    budget = run["budget"]
-    with open(os.path.join(run_root, "backbones", BACKBONES), encoding="utf-8") as handle:
-        backbones = json.load(handle)
-    with open(os.path.join(out_dir, "family.json"), encoding="utf-8") as handle:
-        base = json.load(handle)["base"]
-    member_minutes = sum(sum(stages.values()) for stages in run["stage_seconds"].values()) / 60
-    members = "\n".join(
-        f"| `{name}` | {spec['pattern']} | {'yes' if spec['high_res'] else 'no'} | "
-        + " | ".join(f"{run['stage_seconds'][name][stage] / 60:.1f}" for stage in STAGES) + " |"
-        for name, spec in FAMILY.items() if name in scored["results"])
+    entry = manifest(out_dir)
+    base, tower, members = entry["base"], entry["tower"], scored["members"]
+    commands = list(dict.fromkeys(record["command"] for record in members.values()))
+    budgets = list({json.dumps(record["budget"], sort_keys=True): record["budget"] for record in members.values()}.values())
+    budget = budgets[0]
+    recipe = ("" if len(budgets) == 1 else
+              f"\n\n**The members were trained with {len(budgets)} different budgets**; the first: ")
+    rows = "\n".join(
+        f"| `{name}` | {FAMILY[name]['pattern']} | {'yes' if FAMILY[name]['high_res'] else 'no'} | "
+        + " | ".join(f"{record['stage_seconds'][stage] / 60:.1f}" for stage in STAGES)
+        + f" | {commands.index(record['command']) + 1} | {record['device']}, {record['mixed_precision']}, "
+          f"{record['jobs']} side by side |"
+        for name, record in members.items())
+    listed = "\n".join(f"{number}. `{command}`" for number, command in enumerate(commands, 1))
+    missing = [name for name in FAMILY if name not in members]
+    complete = (f"All {len(FAMILY)} members of the family are shipped." if not missing else
+                f"{len(members)} of the family's {len(FAMILY)} members are shipped; not trained yet: "
+                + ", ".join(f"`{name}`" for name in missing) + " (a run with `--tower` on this folder adds them).")
     card = f"""# The sparsecut-tiny family
 
 The embedded default models of SparseCut: the paper's architecture at miniature scale on a real pretrained LLM,
-trained on the synthetic benchmark of `training/tiny/` by one command. They answer questions about synthetic
+trained on the synthetic benchmark of `training/tiny/`. They answer questions about synthetic
 {LAYOUT.image_size}-px scenes (coloured shapes on a 3x3 grid, small printed text); they know nothing else.
 
 ## How it was made
 
-    {run["command"]}
+{complete} Trained by:
 
-- seed {run["seed"]}; device: {run["device"]}, mixed precision {run["mixed_precision"]}; {run["jobs"]} member(s)
-  trained side by side. Measured training time (each stage's timed steps, from its log): the tower
-  {backbones["tower_seconds"] / 60:.1f} min, the members {member_minutes:.1f} min in all ({member_minutes / run["jobs"]:.1f} min of
-  wall clock at {run["jobs"]} at a time); the last invocation of the command took {run["seconds"] / 60:.1f} min (data,
-  what was left to train, export, scoring; a resumed run's earlier invocations are not in it).
-- data (generator splits never shared; layout `{run["layout"]}`): stage 1 {budget["pretrain_images"]} captioned
-  scenes, stage 2 {budget["instruct_images"]} scenes with {budget["turns"]}-question conversations, held-out
-  {scored["images"]} scenes ({scored["questions"]} questions, generator seed {scored["seed"]}); the tower's dense
-  labels from {backbones["tower_scenes"]} scenes of a separate split.
+{listed}
+
+(the command that trained each member is numbered in the table below; a run with `--tower` trains members on the
+family's shipped tower, so that they join it.){recipe}
+
+- seed {tower["tower_seed"]}; data (generator splits never shared; layout `{tower["layout"]}`): stage 1
+  {budget["pretrain_images"]} captioned scenes, stage 2 {budget["instruct_images"]} scenes with {budget["turns"]}-question
+  conversations, held-out {scored["images"]} scenes ({scored["questions"]} questions, generator seed {scored["seed"]}).
 - LLM: `{base["text"]}` (sha256 `{base["sha256"]}`), in ChatML without a default system prompt; frozen except for
   a LoRA of rank {budget["lora_rank"]} (alpha {2 * budget["lora_rank"]}) on {LORA_TARGETS[LORA_MODULES]}.
 - vision tower: CLIP-style ViT (8 layers, width 128, 16-px patches, {LAYOUT.view}-px input) pretrained
-  {backbones["tower_steps"]} steps with dense per-patch labels (`training/tiny/dense.py`; final loss
-  {backbones["tower_final_loss"]:.3f}; {backbones["tower_seconds"] / 60:.1f} min), frozen afterwards.
+  {tower["tower_steps"]} steps with dense per-patch labels from {tower["tower_scenes"]} scenes of a separate split
+  (`training/tiny/dense.py`; final loss {tower["tower_final_loss"]:.3f}; {tower["tower_seconds"] / 60:.1f} min), frozen
+  afterwards.
 - every member: stage 1 (adapters only, {ADAPTER_MLP} MLP, lr {budget["stage1_lr"]}) {budget["stage1_steps"]}
   steps on captions; stage 2 (adapters at lr {budget["adapter_lr"]} + the LoRA at lr {budget["stage2_lr"]})
   {budget["stage2_steps"]} steps; batch {budget["batch"]}; through `python -m training`.
 - stored: the vision tower and tokenizer once in `shared/`, each member's adapters and LoRA in fp16; the LLM comes
   from the installed base (`sparsecut.zoo` assembles and caches an fp32 folder on first load).
 
-| member | pattern | high-res | stage 1 min | stage 2 min |
-|---|---|---|---|---|
-{members}
+Measured training time per member (each stage's timed steps, from its log; minutes of one member's share of the
+CPU, so members trained side by side overlap in wall clock):
+
+| member | pattern | high-res | stage 1 min | stage 2 min | command | device, precision, jobs |
+|---|---|---|---|---|---|---|
+{rows}
 
 ## Scores (from these files, `python -m training.tiny.ship --score-only --to {out_dir}`)
 
@@ -222,25 +248,38 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", help="the OUTPUT folder of python -m training.tiny")
     parser.add_argument("--to", required=True, help="the family folder in assets/, e.g. assets/sparsecut-tiny")
-    parser.add_argument("--models", default=",".join(FAMILY))
+    parser.add_argument("--models", default=",".join(FAMILY), help="the members of --from to ship (they join the "
+                        "family in --to when it has the same tower and base; every member shipped there is scored)")
     parser.add_argument("--seed", type=int, default=0, help="the seed the family was trained with (picks the held-out split)")
     parser.add_argument("--score-only", action="store_true", help="rescore what is already shipped in --to")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    if not args.score_only:
+    if args.score_only:
+        with open(os.path.join(args.to, "results.json"), encoding="utf-8") as handle:  # how its members were trained
+            shipped_before = json.load(handle)
+        run, members = shipped_before["run"], shipped_before["members"]
+    else:
         missing = [n for n in names if not args.source or not os.path.isdir(os.path.join(args.source, "models", n))]
-        if missing:
-            parser.error(f"no trained model(s) {missing} under {args.source!r}/models; run python -m training.tiny first")
-        export(args.source, names, args.to)
+        trained = os.path.join(args.source or "", "results.json")
+        if missing or not os.path.isfile(trained):
+            parser.error(f"no trained model(s) {missing or names} with their results.json under {args.source!r}; run "
+                         "python -m training.tiny first")
+        with open(trained, encoding="utf-8") as handle:
+            source = json.load(handle)
+        if "members" not in source:
+            parser.error(f"{trained} does not say how its members were trained (written before per-member records): "
+                         "rerun its python -m training.tiny command, which skips what is trained and rewrites it")
+        stayed = export(args.source, names, args.to)
+        run = source["run"]
+        members = {**previous_members(args.to, stayed), **{n: source["members"][n] for n in names}}
+    from sparsecut.zoo import manifest
+
     started = time.time()
-    previous = os.path.join(args.to, "results.json")
-    run = None
-    if os.path.isfile(previous):  # keep how the family was trained
-        with open(previous, encoding="utf-8") as handle:
-            run = json.load(handle).get("run")
-    scored = score_shipped(args.to, names, args.seed, layout=(run or {}).get("layout", LAYOUT.name))
-    scored["run"] = run
+    shipped = list(manifest(args.to)["models"])
+    scored = score_shipped(args.to, shipped, args.seed, layout=manifest(args.to)["tower"]["layout"])
+    scored["run"], scored["members"] = run, members
     print(write_results(args.to, scored))
+    write_card(args.to, scored)
     print(f"Scored in {time.time() - started:.0f}s: {os.path.join(args.to, 'results.md')}")
     return 0
 

@@ -6,8 +6,8 @@ four half-image crops at full resolution (text there is legible): reading needs 
 
 | layout | image | cell | view | half-widths (small, large) | a 16-px patch of the view |
 |---|---|---|---|---|---|
-| ``thirds-128`` (the shipped family's) | 128 px | 42.7 px | 64 px | 9, 17 | straddles cells (4 x 4 patches) |
-| ``cells-96`` | 96 px | 32 px | 48 px | 7, 13 | is exactly one cell (3 x 3 patches) |
+| ``thirds-128`` (the first family's) | 128 px | 42.7 px | 64 px | 9, 17 | straddles cells (4 x 4 patches) |
+| ``cells-96`` (the default: the shipped family's) | 96 px | 32 px | 48 px | 7, 13 | is exactly one cell (3 x 3 patches) |
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class Layout:
 
 
 LAYOUTS = {layout.name: layout for layout in (Layout("thirds-128", 128, (9, 17)), Layout("cells-96", 96, (7, 13)))}
-DEFAULT_LAYOUT = LAYOUTS["thirds-128"]  # the shipped family's
+DEFAULT_LAYOUT = LAYOUTS["cells-96"]  # the shipped family's
 
 
 def layout_named(name: str) -> Layout:
