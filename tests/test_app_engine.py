@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from conftest import one_torch_thread
 from test_app_checkpoints import MEMBERS, export_tiny_family
@@ -182,6 +183,24 @@ def test_examples_are_deterministic_and_the_committed_ones_match(tmp_path):
         assert case.question == entry["question"] and case.answer == entry["answer"]
         assert Image.open(case.path).size == (96, 96)
     assert (tmp_path / "README.md").read_text() == (Path(DEFAULT_DIR) / "README.md").read_text()
+
+
+def test_the_latency_bench_reports_every_case_studys_answers_as_the_engine_gives_them(engine):
+    from app.bench import format_report, run
+    from sparsecut.benchmarking import machine
+
+    with one_torch_thread():
+        result = run(engine, repeats=1, warmup=0, max_new_tokens=4)
+    cases = load_examples()
+    assert [entry["case"] for entry in result["answers"]] == [case.name for case in cases]
+    for entry, case in zip(result["answers"], cases):
+        ours, theirs = list(engine.compare(case.path, case.question, decoding=Decoding(max_new_tokens=4)))[-1]
+        assert (entry["sparsecut"], entry["baseline"]) == (ours.text, theirs.text)
+        assert entry["sparsecut_right"] == case.is_right(ours.text) and entry["right"] == case.answer
+    assert set(result["latency"]) == {"both", "sparsecut", "baseline"}
+    report = format_report({**result, "machine": machine(torch.device(engine.device))})
+    assert f"| {cases[0].name} | {cases[0].answer} | {result['answers'][0]['sparsecut']} (" in report
+    assert f"right: SparseCut {sum(e['sparsecut_right'] for e in result['answers'])} / {len(cases)}" in report
 
 
 def test_the_stats_summary_aligns_both_answers_and_their_ratios():

@@ -169,8 +169,12 @@ def previous_members(family_dir: str, names: list[str]) -> dict[str, dict]:
     if not names or not os.path.isfile(path):
         return {}
     with open(path, encoding="utf-8") as handle:
-        previous = json.load(handle)
-    return {name: previous["members"][name] for name in names}
+        records = json.load(handle).get("members", {})
+    unknown = [name for name in names if name not in records]
+    if unknown:
+        raise ValueError(f"{path} does not say how {', '.join(unknown)} were trained (a family shipped before "
+                         "per-member records): retrain them into it, or ship into an empty folder.")
+    return {name: records[name] for name in names}
 
 
 def write_card(out_dir: str, scored: dict) -> None:
