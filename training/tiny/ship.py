@@ -196,7 +196,7 @@ def write_card(out_dir: str, scored: dict) -> None:
         f"| `{name}` | {FAMILY[name]['pattern']} | {'yes' if FAMILY[name]['high_res'] else 'no'} | "
         + " | ".join(f"{record['stage_seconds'][stage] / 60:.1f}" for stage in STAGES)
         + f" | {commands.index(record['command']) + 1} | {record['device']}, {record['mixed_precision']}, "
-          f"{record['jobs']} side by side |"
+        + (f"{record['jobs']} side by side |" if record["jobs"] > 1 else "alone |")
         for name, record in members.items())
     listed = "\n".join(f"{number}. `{command}`" for number, command in enumerate(commands, 1))
     missing = [name for name in FAMILY if name not in members]
