@@ -157,24 +157,21 @@ def main(argv=None) -> int:
     finally:
         stop.set()
     trained = time.time() - started
-    from sparsecut.zoo import manifest
-
-    from .ship import export, previous_members, score_shipped, write_card, write_results
+    from .ship import export, score_shipped, write_card, write_results
 
     ship = args.ship or os.path.join(args.output, "family")
-    stayed = export(args.output, names, ship)
-    shipped = list(manifest(ship)["models"])
-    scored = score_shipped(ship, shipped, args.seed, data_dir=os.path.join(args.output, "data"),  # the split written above
-                           predictions_dir=os.path.join(args.output, "predictions"))
+    device = "cpu" if on_cpu else "cuda"
     stage_times = stage_seconds(args.output, names, budget)
+    members = export(args.output, {name: {"command": _command(argv), "seed": args.seed, "budget": budget.__dict__,
+                                          "jobs": jobs, "device": device, "mixed_precision": precision,
+                                          "stage_seconds": stage_times[name]} for name in names}, ship)
+    scored = score_shipped(ship, list(members), args.seed, data_dir=os.path.join(args.output, "data"),  # the split written above
+                           predictions_dir=os.path.join(args.output, "predictions"))
     scored["run"] = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "train_seconds": trained,
-                     "seconds": time.time() - started, "device": "cpu" if on_cpu else "cuda", "command": _command(argv),
+                     "seconds": time.time() - started, "device": device, "command": _command(argv),
                      "mixed_precision": precision, "bf16_speedup": speedup, "backbones_seconds": backbones_seconds,
                      "member_seconds": member_seconds, "stage_seconds": stage_times, "layout": LAYOUT.name}
-    scored["members"] = {**previous_members(ship, stayed),
-                         **{name: {"command": _command(argv), "seed": args.seed, "budget": budget.__dict__, "jobs": jobs,
-                                   "device": scored["run"]["device"], "mixed_precision": precision,
-                                   "stage_seconds": stage_times[name]} for name in names}}
+    scored["members"] = members
     for folder in {args.output, ship}:
         write_results(folder, scored)
     write_card(ship, scored)

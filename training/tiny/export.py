@@ -68,9 +68,12 @@ def export_family(models: dict, processor, out_dir: str, dtype: torch.dtype = to
     ``out_dir`` stay when that family has the same tower and base (module docstring). Returns the names of those
     that stayed. Raises if the members' vision towers differ, or a delta member's LLM is not its base + LoRA."""
     shared = os.path.join(out_dir, "shared")
-    first = next(iter(models.values())).state_dict()
-    staying, previous = _joinable(out_dir, {k[len(VISION_PREFIX):]: v.to(dtype) for k, v in first.items()
-                                         if k.startswith(VISION_PREFIX)}, base)
+    towers = {name: _stored_tower(model, dtype) for name, model in models.items()}
+    vision = next(iter(towers.values()))
+    for name, tower in towers.items():
+        if not _same_tensors(vision, tower):
+            raise ValueError(f"{name}'s vision tower differs from the others'; a family shares one tower.")
+    staying, previous = _joinable(out_dir, vision, base)
     staying = {name: path for name, path in staying.items() if name not in models}
     for name, path in previous.items():  # a replaced family's members go with it
         if name not in staying:
@@ -78,21 +81,16 @@ def export_family(models: dict, processor, out_dir: str, dtype: torch.dtype = to
     if previous and not staying:  # and its shared files (stale ones would be assembled into every member)
         shutil.rmtree(shared, ignore_errors=True)
     os.makedirs(shared, exist_ok=True)
-    vision = None
+    save_file(vision, os.path.join(shared, "vision.safetensors"), metadata={"format": "pt"})
     for name, model in models.items():
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        tower = {k[len(VISION_PREFIX):]: state.pop(k).to(dtype) for k in list(state) if k.startswith(VISION_PREFIX)}
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith(VISION_PREFIX)}
         if model.config.tie_word_embeddings:
             state.pop("lm_head.weight", None)
         kept = {k: v for k, v in state.items() if base is None or not k.startswith(LLM_PREFIXES)}
         lora = (loras or {}).get(name)
         if base is not None:
-            _check_delta(name, state, {**kept, **{VISION_PREFIX + k: v for k, v in tower.items()}}, base, sources[name], lora)
-        if vision is None:
-            vision = tower
-            save_file(vision, os.path.join(shared, "vision.safetensors"), metadata={"format": "pt"})
-        elif any(not torch.equal(vision[k], tower[k]) for k in vision):
-            raise ValueError(f"{name}'s vision tower differs from the others'; a family shares one tower.")
+            _check_delta(name, state, {**kept, **{VISION_PREFIX + k: v for k, v in towers[name].items()}}, base,
+                         sources[name], lora)
         folder = os.path.join(out_dir, "models", name)
         shutil.rmtree(folder, ignore_errors=True)  # a re-export replaces the member whole (no stale LoRA)
         os.makedirs(folder)
@@ -107,7 +105,7 @@ def export_family(models: dict, processor, out_dir: str, dtype: torch.dtype = to
     processor.save_pretrained(shared)
     os.remove(os.path.join(shared, PROCESSOR_FILE))
     entry = {"models": {**staying, **{name: os.path.join("models", name) for name in models}}, "shared": "shared",
-                "dtype": str(dtype)}
+             "dtype": str(dtype)}
     if base is not None:
         entry["base"] = base
     if tower_record is not None:
@@ -129,6 +127,12 @@ def _joinable(out_dir: str, tower: dict, base: dict | None) -> tuple[dict[str, s
     stored = os.path.join(out_dir, previous["shared"], "vision.safetensors")
     same = (previous.get("base") == base and os.path.isfile(stored) and _same_tensors(load_file(stored), tower))
     return (previous["models"] if same else {}), previous["models"]
+
+
+def _stored_tower(model, dtype: torch.dtype) -> dict:
+    """The vision tower's tensors of ``model`` as ``shared/vision.safetensors`` stores them (prefix dropped, ``dtype``)."""
+    return {k[len(VISION_PREFIX):]: v.detach().contiguous().to(dtype) for k, v in model.state_dict().items()
+            if k.startswith(VISION_PREFIX)}
 
 
 def _same_tensors(a: dict, b: dict) -> bool:

@@ -109,11 +109,11 @@ def build_backbones(root: str, budget: Budget, seed: int, text: str | None = Non
     folder = os.path.join(root, "backbones")
     record = os.path.join(folder, BACKBONES)
     if os.path.isfile(record):
-        _, built_with = backbone_dirs(root)
-        if text is not None and built_with != text:
-            raise ValueError(f"{root} was started with LLM {built_with!r}, not {text!r}: use another --output.")
         with open(record, encoding="utf-8") as handle:
-            started_from = json.load(handle).get("tower_from")
+            built = json.load(handle)
+        if text is not None and built["text"] != text:
+            raise ValueError(f"{root} was started with LLM {built['text']!r}, not {text!r}: use another --output.")
+        started_from = built.get("tower_from")
         if tower_from is not None and started_from != os.path.abspath(tower_from):
             raise ValueError(f"{root} was started with the tower of {started_from or 'its own pretraining'}, not of "
                              f"{tower_from}: use another --output.")

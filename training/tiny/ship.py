@@ -32,10 +32,11 @@ LORA_TARGETS = {"all": "every attention and MLP projection", "attention": "the a
 TEST_IMAGES = Budget().test_images
 
 
-def export(root: str, names: list[str], out_dir: str) -> list[str]:
+def export(root: str, records: dict[str, dict], out_dir: str) -> dict[str, dict]:
     """Export trained members ``root/models/<name>`` (all from the run's vision tower and LLM) to ``out_dir`` as
-    deltas over the run's base LLM, joining the family there when it has the same tower and base (``export.py``);
-    returns the names of the members that were already there and stay."""
+    deltas over the run's base LLM, joining the family there when it has the same tower and base (``export.py``).
+    ``records``: name -> how it was trained. Returns the records of every member now shipped in ``out_dir`` (those
+    that stayed, from its ``results.json``, then ``records``)."""
     from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
     from sparsecut.base_models import BASE_MODELS, resolve_text_backbone, sha256_of
     from training.trainer import LORA_DIR
@@ -43,13 +44,15 @@ def export(root: str, names: list[str], out_dir: str) -> list[str]:
     _, text = backbone_dirs(root)
     with open(os.path.join(root, "backbones", BACKBONES), encoding="utf-8") as handle:
         tower = {k: v for k, v in json.load(handle).items() if k not in ("text", "tower_from")}
+    names = list(records)
     folders = {name: os.path.join(root, "models", name) for name in names}
     models = {name: SparseCutForConditionalGeneration.from_pretrained(folder) for name, folder in folders.items()}
     processor = SparseCutProcessor.from_pretrained(folders[names[0]])
     digest = BASE_MODELS[text].sha256 if text in BASE_MODELS else sha256_of(os.path.join(resolve_text_backbone(text), "model.safetensors"))
     loras = {name: os.path.join(folder, LORA_DIR) for name, folder in folders.items() if os.path.isdir(os.path.join(folder, LORA_DIR))}
-    return export_family(models, processor, out_dir, base={"text": text, "sha256": digest}, loras=loras,
-                         sources=folders, tower_record=tower)
+    stayed = export_family(models, processor, out_dir, base={"text": text, "sha256": digest}, loras=loras,
+                           sources=folders, tower_record=tower)
+    return {**previous_members(out_dir, stayed), **records}
 
 
 def held_out(seed: int, images: int, folder: str, layout: str = LAYOUT.name) -> list[dict]:
@@ -273,14 +276,13 @@ def main(argv=None) -> int:
         if "members" not in source:
             parser.error(f"{trained} does not say how its members were trained (written before per-member records): "
                          "rerun its python -m training.tiny command, which skips what is trained and rewrites it")
-        stayed = export(args.source, names, args.to)
         run = source["run"]
-        members = {**previous_members(args.to, stayed), **{n: source["members"][n] for n in names}}
+        members = export(args.source, {n: source["members"][n] for n in names}, args.to)
     from sparsecut.zoo import manifest
 
     started = time.time()
-    shipped = list(manifest(args.to)["models"])
-    scored = score_shipped(args.to, shipped, args.seed, layout=manifest(args.to)["tower"]["layout"])
+    entry = manifest(args.to)
+    scored = score_shipped(args.to, list(entry["models"]), args.seed, layout=entry["tower"]["layout"])
     scored["run"], scored["members"] = run, members
     print(write_results(args.to, scored))
     write_card(args.to, scored)
