@@ -25,6 +25,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def evaluation_dtype(dtype: str, device) -> str:
+    """The dtype an evaluation loads in: ``"auto"`` is fp32 on a CPU, never a timed choice (every process, resume and
+    harness call of one run must answer in the same precision); bf16 on a bf16 GPU as ``load`` decides."""
+    return "float32" if dtype == "auto" and torch.device(device).type != "cuda" else dtype
+
+
 def load(name_or_path: str, device="cpu", dtype: str = "auto", template: str | None = None):
     """(model in eval mode on ``device``, processor) for a shipped name, a SparseCut folder or an HF LLaVA checkpoint
     (``sparsecut.loading.load_checkpoint``: a LLaVA one becomes the llava-mode baseline)."""

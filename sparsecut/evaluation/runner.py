@@ -100,9 +100,7 @@ def run(config: RunConfig) -> dict | None:
     batches = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
     mine = batches[state.process_index :: state.num_processes]
     if mine:
-        # "auto" is bf16 on a bf16 GPU and fp32 on a CPU, never a timed choice: every process and every resume of
-        # one run must answer in the same precision
-        dtype = "float32" if config.dtype == "auto" and state.device.type != "cuda" else config.dtype
+        dtype = generation.evaluation_dtype(config.dtype, state.device)
         model, processor = generation.load(config.model, state.device, dtype, config.template)
         show = config.progress and state.is_main_process
         with tqdm(total=sum(map(len, mine)), desc=f"{bench.name} {split}", disable=not show) as bar:

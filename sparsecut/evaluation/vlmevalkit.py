@@ -48,7 +48,7 @@ class SparseCutVLM(_Base):
     def __init__(self, model_path: str, max_new_tokens: int = 128, dtype: str = "auto", template: str | None = None,
                  **kwargs):
         device = "cuda" if torch.cuda.is_available() else "cpu"  # run.py gives each process its own GPUs
-        self.model, self.processor = generation.load(model_path, device, dtype, template)
+        self.model, self.processor = generation.load(model_path, device, generation.evaluation_dtype(dtype, device), template)
         self.max_new_tokens = max_new_tokens
 
     def use_custom_prompt(self, dataset) -> bool:

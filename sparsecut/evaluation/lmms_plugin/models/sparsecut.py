@@ -41,7 +41,8 @@ class SparseCut(_Base):
         self.accelerator = Accelerator()
         self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         self._device = torch.device(device) if device else self.accelerator.device
-        self.model, self.processor = generation.load(pretrained, self._device, dtype, template)
+        self.model, self.processor = generation.load(pretrained, self._device,
+                                                     generation.evaluation_dtype(dtype, self._device), template)
         self.batch_size_per_gpu = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
 
