@@ -3,7 +3,8 @@
     Y_i = X_low + attn(LN(X_low), LN(X_kv))      query: low-res tokens; key/value: high-res tokens
     Z_i = gate * MLP(Y_i)                         MLP = LLaVA-1.5's mlp2x_gelu projector
 
-The attention's output projection starts at zero, so an untrained adapter is exactly LLaVA's projector
+With ``adapter_attention_scope="local"`` each low-res token attends only to the high-res tokens of its own image
+region (``local_attention_mask``). The attention's output projection starts at zero, so an untrained adapter is exactly LLaVA's projector
 (and an adapter seeded from a LLaVA checkpoint reproduces it); the optional per-channel ``gate`` starts at
 zero for the extra shortcuts (config ``zero_init_extra_shortcuts``).
 """
@@ -20,6 +21,26 @@ from transformers.activations import ACT2FN
 
 class ZeroInitLinear(nn.Linear):
     """A linear layer that ``SparseCutPreTrainedModel._init_weights`` starts at zero."""
+
+
+def local_attention_mask(side: int, grid: int, with_low: bool, device=None) -> torch.Tensor:
+    """(M, K) bool, True where low-res token m may attend to key k: the g x g high-res tokens covering its region.
+
+    M = side^2 low-res tokens (row-major); the keys are the g^2 crops' tokens (crops row-major, each side^2 tokens
+    row-major), preceded by the M low-res tokens themselves when ``with_low`` (each then also sees itself). The
+    high-res tokens tile a (g * side)^2 grid of the whole image, of which low-res token (r, c) covers the g x g block
+    of rows r*g.., columns c*g.."""
+    rows = torch.arange(grid * side, device=device)
+    crop_row, local_row = rows // side, rows % side  # a whole-image row of high-res tokens: its crop row, its row there
+    crop = crop_row[:, None] * grid + crop_row[None, :]  # (R, C) -> crop index, row-major
+    token = local_row[:, None] * side + local_row[None, :]  # (R, C) -> token index in its crop
+    key = (crop * side * side + token).flatten()  # key index of each whole-image high-res position (R, C), row-major
+    owner = ((rows // grid)[:, None] * side + (rows // grid)[None, :]).flatten()  # the low-res token covering (R, C)
+    mask = torch.zeros(side * side, grid * grid * side * side, dtype=torch.bool, device=device)
+    mask[owner, key] = True
+    if with_low:
+        mask = torch.cat([torch.eye(side * side, dtype=torch.bool, device=device), mask], dim=1)
+    return mask
 
 
 class AdapterAttention(nn.Module):
@@ -41,19 +62,24 @@ class AdapterAttention(nn.Module):
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
 
     def forward(
-        self, query_tokens: torch.Tensor, kv_tokens: torch.Tensor, output_attentions: bool = False
+        self, query_tokens: torch.Tensor, kv_tokens: torch.Tensor, output_attentions: bool = False,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """query_tokens (B, M, D), kv_tokens (B, K, D) -> (B, M, D), and attention weights (B, H, M, K) if asked."""
+        """query_tokens (B, M, D), kv_tokens (B, K, D), optional mask (M, K) bool (True: may attend) -> (B, M, D),
+        and attention weights (B, H, M, K) if asked."""
         B, M, D = query_tokens.shape
         kv = self.norm_kv(kv_tokens)
         q = self._heads(self.q_proj(self.norm_q(query_tokens)))
         k, v = self._heads(self.k_proj(kv)), self._heads(self.v_proj(kv))
         weights = None
         if output_attentions:  # SDPA does not return weights; compute them explicitly only when asked
-            weights = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim), dim=-1)  # (B, H, M, K)
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, M, K)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = torch.softmax(scores, dim=-1)
             out = weights @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, M, hd)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, M, hd)
         out = out.transpose(1, 2).reshape(B, M, D)
         return query_tokens + self.o_proj(out), weights
 
@@ -83,25 +109,35 @@ class ShortcutAdapter(nn.Module):
         v_dim, t_dim = config.vision_config.hidden_size, config.text_config.hidden_size
         eps = getattr(config.vision_config, "layer_norm_eps", 1e-5)
         self.kv_source = config.adapter_kv_source
+        self.local = config.adapter_attention_scope == "local"
+        self.grid = config.high_res_grid
         self.attention = AdapterAttention(v_dim, config.adapter_num_heads, eps) if config.adapter_attention else None
         self.mlp = AdapterMLP(v_dim, t_dim, config.adapter_mlp, config.adapter_bias, config.adapter_hidden_act)
         self.gate = nn.Parameter(torch.zeros(t_dim)) if gated else None
+
+    def fuse(
+        self, low: torch.Tensor, high: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eq. 2's Y: low (B, M, Dv) low-res tokens, high (B, K, Dv) tokens of all crops or None -> Y (B, M, Dv), and
+        the attention weights (B, H, M, K') when asked (None without attention: Y is ``low``)."""
+        if self.attention is None:
+            return low, None
+        mask = None
+        if high is None:
+            kv = low  # no high-res: the same block attends over the low-res tokens (globally, whatever the scope)
+        else:
+            kv = torch.cat([low, high], dim=1) if self.kv_source == "low+high" else high  # (B, [M +] K, Dv)
+            if self.local:
+                mask = local_attention_mask(math.isqrt(low.shape[1]), self.grid, self.kv_source == "low+high", low.device)
+        return self.attention(low, kv, output_attentions, mask)
 
     def forward(
         self, low: torch.Tensor, high: torch.Tensor | None = None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """low (B, M, Dv) low-res tokens; high (B, K, Dv) tokens of all crops or None.
         Returns Z (B, M, Dt) and the attention weights (B, H, M, K') when asked (None without attention)."""
-        weights = None
-        if self.attention is not None:
-            if high is None:
-                kv = low  # no high-res: the same block attends over the low-res tokens
-            elif self.kv_source == "low+high":
-                kv = torch.cat([low, high], dim=1)  # (B, M + K, Dv)
-            else:
-                kv = high
-            low, weights = self.attention(low, kv, output_attentions)
-        z = self.mlp(low)
+        fused, weights = self.fuse(low, high, output_attentions)
+        z = self.mlp(fused)
         if self.gate is not None:
             z = z * self.gate
         return z, weights

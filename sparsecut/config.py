@@ -10,6 +10,7 @@ from .patterns import Shortcut, make_pattern, validate_shortcuts
 VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model")
 MLP_TYPES = ("mlp2x_gelu", "linear")
 KV_SOURCES = ("high", "low+high")
+ATTENTION_SCOPES = ("global", "local")
 HIGH_RES_FUSIONS = ("cross-attention", "concat")
 FEATURE_STRATEGIES = ("default", "full")
 
@@ -35,6 +36,10 @@ class SparseCutConfig(PretrainedConfig):
         adapter_attention: the adapter starts with an attention block (paper §4.1); ``False`` = LLaVA's projector only.
         adapter_num_heads: heads of the adapter attention; defaults to the vision tower's.
         adapter_kv_source: ``"high"`` (eq. 2: keys/values are the high-res tokens) or ``"low+high"``.
+        adapter_attention_scope: ``"global"`` (eq. 2: every low-res token attends to every high-res token) or
+            ``"local"``: each low-res token attends only to the g x g high-res tokens of its own image region (and,
+            with ``"low+high"``, to itself), as Mini-Gemini's patch-info mining; high-res crop tokens carry no
+            position in the whole image, so a global query cannot tell which crop's token lies under it.
         adapter_mlp: ``"mlp2x_gelu"`` (LLaVA-1.5's projector) or ``"linear"``.
         adapter_bias: biases in the adapter MLP (LLaVA's ``multimodal_projector_bias``).
         zero_init_extra_shortcuts: every shortcut except the input one (``primary_shortcut``) gets a per-channel
@@ -63,6 +68,7 @@ class SparseCutConfig(PretrainedConfig):
     adapter_attention: bool = True
     adapter_num_heads: int | None = None
     adapter_kv_source: str = "high"
+    adapter_attention_scope: str = "global"
     adapter_mlp: str = "mlp2x_gelu"
     adapter_bias: bool = True
     adapter_hidden_act: str = "gelu"
@@ -83,6 +89,7 @@ class SparseCutConfig(PretrainedConfig):
         _check_choice("vision_feature_select_strategy", self.vision_feature_select_strategy, FEATURE_STRATEGIES)
         _check_choice("adapter_mlp", self.adapter_mlp, MLP_TYPES)
         _check_choice("adapter_kv_source", self.adapter_kv_source, KV_SOURCES)
+        _check_choice("adapter_attention_scope", self.adapter_attention_scope, ATTENTION_SCOPES)
         _check_choice("high_res_fusion", self.high_res_fusion, HIGH_RES_FUSIONS)
         if not isinstance(self.high_res_grid, int) or isinstance(self.high_res_grid, bool) or self.high_res_grid < 1:
             raise ValueError(f"high_res_grid must be an integer >= 1 (2 gives four crops); got {self.high_res_grid!r}.")
@@ -107,6 +114,11 @@ class SparseCutConfig(PretrainedConfig):
             raise ValueError(
                 f"image_seq_length={self.image_seq_length} does not match the vision tower: {vision.image_size}px images in "
                 f"{vision.patch_size}px patches give {expected} tokens per view."
+            )
+        if self.adapter_attention_scope == "local" and self.image_seq_length != patches:
+            raise ValueError(
+                f"adapter_attention_scope='local' needs one token per patch ({patches}); this tower keeps its CLS token too "
+                f"({self.image_seq_length} tokens): use vision_feature_select_strategy='default' or the global scope."
             )
         if not self.tie_word_embeddings and getattr(text, "tie_word_embeddings", False):
             self.tie_word_embeddings = True

@@ -48,7 +48,7 @@ def checkpoint_kind(spec: str) -> str:
 def load_checkpoint(spec: str, dtype: torch.dtype = torch.float32, template: str | None = None, **pattern):
     """(model, processor) for ``spec`` (see the module docstring), weights in ``dtype``. ``template`` replaces the
     processor's prompt template; ``pattern`` (``pattern``, ``num_shortcuts``, ``high_res``, ``high_res_grid``,
-    ``adapter_attention``, ``adapter_mlp``) applies to a LLaVA checkpoint only: without it, the llava-mode baseline."""
+    ``adapter_attention``, ``adapter_attention_scope``, ``adapter_mlp``) applies to a LLaVA checkpoint only: without it, the llava-mode baseline."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
     from . import zoo

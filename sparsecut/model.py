@@ -69,7 +69,7 @@ def _saved_config(path) -> SparseCutConfig | None:
 
 _COMPARED_FIELDS = (
     "shortcuts", "high_res", "high_res_grid", "high_res_fusion", "adapter_attention", "adapter_num_heads",
-    "adapter_kv_source", "adapter_mlp", "adapter_bias", "zero_init_extra_shortcuts", "image_seq_length",
+    "adapter_kv_source", "adapter_attention_scope", "adapter_mlp", "adapter_bias", "zero_init_extra_shortcuts", "image_seq_length",
 )
 _COMPARED_TOWER_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
 

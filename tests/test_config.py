@@ -47,6 +47,7 @@ def test_paper_default_shape():
         (dict(high_res_grid=2.5), "high_res_grid must be an integer"),
         (dict(adapter_mlp="mlp3x"), "adapter_mlp must be one of"),
         (dict(adapter_kv_source="text"), "adapter_kv_source must be one of"),
+        (dict(adapter_attention_scope="window"), "adapter_attention_scope must be one of"),
         (dict(high_res_fusion="sum"), "high_res_fusion must be one of"),
         (dict(adapter_num_heads=5), "must divide the vision hidden size 32"),
         (dict(image_seq_length=10), "does not match the vision tower"),

@@ -221,6 +221,8 @@ def test_probe_with_the_small_delta_levers(run):
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert any(".o_proj.lora_A" in n for n in trainable) and not any(".mlp." in n and "lora_" in n for n in trainable)
     assert any(".adapters." in n and ".linear_1." in n for n in trainable) and not any(".linear_2." in n for n in trainable)
-    result = probe(run, "sparsecut-tiny", ["count"], lora_rank=2, lora_modules="attention", adapter_mlp="linear", **SMALL)
+    result = probe(run, "sparsecut-tiny", ["count"], lora_rank=2, lora_modules="attention", adapter_mlp="linear",
+                   attention_scope="local", **SMALL)
     assert result["settings"]["lora_modules"] == "attention" and result["settings"]["adapter_mlp"] == "linear"
+    assert result["settings"]["attention_scope"] == "local"
     assert result["settings"]["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -19,7 +19,7 @@ from .recipes import Recipe, load_recipe, parse_field, recipe_names
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sparsecut.config import MLP_TYPES
+    from sparsecut.config import ATTENTION_SCOPES, MLP_TYPES
 
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, help=f"a named recipe ({', '.join(recipe_names())}) or a JSON path")
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="adapters start with an attention block (SparseCut); --no-adapter-attention: LLaVA's MLP only")
     source.add_argument("--adapter-mlp", default="mlp2x_gelu", choices=MLP_TYPES,
                         help="the adapters' MLP: mlp2x_gelu (LLaVA-1.5's projector) or linear (one layer)")
+    source.add_argument("--adapter-attention-scope", default="global", choices=ATTENTION_SCOPES,
+                        help="global: every low-res token attends to every high-res token (eq. 2); local: only to "
+                        "the high-res tokens of its own image region")
     run = parser.add_argument_group("run")
     run.add_argument("--resume", nargs="?", const=True, default=False, help="resume from the latest checkpoint in --output, or from PATH")
     run.add_argument("--dry-run", action="store_true", help="validate every sample (decoding every image), print the plan, train nothing")
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
         set_seed(recipe.seed)  # new adapters are initialised from it: the same seed gives the same run
         model, processor = load_model(
             args.model, args.vision, args.text, args.pattern, args.num_shortcuts, args.high_res, args.grid, args.adapter_attention,
-            _chat_template(args.chat_template), args.adapter_mlp,
+            _chat_template(args.chat_template), args.adapter_mlp, args.adapter_attention_scope,
         )
         template = processor.template if recipe.template == "auto" else recipe.template
         dataset = LlavaDataset(

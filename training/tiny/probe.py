@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from sparsecut.benchmarking import write_json
-from sparsecut.config import MLP_TYPES
+from sparsecut.config import ATTENTION_SCOPES, MLP_TYPES
 from sparsecut.convert import from_backbones
 from training.data import IGNORE_INDEX, Collator, encode, supervised_positions
 from training.trainer import add_lora, apply_freezing
@@ -42,14 +42,15 @@ PROBED = ("existence", "attribute", "count", "position")
 
 def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False,
                 text: str | None = None, vision: str | None = None, oracle_positions: bool = False,
-                adapter_mlp: str = "mlp2x_gelu"):
+                adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
     absent and not both replaced), with fresh adapters, in ChatML without a default system prompt as the family; ``text`` (a base model name
     such as ``smollm2-135m-instruct``, or a folder) replaces the run's LLM; ``vision`` (a CLIPVisionModel folder, e.g. from
     ``python -m training.tiny.dense``) replaces the run's tower; ``fresh_lm`` re-initialises the LLM (no text
     pretraining). Frozen as ``recipe`` (default: stage 2) freezes. ``oracle_vision``: instead, an ``OracleVLM`` on
     that LLM (all of it trained), its cells carrying their row and column too with ``oracle_positions``.
-    ``adapter_mlp``: the adapters' (or LLaVA projector's) MLP, ``mlp2x_gelu`` or ``linear``."""
+    ``adapter_mlp``: the adapters' (or LLaVA projector's) MLP, ``mlp2x_gelu`` or ``linear``; ``attention_scope``: the
+    adapters' cross-attention, ``global`` or ``local`` (default: the member's)."""
     if vision is None or text is None:  # the run's own backbones are needed
         build_backbones(run, Budget(), seed)  # returns at once when the run has them
         run_vision, run_text = backbone_dirs(run)
@@ -58,6 +59,7 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
     torch.manual_seed(seed)
     model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"],
                                       adapter_attention=spec.get("adapter_attention", True), adapter_mlp=adapter_mlp,
+                                      adapter_attention_scope=attention_scope or spec.get("adapter_attention_scope", "global"),
                                       chat_template=CHAT_TEMPLATE)
     if fresh_lm:  # the LLM as transformers initialises it from its config
         fresh = AutoModelForCausalLM.from_config(model.config.text_config)
@@ -158,7 +160,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           per_sample: int = 1, caption_steps: int = 0, llm_lr: float | None = None, bf16: bool = False,
           vision: str | None = None, eval_every: int = 0, oracle_positions: bool = False,
           layout: str = LAYOUT.name, lora_rank: int = 0, lora_modules: str = "all",
-          adapter_mlp: str = "mlp2x_gelu") -> dict:
+          adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None) -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
     ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
@@ -169,7 +171,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     scenes' geometry (``sparsecut/evaluation/synthetic/scenes.py``), whose low-res view must be the tower's input size; ``lora_rank``
     R > 0: the LLM trained through a LoRA of rank R (alpha 2R, on every attention and MLP projection; ``llm_lr`` is
     then the LoRA's learning rate) instead of in full, as a shipped member's small delta would be; ``lora_modules``:
-    ``all`` or ``attention`` (q, k, v, o only); ``adapter_mlp``: ``mlp2x_gelu`` (LLaVA-1.5's) or ``linear``."""
+    ``all`` or ``attention`` (q, k, v, o only); ``adapter_mlp``: ``mlp2x_gelu`` (LLaVA-1.5's) or ``linear``; ``attention_scope``: the adapters' cross-attention,
+    ``global`` or ``local`` (default: the member's)."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES)}.")
@@ -186,7 +189,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     geometry = layout_named(layout)
     recipe = load_recipe("stage2")
     model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision, oracle_positions,
-                                   adapter_mlp)
+                                   adapter_mlp, attention_scope)
     if not oracle_vision and model.config.vision_config.image_size != geometry.view:
         raise ValueError(f"the tower takes {model.config.vision_config.image_size}-px views but layout {layout} cuts "
                          f"{geometry.view}-px ones: pass --vision with a tower trained on that layout "
@@ -240,6 +243,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
                          "caption_steps": caption_steps, "llm_lr": llm_lr, "bf16": bf16, "vision": vision,
                          "eval_every": eval_every, "oracle_positions": oracle_positions, "layout": layout,
                          "lora_rank": lora_rank, "lora_modules": lora_modules, "adapter_mlp": adapter_mlp,
+                         "attention_scope": model.config.adapter_attention_scope if not oracle_vision else None,
                          "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}}
 
 
@@ -286,6 +290,9 @@ def main(argv=None) -> int:
                         "LoRA: all (attention and MLP) or attention (q, k, v, o)")
     parser.add_argument("--adapter-mlp", default="mlp2x_gelu", choices=list(MLP_TYPES), help="the adapters' (or "
                         "LLaVA projector's) MLP: mlp2x_gelu (LLaVA-1.5's) or linear (a smaller delta to ship)")
+    parser.add_argument("--attention-scope", default=None, choices=list(ATTENTION_SCOPES), help="the adapters' "
+                        "cross-attention over the crops: global (eq. 2) or local (each low-res token sees the high-res "
+                        "tokens of its own region); default: the member's")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every N steps (the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
@@ -301,7 +308,8 @@ def main(argv=None) -> int:
                        text=args.text, per_sample=args.per_sample, caption_steps=args.caption_steps,
                        llm_lr=args.llm_lr, bf16=args.bf16, vision=args.vision, eval_every=args.eval_every,
                        oracle_positions=args.oracle_positions, layout=args.layout, lora_rank=args.lora_rank,
-                       lora_modules=args.lora_modules, adapter_mlp=args.adapter_mlp)
+                       lora_modules=args.lora_modules, adapter_mlp=args.adapter_mlp,
+                       attention_scope=args.attention_scope)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""
