@@ -43,6 +43,7 @@ def test_uniform_attention_puts_the_glyph_tokens_share_on_them():
         assert wide["adapters"][key]["attention_on_glyphs"] == pytest.approx(float(glyphs.mean(1).mean()), abs=1e-5)
         assert local["adapters"][key]["attention_on_glyphs"] == pytest.approx(float((glyphs.sum(1) / 4).mean()), abs=1e-5)
         assert wide["adapters"][key]["uniform_share"] == pytest.approx(float(glyphs.mean(1).mean()))
+        assert wide["adapters"][key]["fusion_ratio"] == 0  # an untrained adapter's attention adds nothing (o_proj 0)
         accuracy = local["adapters"][key]["accuracy"]
         assert set(accuracy) == {"low", "fused", "injected", "all tokens"}
         assert all(len(v) == POSITIONS and all(0 <= a <= 1 for a in v) for v in accuracy.values())

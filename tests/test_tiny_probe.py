@@ -183,6 +183,26 @@ def test_oracle_positions_add_each_cells_row_and_column():
     assert columns.argmax(1).tolist() == [c % GRID for c in range(CELLS)] and (columns.sum(1) == 1).all()
 
 
+def test_oracle_text_spells_the_legible_text_at_its_cell_only():
+    from training.tiny.dense import CHARS
+    from training.tiny.oracle import POSITION_FEATURES, TEXT_FEATURES
+
+    scenes = [scene_for(3, i)[0] for i in range(40)]
+    texts = [s for s in scenes if s.text is not None]
+    assert any(s.text.legible for s in texts) and any(not s.text.legible for s in texts)
+    for scene in texts:
+        full = oracle_features(scene, positions=True, text=True)
+        assert full.shape == (CELLS, FEATURES + POSITION_FEATURES + TEXT_FEATURES)
+        assert torch.equal(full[:, : FEATURES + POSITION_FEATURES], oracle_features(scene, positions=True))
+        spelled = full[:, FEATURES + POSITION_FEATURES :].reshape(CELLS, -1, len(CHARS))  # (cells, position, char)
+        cell = scene.text.cell[0] * GRID + scene.text.cell[1]
+        if not scene.text.legible:  # a scribble has no characters to give
+            assert spelled.sum() == 0
+            continue
+        assert spelled.sum() == len(scene.text.text) and spelled[cell].sum() == len(scene.text.text)
+        assert "".join(CHARS[i] for i in spelled[cell, : len(scene.text.text)].argmax(1).tolist()) == scene.text.text
+
+
 def test_probe_with_oracle_positions_and_the_layout_checks(run):
     result = probe(run, "llava-tiny", ["position"], oracle_vision=True, oracle_positions=True, layout="cells-96", **SMALL)
     assert result["settings"]["oracle_positions"] is True and result["settings"]["layout"] == "cells-96"
@@ -190,6 +210,8 @@ def test_probe_with_oracle_positions_and_the_layout_checks(run):
     assert model.projector[0].in_features == FEATURES + 2 * GRID
     with pytest.raises(ValueError, match="needs oracle_vision"):
         probe(run, "llava-tiny", ["position"], oracle_positions=True, **SMALL)
+    with pytest.raises(ValueError, match="oracle_text adds the text's characters"):
+        probe(run, "llava-tiny", ["reading"], oracle_text=True, **SMALL)
     with pytest.raises(ValueError, match="48-px views but layout thirds-128 cuts 64-px ones: pass --vision"):
         probe(run, "llava-tiny", ["position"], layout="thirds-128", **SMALL)
 

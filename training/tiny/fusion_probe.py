@@ -11,7 +11,8 @@ token of the text's grid cell (each 32-px cell is one 16-px patch of the 48-px l
 - ``all tokens``: Z_i of all M_v tokens side by side (whatever cell the text went to).
 
 It also reports where the text cell's query looks: the share of its attention (mean over heads) that lands on the
-crops' tokens holding a glyph of the text, against the share those tokens would get from uniform attention.
+crops' tokens holding a glyph of the text, against the share those tokens would get from uniform attention, and how
+much the attention adds there (``|Y_i - X_low| / |X_low|``: 0 is a fusion that is switched off).
 
     python -m training.tiny.fusion_probe --member sparsecut-tiny --scenes 3000 --json fusion.json
     python -m training.tiny.fusion_probe --member runs/family/models/sparsecut-tiny    # a trained folder
@@ -109,6 +110,8 @@ def fusion_probe(model: SparseCutForConditionalGeneration, layout, seed: int = 7
         results[key] = {"accuracy": accuracy,
                         "attention_on_glyphs": float((attention * glyphs).sum(1).mean()),
                         "uniform_share": float(glyphs.float().mean(1).mean()),
+                        "fusion_ratio": float(((features["fused"] - features["low"]).norm(dim=-1)
+                                               / features["low"].norm(dim=-1)).mean()),
                         "injected_norm": float(values["injected"][rows, cells].norm(dim=-1).mean())}
     return {"adapters": results, "texts": len(legible), "scenes": scenes, "seed": seed, "layout": layout.name,
             "glyph_advance": TEXT_ADVANCE}
@@ -132,10 +135,10 @@ def main(argv=None) -> int:
         parser.error(str(err))
     print(f"{result['texts']} legible texts; character k of the text read from each shortcut's tokens (held-out accuracy)")
     print(f"{'adapter':>8} " + " ".join(f"{f + ' k=' + str(k):>16}" for f in FEATURES for k in range(POSITIONS))
-          + f" {'attn on glyphs':>15} {'uniform':>8}")
+          + f" {'attn on glyphs':>15} {'uniform':>8} {'|Y-X|/|X|':>10}")
     for key, r in result["adapters"].items():
         print(f"{key:>8} " + " ".join(f"{100 * r['accuracy'][f][k]:>15.1f}%" for f in FEATURES for k in range(POSITIONS))
-              + f" {r['attention_on_glyphs']:>15.3f} {r['uniform_share']:>8.3f}")
+              + f" {r['attention_on_glyphs']:>15.3f} {r['uniform_share']:>8.3f} {r['fusion_ratio']:>10.3f}")
     write_json(args.json, result)
     return 0
 

