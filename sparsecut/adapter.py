@@ -4,7 +4,8 @@
     Z_i = gate * MLP(Y_i)                         MLP = LLaVA-1.5's mlp2x_gelu projector
 
 With ``adapter_attention_scope="local"`` each low-res token attends only to the high-res tokens of its own image
-region (``local_attention_mask``). The attention's output projection starts at zero, so an untrained adapter is exactly LLaVA's projector
+region (``local_region_index``), optionally with a learned per-head bias for each place in the region
+(``adapter_region_bias``: head h starts preferring place h mod g^2, so the heads copy the region's tokens in order). The attention's output projection starts at zero, so an untrained adapter is exactly LLaVA's projector
 (and an adapter seeded from a LLaVA checkpoint reproduces it); the optional per-channel ``gate`` starts at
 zero for the extra shortcuts (config ``zero_init_extra_shortcuts``).
 """
@@ -23,32 +24,49 @@ class ZeroInitLinear(nn.Linear):
     """A linear layer that ``SparseCutPreTrainedModel._init_weights`` starts at zero."""
 
 
-def local_attention_mask(side: int, grid: int, with_low: bool, device=None) -> torch.Tensor:
-    """(M, K) bool, True where low-res token m may attend to key k: the g x g high-res tokens covering its region.
+def local_region_index(side: int, grid: int, with_low: bool, device=None) -> torch.Tensor:
+    """(M, K) long: for low-res token m and key k, k's place in m's region (0..g^2 - 1, row-major; g^2 for m itself
+    among the low-res keys), or -1 where m may not attend to k.
 
     M = side^2 low-res tokens (row-major); the keys are the g^2 crops' tokens (crops row-major, each side^2 tokens
-    row-major), preceded by the M low-res tokens themselves when ``with_low`` (each then also sees itself). The
-    high-res tokens tile a (g * side)^2 grid of the whole image, of which low-res token (r, c) covers the g x g block
-    of rows r*g.., columns c*g.."""
+    row-major), preceded by the M low-res tokens themselves when ``with_low``. The high-res tokens tile a
+    (g * side)^2 grid of the whole image, of which low-res token (r, c) covers the g x g block of rows r*g..,
+    columns c*g.."""
     rows = torch.arange(grid * side, device=device)
     crop_row, local_row = rows // side, rows % side  # a whole-image row of high-res tokens: its crop row, its row there
     crop = crop_row[:, None] * grid + crop_row[None, :]  # (R, C) -> crop index, row-major
     token = local_row[:, None] * side + local_row[None, :]  # (R, C) -> token index in its crop
     key = (crop * side * side + token).flatten()  # key index of each whole-image high-res position (R, C), row-major
     owner = ((rows // grid)[:, None] * side + (rows // grid)[None, :]).flatten()  # the low-res token covering (R, C)
-    mask = torch.zeros(side * side, grid * grid * side * side, dtype=torch.bool, device=device)
-    mask[owner, key] = True
+    place = ((rows % grid)[:, None] * grid + (rows % grid)[None, :]).flatten()  # (R, C)'s place in that block
+    index = torch.full((side * side, grid * grid * side * side), -1, dtype=torch.long, device=device)
+    index[owner, key] = place
     if with_low:
-        mask = torch.cat([torch.eye(side * side, dtype=torch.bool, device=device), mask], dim=1)
-    return mask
+        own = torch.full((side * side, side * side), -1, dtype=torch.long, device=device)
+        own.fill_diagonal_(grid * grid)
+        index = torch.cat([own, index], dim=1)
+    return index
+
+
+def local_attention_mask(side: int, grid: int, with_low: bool, device=None) -> torch.Tensor:
+    """(M, K) bool, True where low-res token m may attend to key k (``local_region_index`` >= 0)."""
+    return local_region_index(side, grid, with_low, device) >= 0
 
 
 class AdapterAttention(nn.Module):
     """Pre-norm multi-head attention from ``query_tokens`` to ``kv_tokens`` (SDPA), with a residual."""
 
-    def __init__(self, dim: int, num_heads: int, eps: float = 1e-5):
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-5, region_places: int = 0,
+                 region_prior: float | None = None):
+        """``region_prior`` b (with ``region_places`` P = g^2 + 1): a learned bias (H, P) on the scores of each place
+        of a local region (``local_region_index``), starting at b for place h mod g^2 of head h and 0 elsewhere."""
         super().__init__()
         self.num_heads = num_heads
+        self.region_prior = region_prior
+        self.region_bias = None
+        if region_prior is not None:
+            self.region_bias = nn.Parameter(torch.empty(num_heads, region_places))
+            self.reset_region_bias()
         self.head_dim = dim // num_heads
         self.norm_q = nn.LayerNorm(dim, eps=eps)
         self.norm_kv = nn.LayerNorm(dim, eps=eps)
@@ -57,25 +75,38 @@ class AdapterAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.o_proj = ZeroInitLinear(dim, dim)  # starts at 0: the block starts as the identity
 
+    def reset_region_bias(self) -> None:
+        """The bias's starting value: head h prefers place h mod g^2 of the region by ``region_prior``."""
+        with torch.no_grad():
+            self.region_bias.zero_()
+            places = self.region_bias.shape[1] - 1  # g^2 high-res places, then the query's own low-res token
+            self.region_bias[torch.arange(self.num_heads), torch.arange(self.num_heads) % places] = self.region_prior
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
 
     def forward(
         self, query_tokens: torch.Tensor, kv_tokens: torch.Tensor, output_attentions: bool = False,
-        mask: torch.Tensor | None = None,
+        region: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """query_tokens (B, M, D), kv_tokens (B, K, D), optional mask (M, K) bool (True: may attend) -> (B, M, D),
-        and attention weights (B, H, M, K) if asked."""
+        """query_tokens (B, M, D), kv_tokens (B, K, D), optional ``region`` (M, K) long (``local_region_index``: -1
+        where a query may not attend) -> (B, M, D), and attention weights (B, H, M, K) if asked."""
         B, M, D = query_tokens.shape
         kv = self.norm_kv(kv_tokens)
         q = self._heads(self.q_proj(self.norm_q(query_tokens)))
         k, v = self._heads(self.k_proj(kv)), self._heads(self.v_proj(kv))
+        mask = None
+        if region is not None and self.region_bias is None:
+            mask = region >= 0  # (M, K) bool
+        elif region is not None:  # additive: the place's bias where allowed, -inf elsewhere, (1, H, M, K)
+            bias = self.region_bias[:, region.clamp(min=0)].masked_fill(region < 0, float("-inf"))
+            mask = bias[None].to(q.dtype)
         weights = None
         if output_attentions:  # SDPA does not return weights; compute them explicitly only when asked
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, M, K)
             if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
+                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
             weights = torch.softmax(scores, dim=-1)
             out = weights @ v
         else:
@@ -111,7 +142,10 @@ class ShortcutAdapter(nn.Module):
         self.kv_source = config.adapter_kv_source
         self.local = config.adapter_attention_scope == "local"
         self.grid = config.high_res_grid
-        self.attention = AdapterAttention(v_dim, config.adapter_num_heads, eps) if config.adapter_attention else None
+        self.attention = None
+        if config.adapter_attention:
+            self.attention = AdapterAttention(v_dim, config.adapter_num_heads, eps, config.high_res_grid**2 + 1,
+                                              config.adapter_region_bias)
         self.mlp = AdapterMLP(v_dim, t_dim, config.adapter_mlp, config.adapter_bias, config.adapter_hidden_act)
         self.gate = nn.Parameter(torch.zeros(t_dim)) if gated else None
 
@@ -122,14 +156,14 @@ class ShortcutAdapter(nn.Module):
         the attention weights (B, H, M, K') when asked (None without attention: Y is ``low``)."""
         if self.attention is None:
             return low, None
-        mask = None
+        region = None
         if high is None:
             kv = low  # no high-res: the same block attends over the low-res tokens (globally, whatever the scope)
         else:
             kv = torch.cat([low, high], dim=1) if self.kv_source == "low+high" else high  # (B, [M +] K, Dv)
             if self.local:
-                mask = local_attention_mask(math.isqrt(low.shape[1]), self.grid, self.kv_source == "low+high", low.device)
-        return self.attention(low, kv, output_attentions, mask)
+                region = local_region_index(math.isqrt(low.shape[1]), self.grid, self.kv_source == "low+high", low.device)
+        return self.attention(low, kv, output_attentions, region)
 
     def forward(
         self, low: torch.Tensor, high: torch.Tensor | None = None, output_attentions: bool = False

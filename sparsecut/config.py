@@ -40,6 +40,10 @@ class SparseCutConfig(PretrainedConfig):
             ``"local"``: each low-res token attends only to the g x g high-res tokens of its own image region (and,
             with ``"low+high"``, to itself), as Mini-Gemini's patch-info mining; high-res crop tokens carry no
             position in the whole image, so a global query cannot tell which crop's token lies under it.
+        adapter_region_bias: with the local scope, a learned per-head bias for each place of the g x g region (and
+            the query's own token), starting at this value for place h mod g^2 of head h (0 elsewhere), so that at
+            the start the heads copy the region's tokens in order (a space-to-depth of the crops, kept trainable);
+            ``None`` (default): no bias, every place alike.
         adapter_mlp: ``"mlp2x_gelu"`` (LLaVA-1.5's projector) or ``"linear"``.
         adapter_bias: biases in the adapter MLP (LLaVA's ``multimodal_projector_bias``).
         zero_init_extra_shortcuts: every shortcut except the input one (``primary_shortcut``) gets a per-channel
@@ -69,6 +73,7 @@ class SparseCutConfig(PretrainedConfig):
     adapter_num_heads: int | None = None
     adapter_kv_source: str = "high"
     adapter_attention_scope: str = "global"
+    adapter_region_bias: float | None = None
     adapter_mlp: str = "mlp2x_gelu"
     adapter_bias: bool = True
     adapter_hidden_act: str = "gelu"
@@ -90,6 +95,9 @@ class SparseCutConfig(PretrainedConfig):
         _check_choice("adapter_mlp", self.adapter_mlp, MLP_TYPES)
         _check_choice("adapter_kv_source", self.adapter_kv_source, KV_SOURCES)
         _check_choice("adapter_attention_scope", self.adapter_attention_scope, ATTENTION_SCOPES)
+        if self.adapter_region_bias is not None and self.adapter_attention_scope != "local":
+            raise ValueError("adapter_region_bias biases the places of a local region: it needs "
+                             "adapter_attention_scope='local'.")
         _check_choice("high_res_fusion", self.high_res_fusion, HIGH_RES_FUSIONS)
         if not isinstance(self.high_res_grid, int) or isinstance(self.high_res_grid, bool) or self.high_res_grid < 1:
             raise ValueError(f"high_res_grid must be an integer >= 1 (2 gives four crops); got {self.high_res_grid!r}.")

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import slice_logits_to_keep
 
 from . import injection
-from .adapter import ShortcutAdapter, ZeroInitLinear
+from .adapter import AdapterAttention, ShortcutAdapter, ZeroInitLinear
 from .cache_name import CACHE_KWARG, one_cache
 from .config import SparseCutConfig
 from .patterns import Shortcut, parse_pattern_string
@@ -69,7 +69,7 @@ def _saved_config(path) -> SparseCutConfig | None:
 
 _COMPARED_FIELDS = (
     "shortcuts", "high_res", "high_res_grid", "high_res_fusion", "adapter_attention", "adapter_num_heads",
-    "adapter_kv_source", "adapter_attention_scope", "adapter_mlp", "adapter_bias", "zero_init_extra_shortcuts", "image_seq_length",
+    "adapter_kv_source", "adapter_attention_scope", "adapter_region_bias", "adapter_mlp", "adapter_bias", "zero_init_extra_shortcuts", "image_seq_length",
 )
 _COMPARED_TOWER_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
 
@@ -143,6 +143,8 @@ class SparseCutPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, ShortcutAdapter) and module.gate is not None:
             init.zeros_(module.gate)  # extra shortcuts start switched off
+        elif isinstance(module, AdapterAttention) and module.region_bias is not None:
+            module.reset_region_bias()  # each head starts on one place of the region
         else:
             super()._init_weights(module)
 

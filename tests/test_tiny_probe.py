@@ -238,13 +238,14 @@ def test_probe_with_the_small_delta_levers(run):
     """LoRA on the attention projections only, and one-layer adapters: the deltas a shipped member can afford."""
     from training.tiny.probe import with_lora
 
-    model = with_lora(build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0, adapter_mlp="linear")[0], rank=2,
-                      modules="attention")
+    model = with_lora(build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0, adapter_mlp="linear",
+                                  attention_scope="local", region_bias=4.0)[0], rank=2, modules="attention")
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert any(".o_proj.lora_A" in n for n in trainable) and not any(".mlp." in n and "lora_" in n for n in trainable)
     assert any(".adapters." in n and ".linear_1." in n for n in trainable) and not any(".linear_2." in n for n in trainable)
+    assert any(n.endswith(".attention.region_bias") for n in trainable)
     result = probe(run, "sparsecut-tiny", ["count"], lora_rank=2, lora_modules="attention", adapter_mlp="linear",
-                   attention_scope="local", **SMALL)
+                   attention_scope="local", region_bias=4.0, **SMALL)
     assert result["settings"]["lora_modules"] == "attention" and result["settings"]["adapter_mlp"] == "linear"
-    assert result["settings"]["attention_scope"] == "local"
+    assert result["settings"]["attention_scope"] == "local" and result["settings"]["region_bias"] == 4.0
     assert result["settings"]["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)

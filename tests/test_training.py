@@ -60,8 +60,10 @@ def weights(folder) -> dict:
 def test_stage1_then_stage2_overfit(tmp_path, tiny_backbones):
     data = write_dataset(tmp_path)
     out1, out2 = tmp_path / "stage1", tmp_path / "stage2"
-    assert run(stage1_args(tiny_backbones, data, out1, "--max-steps", 2, "--adapter-attention-scope", "local")) == 0
-    initial, _ = from_backbones(tiny_backbones["vision"], tiny_backbones["text"], num_shortcuts=3)
+    assert run(stage1_args(tiny_backbones, data, out1, "--max-steps", 2, "--adapter-attention-scope", "local",
+                           "--adapter-region-bias", 4)) == 0
+    initial, _ = from_backbones(tiny_backbones["vision"], tiny_backbones["text"], num_shortcuts=3,
+                                adapter_attention_scope="local", adapter_region_bias=4.0)
     before, after = initial.state_dict(), weights(out1)
     changed = [k for k in after if not torch.equal(after[k], before[k])]
     assert changed and all(".adapters." in k for k in changed)  # stage 1: adapters only, every other tensor bitwise equal
@@ -78,6 +80,7 @@ def test_stage1_then_stage2_overfit(tmp_path, tiny_backbones):
     assert any(not torch.equal(s1[k], s2[k]) for k in s1 if ".language_model." in k)
     model = SparseCutForConditionalGeneration.from_pretrained(out2)  # the final folder loads directly
     assert model.config.shortcut_pairs == [(1, 6), (3, 3), (5, 1)] and model.config.adapter_attention_scope == "local"
+    assert model.config.adapter_region_bias == 4.0
     summary = json.loads((out2 / "training_summary.json").read_text())
     assert summary["step"] == 100 and summary["recipe"]["learning_rate"] == 3e-3
 

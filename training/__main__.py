@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--adapter-attention-scope", default="global", choices=ATTENTION_SCOPES,
                         help="global: every low-res token attends to every high-res token (eq. 2); local: only to "
                         "the high-res tokens of its own image region")
+    source.add_argument("--adapter-region-bias", type=float, default=None, metavar="B",
+                        help="with --adapter-attention-scope local: a learned per-head bias for each place of the "
+                        "region, starting at B for place h mod g^2 of head h (the heads copy the region in order)")
     run = parser.add_argument_group("run")
     run.add_argument("--resume", nargs="?", const=True, default=False, help="resume from the latest checkpoint in --output, or from PATH")
     run.add_argument("--dry-run", action="store_true", help="validate every sample (decoding every image), print the plan, train nothing")
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
         set_seed(recipe.seed)  # new adapters are initialised from it: the same seed gives the same run
         model, processor = load_model(
             args.model, args.vision, args.text, args.pattern, args.num_shortcuts, args.high_res, args.grid, args.adapter_attention,
-            _chat_template(args.chat_template), args.adapter_mlp, args.adapter_attention_scope,
+            _chat_template(args.chat_template), args.adapter_mlp, args.adapter_attention_scope, args.adapter_region_bias,
         )
         template = processor.template if recipe.template == "auto" else recipe.template
         dataset = LlavaDataset(

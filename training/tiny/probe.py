@@ -42,7 +42,8 @@ PROBED = ("existence", "attribute", "count", "position")
 
 def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False,
                 text: str | None = None, vision: str | None = None, oracle_positions: bool = False,
-                adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False):
+                adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False,
+                region_bias: float | None = None):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
     absent and not both replaced), with fresh adapters, in ChatML without a default system prompt as the family; ``text`` (a base model name
     such as ``smollm2-135m-instruct``, or a folder) replaces the run's LLM; ``vision`` (a CLIPVisionModel folder, e.g. from
@@ -51,7 +52,8 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
     that LLM (all of it trained), its cells carrying their row and column too with ``oracle_positions`` and the
     text's characters with ``oracle_text``.
     ``adapter_mlp``: the adapters' (or LLaVA projector's) MLP, ``mlp2x_gelu`` or ``linear``; ``attention_scope``: the
-    adapters' cross-attention, ``global`` or ``local`` (default: the member's)."""
+    adapters' cross-attention, ``global`` or ``local`` (default: the member's), ``region_bias`` its per-head place
+    bias's start (local only; default: the member's)."""
     if vision is None or text is None:  # the run's own backbones are needed
         build_backbones(run, Budget(), seed)  # returns at once when the run has them
         run_vision, run_text = backbone_dirs(run)
@@ -61,6 +63,8 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
     model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"],
                                       adapter_attention=spec.get("adapter_attention", True), adapter_mlp=adapter_mlp,
                                       adapter_attention_scope=attention_scope or spec.get("adapter_attention_scope", "global"),
+                                      adapter_region_bias=region_bias if region_bias is not None
+                                      else spec.get("adapter_region_bias"),
                                       chat_template=CHAT_TEMPLATE)
     if fresh_lm:  # the LLM as transformers initialises it from its config
         fresh = AutoModelForCausalLM.from_config(model.config.text_config)
@@ -162,7 +166,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           per_sample: int = 1, caption_steps: int = 0, llm_lr: float | None = None, bf16: bool = False,
           vision: str | None = None, eval_every: int = 0, oracle_positions: bool = False,
           layout: str = LAYOUT.name, lora_rank: int = 0, lora_modules: str = "all",
-          adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False) -> dict:
+          adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False,
+          region_bias: float | None = None) -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
     ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
@@ -174,7 +179,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     R > 0: the LLM trained through a LoRA of rank R (alpha 2R, on every attention and MLP projection; ``llm_lr`` is
     then the LoRA's learning rate) instead of in full, as a shipped member's small delta would be; ``lora_modules``:
     ``all`` or ``attention`` (q, k, v, o only); ``adapter_mlp``: ``mlp2x_gelu`` (LLaVA-1.5's) or ``linear``; ``attention_scope``: the adapters' cross-attention,
-    ``global`` or ``local`` (default: the member's); ``oracle_text``: the oracle's text cell also carries the text's
+    ``global`` or ``local`` (default: the member's), ``region_bias`` the local scope's per-head place bias; ``oracle_text``: the oracle's text cell also carries the text's
     characters."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
@@ -194,7 +199,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     geometry = layout_named(layout)
     recipe = load_recipe("stage2")
     model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision, oracle_positions,
-                                   adapter_mlp, attention_scope, oracle_text)
+                                   adapter_mlp, attention_scope, oracle_text, region_bias)
     if not oracle_vision and model.config.vision_config.image_size != geometry.view:
         raise ValueError(f"the tower takes {model.config.vision_config.image_size}-px views but layout {layout} cuts "
                          f"{geometry.view}-px ones: pass --vision with a tower trained on that layout "
@@ -250,6 +255,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
                          "layout": layout,
                          "lora_rank": lora_rank, "lora_modules": lora_modules, "adapter_mlp": adapter_mlp,
                          "attention_scope": model.config.adapter_attention_scope if not oracle_vision else None,
+                         "region_bias": model.config.adapter_region_bias if not oracle_vision else None,
                          "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}}
 
 
@@ -301,6 +307,8 @@ def main(argv=None) -> int:
     parser.add_argument("--attention-scope", default=None, choices=list(ATTENTION_SCOPES), help="the adapters' "
                         "cross-attention over the crops: global (eq. 2) or local (each low-res token sees the high-res "
                         "tokens of its own region); default: the member's")
+    parser.add_argument("--region-bias", type=float, default=None, metavar="B", help="with --attention-scope local: "
+                        "a learned per-head bias per place of the region, starting at B for place h mod g^2 of head h")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every N steps (the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
@@ -317,7 +325,8 @@ def main(argv=None) -> int:
                        llm_lr=args.llm_lr, bf16=args.bf16, vision=args.vision, eval_every=args.eval_every,
                        oracle_positions=args.oracle_positions, layout=args.layout, lora_rank=args.lora_rank,
                        lora_modules=args.lora_modules, adapter_mlp=args.adapter_mlp,
-                       attention_scope=args.attention_scope, oracle_text=args.oracle_text)
+                       attention_scope=args.attention_scope, oracle_text=args.oracle_text,
+                       region_bias=args.region_bias)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""
