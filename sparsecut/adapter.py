@@ -12,6 +12,7 @@ zero for the extra shortcuts (config ``zero_init_extra_shortcuts``).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -24,8 +25,9 @@ class ZeroInitLinear(nn.Linear):
     """A linear layer that ``SparseCutPreTrainedModel._init_weights`` starts at zero."""
 
 
+@functools.lru_cache(maxsize=16)  # one small table per geometry and device, shared by every adapter and call
 def local_region_index(side: int, grid: int, with_low: bool, device=None) -> torch.Tensor:
-    """(M, K) long: for low-res token m and key k, k's place in m's region (0..g^2 - 1, row-major; g^2 for m itself
+    """(M, K) long (read-only: cached): for low-res token m and key k, k's place in m's region (0..g^2 - 1, row-major; g^2 for m itself
     among the low-res keys), or -1 where m may not attend to k.
 
     M = side^2 low-res tokens (row-major); the keys are the g^2 crops' tokens (crops row-major, each side^2 tokens
@@ -46,11 +48,6 @@ def local_region_index(side: int, grid: int, with_low: bool, device=None) -> tor
         own.fill_diagonal_(grid * grid)
         index = torch.cat([own, index], dim=1)
     return index
-
-
-def local_attention_mask(side: int, grid: int, with_low: bool, device=None) -> torch.Tensor:
-    """(M, K) bool, True where low-res token m may attend to key k (``local_region_index`` >= 0)."""
-    return local_region_index(side, grid, with_low, device) >= 0
 
 
 class AdapterAttention(nn.Module):
@@ -171,7 +168,9 @@ class ShortcutAdapter(nn.Module):
         """low (B, M, Dv) low-res tokens; high (B, K, Dv) tokens of all crops or None.
         Returns Z (B, M, Dt) and the attention weights (B, H, M, K') when asked (None without attention)."""
         fused, weights = self.fuse(low, high, output_attentions)
+        return self.project(fused), weights
+
+    def project(self, fused: torch.Tensor) -> torch.Tensor:
+        """Y (B, M, Dv) -> Z (B, M, Dt): the MLP, then the gate (if any)."""
         z = self.mlp(fused)
-        if self.gate is not None:
-            z = z * self.gate
-        return z, weights
+        return z * self.gate if self.gate is not None else z

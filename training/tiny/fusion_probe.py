@@ -64,7 +64,7 @@ def fused_tokens(model: SparseCutForConditionalGeneration, seed: int, indices: l
             tokens = hidden[shortcut[0]].reshape(images, n, *hidden[shortcut[0]].shape[1:])
             low, high = tokens[:, 0], tokens[:, 1:].flatten(1, 2)
             fused, weights = adapter.fuse(low, high, output_attentions=True)
-            z = adapter(low, high)[0]
+            z = adapter.project(fused)
             for name, value in (("low", low), ("fused", fused), ("injected", z), ("attention", weights.mean(1))):
                 out[key][name].append(value.float())
     return {key: {name: torch.cat(parts) for name, parts in values.items()} for key, values in out.items()}
