@@ -194,3 +194,20 @@ def test_existence_questions_are_balanced_like_pope():
     answers = [qa.answer for qa in questions if qa is not None]  # None: no negative of the drawn kind exists
     assert len(answers) > 300
     assert 0.4 < answers.count("yes") / len(answers) < 0.6
+
+
+def test_anchored_layout_moves_only_the_text_to_its_cells_corner():
+    from sparsecut.evaluation.synthetic.scenes import layout_named
+
+    free, anchored = layout_named("cells-96"), layout_named("cells-96-anchored")
+    moved = 0
+    for index in range(60):
+        (a, rng_a), (b, rng_b) = scene_for(11, index, layout=free), scene_for(11, index, layout=anchored)
+        assert a.shapes == b.shapes and a.background == b.background
+        assert rng_a.random() == rng_b.random()  # the questions asked next are drawn alike
+        assert (a.text is None) == (b.text is None)
+        if b.text is not None:
+            assert (b.text.text, b.text.cell, b.text.length) == (a.text.text, a.text.cell, a.text.length)
+            assert b.text.origin == (32 * b.text.cell[1], 32 * b.text.cell[0])  # the cell's top-left corner
+            moved += a.text.origin != b.text.origin
+    assert moved > 5  # the free layout does place texts elsewhere in their cells

@@ -57,6 +57,7 @@ def test_quick_pipeline_trains_ships_and_scores_two_members(quick_run):
     assert "python -m training.tiny --output" in card and "| sparsecut-tiny |" in card and results["run"]["jobs"] == 2
     assert results["run"]["budget"] == {**QUICK.__dict__, "stage2_steps": 3} and "3 steps; batch 8" in card
     assert set(results["run"]["stage_seconds"]["llava-tiny"]) == {"stage1", "stage2"}
+    assert results["run"]["threads"] == max(1, (os.cpu_count() or 1) // 2)  # the cores shared by the two jobs
 
 
 def test_a_rerun_skips_finished_stages_and_resumes_an_interrupted_one(quick_run):
@@ -64,7 +65,7 @@ def test_a_rerun_skips_finished_stages_and_resumes_an_interrupted_one(quick_run)
     sparse_metrics = (run / "models" / "sparsecut-tiny" / "metrics.jsonl").read_text()
     before = load_file(run / "models" / "llava-tiny" / "model.safetensors")
     (run / "models" / "llava-tiny" / "training_summary.json").unlink()  # its stage 2 "interrupted" after its last checkpoint
-    assert main(argv) == 0
+    assert main([*argv, "--jobs", "1", "--threads", "1"]) == 0  # resumed by another invocation
     assert (run / "models" / "sparsecut-tiny" / "metrics.jsonl").read_text() == sparse_metrics  # not retrained
     log = (run / "models" / "llava-tiny.log").read_text()
     assert "Resumed from" in log and log.count("Resumed from") == 1  # stage 2 only, from its checkpoint
@@ -72,6 +73,9 @@ def test_a_rerun_skips_finished_stages_and_resumes_an_interrupted_one(quick_run)
     assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
     kept = sorted(os.listdir(run / "predictions"))  # each shipped member's answers, reused by the rerun's scoring
     assert len(kept) == 2 and all(name.startswith(("sparsecut-tiny-", "llava-tiny-")) for name in kept)
+    trained_by = json.loads((run / "results.json").read_text())["members"]["llava-tiny"]
+    assert trained_by["command"] == "python -m training.tiny " + " ".join(argv)  # who began it, and how
+    assert trained_by["jobs"] == 2 and trained_by["threads"] == max(1, (os.cpu_count() or 1) // 2)
 
 
 def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_replaces_it(quick_run, tiny_backbones):
@@ -147,6 +151,9 @@ def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsy
     with pytest.raises(SystemExit):
         main(["--output", "unused", "--budget", "tower_steps=-1"])
     assert "tower_steps must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--output", "unused", "--threads", "0"])
+    assert "--threads must be at least 1, not 0" in capsys.readouterr().err
 
 
 def test_paper_tables_at_tiny_scale_from_the_members_scores():

@@ -50,6 +50,19 @@ def _train(args: list[str], log_path: str, threads: int | None) -> None:
         raise RuntimeError(f"training failed ({code}); see {log_path}:\n{tail}")
 
 
+def started_by(root: str, name: str, record: dict) -> dict:
+    """How member ``name``'s training began (``record``: {"command", "jobs", "threads"} of this invocation), written when it
+    first starts and kept from then on, so that a member resumed or shipped by a later invocation is still credited
+    to the command and the sharing of cores that trained it."""
+    path = os.path.join(root, "models", name + ".started.json")
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2)
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: list[str], threads: int | None = None) -> str:
     """Stage 1 then stage 2 for family member ``name`` (``threads``: the CPU threads it may use), each skipped when
     finished and resumed from its last checkpoint when interrupted; returns the final model folder."""
@@ -103,6 +116,8 @@ def main(argv=None) -> int:
                         "sparsecut-tiny on real samples, both ways) shows it at least 1.2x faster, fp32 otherwise")
     parser.add_argument("--jobs", type=int, default=None,
                         help="members trained side by side (default: one per 1-2 CPU cores on a CPU, 1 on a GPU)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per member (default: the cores shared "
+                        "among --jobs); fewer leaves cores to other work, e.g. a probe beside the run")
     parser.add_argument("--budget", default="", help="comma-separated FIELD=VALUE overrides of the budget (steps, data "
                         f"sizes, learning rates, LoRA rank, batch; fields: {', '.join(Budget.__dataclass_fields__)}), "
                         "e.g. stage2_steps=4000,instruct_images=40000 for a longer run on a GPU")
@@ -126,7 +141,9 @@ def main(argv=None) -> int:
     on_cpu = args.cpu or not _has_gpu()
     cores = os.cpu_count() or 1
     jobs = max(1, min(len(names), args.jobs or (cores if on_cpu else 1)))
-    threads = max(1, cores // jobs) if on_cpu else None
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, not {args.threads}")
+    threads = (args.threads or max(1, cores // jobs)) if on_cpu else None
     started = time.time()
     os.makedirs(args.output, exist_ok=True)
     write_data(args.output, budget, args.seed)
@@ -145,6 +162,7 @@ def main(argv=None) -> int:
 
     def run(name: str) -> str:
         began = time.time()
+        started_by(args.output, name, {"command": _command(argv), "jobs": jobs, "threads": threads})
         folder = train_member(name, args.output, budget, args.seed, device_flags, threads)
         member_seconds[name] = time.time() - began
         print(f"[{time.time() - started:6.0f}s] trained {name} ({member_seconds[name] / 60:.1f} min in this process)", flush=True)
@@ -162,12 +180,12 @@ def main(argv=None) -> int:
     ship = args.ship or os.path.join(args.output, "family")
     device = "cpu" if on_cpu else "cuda"
     stage_times = stage_seconds(args.output, names, budget)
-    members = export(args.output, {name: {"command": _command(argv), "seed": args.seed, "budget": budget.__dict__,
-                                          "jobs": jobs, "device": device, "mixed_precision": precision,
+    members = export(args.output, {name: {**started_by(args.output, name, {}), "seed": args.seed, "budget": budget.__dict__,
+                                          "device": device, "mixed_precision": precision,
                                           "stage_seconds": stage_times[name]} for name in names}, ship)
     scored = score_shipped(ship, list(members), args.seed, data_dir=os.path.join(args.output, "data"),  # the split written above
                            predictions_dir=os.path.join(args.output, "predictions"))
-    scored["run"] = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "train_seconds": trained,
+    scored["run"] = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "threads": threads, "train_seconds": trained,
                      "seconds": time.time() - started, "device": device, "command": _command(argv),
                      "mixed_precision": precision, "bf16_speedup": speedup, "backbones_seconds": backbones_seconds,
                      "member_seconds": member_seconds, "stage_seconds": stage_times, "layout": LAYOUT.name}

@@ -180,6 +180,16 @@ def previous_members(family_dir: str, names: list[str]) -> dict[str, dict]:
     return {name: records[name] for name in names}
 
 
+def _sharing(record: dict) -> str:
+    """How a member shared the machine while it trained: "alone" or "N side by side", and its CPU threads where the
+    record has them (records made before --threads existed do not)."""
+    shared = f"{record['jobs']} side by side" if record["jobs"] > 1 else "alone"
+    threads = record.get("threads")
+    if not threads:
+        return shared
+    return f"{shared}, {threads} thread{'s' if threads > 1 else ''}{' each' if record['jobs'] > 1 else ''}"
+
+
 def write_card(out_dir: str, scored: dict) -> None:
     """``MODEL_CARD.md``: how the family was made (per member the command, seed, budget and minutes per stage; the
     tower, data sizes, base model and its hash, recipe) and what it scores."""
@@ -199,8 +209,7 @@ def write_card(out_dir: str, scored: dict) -> None:
         f"| `{name}` | {FAMILY[name]['pattern']} | {'yes' if FAMILY[name]['high_res'] else 'no'} | "
         + " | ".join(f"{record['stage_seconds'][stage] / 60:.1f}" for stage in STAGES)
         + f" | {commands.index(record['command']) + 1} | {record['device']}, {record['mixed_precision']}, "
-        + (f"{record['jobs']} side by side |" if record["jobs"] > 1 else "alone |")
-        for name, record in members.items())
+        + f"{_sharing(record)} |" for name, record in members.items())
     listed = "\n".join(f"{number}. `{command}`" for number, command in enumerate(commands, 1))
     missing = [name for name in FAMILY if name not in members]
     complete = (f"All {len(FAMILY)} members of the family are shipped." if not missing else

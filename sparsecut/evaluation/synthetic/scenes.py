@@ -8,6 +8,12 @@ four half-image crops at full resolution (text there is legible): reading needs 
 |---|---|---|---|---|---|
 | ``thirds-128`` (the first family's) | 128 px | 42.7 px | 64 px | 9, 17 | straddles cells (4 x 4 patches) |
 | ``cells-96`` (the default: the shipped family's) | 96 px | 32 px | 48 px | 7, 13 | is exactly one cell (3 x 3 patches) |
+| ``cells-96-anchored`` | as ``cells-96`` | | | | |
+
+In ``cells-96-anchored`` the text is always printed at the top-left corner of its cell (elsewhere anywhere in the
+cell on the 8-px glyph grid): the k-th character then sits in the same high-res patch and slot of its cell in every
+scene, so reading is a copy from fixed places rather than a search for where the text starts. The same seed draws
+the same scenes in both, up to where the text sits.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class Layout:
     name: str
     image_size: int
     half_widths: tuple[int, int]  # small, large
+    text_anchored: bool = False  # text at its cell's top-left corner instead of anywhere in the cell
 
     @property
     def cell(self) -> float:
@@ -57,7 +64,8 @@ class Layout:
         return self.half_widths[SIZES.index(size)]
 
 
-LAYOUTS = {layout.name: layout for layout in (Layout("thirds-128", 128, (9, 17)), Layout("cells-96", 96, (7, 13)))}
+LAYOUTS = {layout.name: layout for layout in (Layout("thirds-128", 128, (9, 17)), Layout("cells-96", 96, (7, 13)),
+                                              Layout("cells-96-anchored", 96, (7, 13), text_anchored=True))}
 DEFAULT_LAYOUT = LAYOUTS["cells-96"]  # the shipped family's
 
 
@@ -142,7 +150,9 @@ def sample_scene(rng: np.random.Generator, min_shapes: int = 1, max_shapes: int 
         width = len(content) * TEXT_ADVANCE
         xs = [x for x in range(x0, x1 - width + 1) if x % TEXT_ADVANCE == 0]
         ys = [y for y in range(y0, y1 - GLYPH_HEIGHT + 1) if y % TEXT_ADVANCE == 0]
-        origin = (int(rng.choice(xs)), int(rng.choice(ys)))
+        origin = (int(rng.choice(xs)), int(rng.choice(ys)))  # drawn either way: the rest of the scene stays the same
+        if layout.text_anchored:
+            origin = (xs[0], ys[0])
         scribble = rng.random() < scribble_probability
         text = Text("" if scribble else content, cell, origin, len(content))
     shade = int(rng.integers(225, 250))
