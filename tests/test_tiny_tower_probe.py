@@ -78,6 +78,31 @@ def test_dense_labels_mark_objects_and_glyphs_where_the_probe_reads_them():
         assert (labels["glyph"][1:] > 0).sum() == (len(scene.text.text) if legible else 0)
 
 
+def test_spelled_labels_give_every_glyph_token_its_whole_text_as_far_as_its_crop_shows_it():
+    from training.tiny.dense import CHARS, IGNORE, SPELLED, view_labels
+
+    cells, straddling = layout_named("cells-96"), 0
+    for index in range(80):
+        scene = scene_for(3, index, layout=cells)[0]
+        labels = view_labels(scene, PATCH)
+        spelled, glyph = labels["spelled"], labels["glyph"]
+        assert spelled.shape == (5, 9, SPELLED) and (spelled[0] == IGNORE).all()  # the low-res view never reads
+        holds = (glyph[1:] > 0).any(-1)  # crop tokens holding a legible glyph
+        assert ((spelled[1:] != 0).any(-1) == holds).all()  # only those are labelled; the rest say "none"
+        for crop, token in zip(*holds.nonzero()):
+            row = spelled[1 + crop, token]
+            text = scene.text.text
+            assert (row[len(text):] == 0).all()  # "ended" past the text
+            known = [k for k in range(len(text)) if row[k] != IGNORE]
+            assert all(CHARS[row[k] - 1] == text[k] for k in known)  # the k-th character, wherever the token is
+            (x, y), view = scene.text.origin, cells.view  # glyph k is 8 px right of glyph k - 1; crops row-major
+            assert known == [k for k in range(len(text)) if (y // view) * 2 + (x + 8 * k) // view == crop]
+            straddling += len(known) < len(text)
+        for _, view, token, label in probe_examples([scene], PATCH)["spelled"]:  # the probe reads what was labelled
+            assert spelled[view, token, label // 256] == 1 + CHARS.index(chr(label % 256))
+    assert straddling > 0  # some texts cross a crop's edge (the middle column's cells do)
+
+
 def test_dense_pretraining_fits_its_labels():
     from transformers import CLIPVisionConfig
 
@@ -136,5 +161,8 @@ def test_dense_pretraining_and_the_tower_probe_run_on_the_cells_layout():
     config = tower_config(hidden=32, layers=2, heads=4, view=cells.view)
     tower, losses = pretrain_dense(5, 4, 30, config, batch_size=4, lr=3e-3, progress=False, layout=cells)
     assert losses[-1] < 0.5 * losses[0]
+    spelling, spelling_losses = pretrain_dense(5, 4, 30, config, batch_size=4, lr=3e-3, progress=False, layout=cells,
+                                               spell=True)
+    assert spelling_losses[0] > losses[0] and spelling_losses[-1] < 0.5 * spelling_losses[0]  # one more head, fitted
     result = tower_probe(tower.eval(), [2], seed=5, scenes=30, layout=cells)
     assert result["layout"] == "cells-96" and result["examples"]["presence"] == 9 * 30

@@ -9,6 +9,11 @@ each token of each view gets those as labels read from the scene, through linear
   and whether the patch holds text (none / legible / scribble);
 - each full-resolution crop (a half-image tile): the same object labels, and per 8-px glyph slot of the
   patch (2 x 2 slots) which character is written there ("none" if no glyph);
+- optionally (``spell``), each crop token holding a glyph of a legible text: the whole text, one character per text
+  position (and "ended" past its end), as far as that crop shows it. Glyph slots say *where* a character is; which
+  slot holds the first one depends on where the text starts, and a query that mixes two tokens superposes their
+  slots. Spelled labels say *which* character comes k-th, the same in every token of the text, so a mix of them still
+  spells it: the form the oracle probe's text cell has (``--oracle-text``), which SmolLM2 learns to read;
 - every token of every view: the row and the column of its patch in that view. A real CLIP token carries its
   place (its position embedding survives to the last layer); the labels above never ask for it, and a tower trained
   on them alone forgets it (row / column read out at 33-48% from its layers, chance 34%), which leaves "where is
@@ -38,11 +43,13 @@ from .tower import normalised_pixels, tower_config, tower_image_processor
 from sparsecut.evaluation.synthetic.dataset import image_for, scene_for
 from sparsecut.evaluation.synthetic.font import _GLYPHS
 from .loop import fit
-from sparsecut.evaluation.synthetic.scenes import COLOURS, DEFAULT_LAYOUT, LAYOUTS, SHAPES, SIZES, TEXT_ADVANCE, Layout, Scene, Shape, layout_named
+from sparsecut.evaluation.synthetic.scenes import (COLOURS, DEFAULT_LAYOUT, LAYOUTS, SHAPES, SIZES, TEXT_ADVANCE, WORDS,
+                                                   Layout, Scene, Shape, layout_named)
 
 CHARS = sorted(_GLYPHS)  # every character the font draws
 IGNORE = -100
 SLOTS = 4  # 8-px glyph slots per 16-px patch
+SPELLED = max(map(len, WORDS))  # text positions a spelled label covers: the longest text (words; numbers have 2 digits)
 
 
 def token_at(x: float, y: float, patch: int, view: int) -> int:
@@ -83,7 +90,10 @@ def view_labels(scene: Scene, patch: int) -> dict[str, np.ndarray]:
     """Per-token labels of the scene's 5 views (low-res, then the crops row by row), each (5, P) or (5, P, SLOTS):
     ``colour``/``shape``/``size`` (class + 1, 0 = no object centred in the patch), ``text`` (low-res only: 0 none,
     1 legible, 2 scribble; IGNORE in crops), ``glyph`` (crops only: 1 + index in ``CHARS``, 0 none; IGNORE low-res),
-    ``row``/``column`` (the patch's place in its view, the same for every scene)."""
+    ``row``/``column`` (the patch's place in its view, the same for every scene), ``spelled`` (crops only, (5, P,
+    SPELLED)): for a token holding a glyph of a legible text, 1 + the index in ``CHARS`` of the text's k-th character
+    where that glyph is in the token's crop (IGNORE where it is in another crop: a crop cannot see it), 0 past the
+    text's end; 0 for every other token."""
     per_row = scene.layout.view // patch
     tokens = per_row**2
     labels = {name: np.zeros((5, tokens), dtype=np.int64) for name in ("colour", "shape", "size", "text")}
@@ -92,14 +102,19 @@ def view_labels(scene: Scene, patch: int) -> dict[str, np.ndarray]:
     labels["glyph"] = np.zeros((5, tokens, SLOTS), dtype=np.int64)
     labels["text"][1:] = IGNORE
     labels["glyph"][0] = IGNORE
+    labels["spelled"] = np.zeros((5, tokens, SPELLED), dtype=np.int64)
+    labels["spelled"][0] = IGNORE
     for shape, view, token in object_places(scene, patch):
         labels["colour"][view, token] = 1 + list(COLOURS).index(shape.colour)
         labels["shape"][view, token] = 1 + SHAPES.index(shape.shape)
         labels["size"][view, token] = 1 + list(SIZES).index(shape.size)
-    for char, crop, token, slot, low_token in glyph_places(scene, patch):
+    glyphs = glyph_places(scene, patch)
+    for char, crop, token, slot, low_token in glyphs:
         labels["text"][0, low_token] = 1 if char else 2
         if char:
             labels["glyph"][crop, token, slot] = 1 + CHARS.index(char)
+            labels["spelled"][crop, token, :len(glyphs)] = [1 + CHARS.index(c) if in_crop == crop else IGNORE
+                                                            for c, in_crop, *_ in glyphs]
     return labels
 
 
@@ -114,14 +129,17 @@ def scene_views(seed: int, index: int, layout: Layout = DEFAULT_LAYOUT) -> np.nd
 
 class DenseHeads(nn.Module):
     """Linear read-outs per supervised layer: object colour/shape/size (+ none), text kind, the patch's row and
-    column among ``per_row``, glyph per slot."""
+    column among ``per_row``, glyph per slot, and with ``spell`` the text's character per text position."""
 
     TOKEN_LABELS = ("colour", "shape", "size", "text", "row", "column")  # one class per token
 
-    def __init__(self, hidden: int, layers: list[int], per_row: int):
+    def __init__(self, hidden: int, layers: list[int], per_row: int, spell: bool = False):
         super().__init__()
         sizes = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1, "size": len(SIZES) + 1, "text": 3,
                  "row": per_row, "column": per_row, "glyph": SLOTS * (len(CHARS) + 1)}
+        self.multi = {"glyph": SLOTS, **({"spelled": SPELLED} if spell else {})}  # several classes per token
+        if spell:
+            sizes["spelled"] = SPELLED * (len(CHARS) + 1)
         self.layers = layers
         self.heads = nn.ModuleDict({str(layer): nn.ModuleDict({k: nn.Linear(hidden, n) for k, n in sizes.items()})
                                     for layer in layers})
@@ -134,16 +152,17 @@ class DenseHeads(nn.Module):
             tokens = hidden[layer]
             for name in self.TOKEN_LABELS:
                 total = total + F.cross_entropy(heads[name](tokens).flatten(0, 1), labels[name].flatten(), ignore_index=IGNORE)
-            glyph = heads["glyph"](tokens).unflatten(-1, (SLOTS, len(CHARS) + 1))  # (V, P, SLOTS, C)
-            total = total + F.cross_entropy(glyph.flatten(0, 2), labels["glyph"].flatten(), ignore_index=IGNORE)
+            for name, places in self.multi.items():
+                logits = heads[name](tokens).unflatten(-1, (places, len(CHARS) + 1))  # (V, P, places, C)
+                total = total + F.cross_entropy(logits.flatten(0, 2), labels[name].flatten(), ignore_index=IGNORE)
         return total / len(self.layers)
 
 
 def pretrain_dense(seed: int, num_scenes: int, steps: int, config: CLIPVisionConfig, batch_size: int = 32,
                    lr: float = 1e-3, first_layer: int = 1, progress: bool = True,
-                   layout: Layout = DEFAULT_LAYOUT) -> tuple[CLIPVisionModel, list[float]]:
+                   layout: Layout = DEFAULT_LAYOUT, spell: bool = False) -> tuple[CLIPVisionModel, list[float]]:
     """A CLIP-style vision tower trained with the dense labels of ``num_scenes`` scenes of split ``seed`` drawn in
-    ``layout`` (whose view must be the tower's input size)."""
+    ``layout`` (whose view must be the tower's input size); ``spell`` adds the spelled-text labels."""
     if config.image_size != layout.view:
         raise ValueError(f"the tower takes {config.image_size}-px views but layout {layout.name} cuts {layout.view}-px ones.")
     from sparsecut.vision import vision_hidden_states
@@ -151,7 +170,7 @@ def pretrain_dense(seed: int, num_scenes: int, steps: int, config: CLIPVisionCon
     torch.manual_seed(seed)
     tower = CLIPVisionModel(config)
     layers = list(range(first_layer, config.num_hidden_layers + 1))
-    heads = DenseHeads(config.hidden_size, layers, layout.view // config.patch_size)
+    heads = DenseHeads(config.hidden_size, layers, layout.view // config.patch_size, spell)
     pixels = torch.tensor(np.stack([scene_views(seed, i, layout) for i in range(num_scenes)]), dtype=torch.float16)  # (S, 5, 3, V, V)
     per_scene = [view_labels(scene_for(seed, i, layout=layout)[0], config.patch_size) for i in range(num_scenes)]
     labels = {k: torch.tensor(np.stack([p[k] for p in per_scene])) for k in per_scene[0]}
@@ -176,13 +195,16 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="scenes per step (5 views each)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=3003, help="the scene split it trains on")
+    parser.add_argument("--spell", action="store_true", help="also label each glyph token with its text spelled by "
+                        "position (what a fused token must carry for the LLM to read)")
     parser.add_argument("--layout", default=DEFAULT_LAYOUT.name, choices=list(LAYOUTS), help="the scenes' geometry "
                         "(sparsecut/evaluation/synthetic/scenes.py); the tower's input size is its low-res view")
     args = parser.parse_args(argv)
     started = time.time()
     layout = layout_named(args.layout)
     config = tower_config(view=layout.view)  # the family's tower shape
-    tower, losses = pretrain_dense(args.seed, args.scenes, args.steps, config, args.batch, args.lr, layout=layout)
+    tower, losses = pretrain_dense(args.seed, args.scenes, args.steps, config, args.batch, args.lr, layout=layout,
+                                   spell=args.spell)
     tower.save_pretrained(args.output)
     tower_image_processor(layout.view).save_pretrained(args.output)
     with open(f"{args.output}/pretraining.json", "w", encoding="utf-8") as handle:

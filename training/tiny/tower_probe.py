@@ -7,7 +7,10 @@ trained on 80% of the scenes, scored on the other 20%):
   shape and size, and the row and the column of its grid cell (what "where is ...?" asks); for every grid cell, the token of the patch holding the cell's centre -> empty or not (presence);
 - high-res crops (full resolution, 16-px patches): for every legible glyph, the token of the patch holding it ->
   which character (one head per 8-px slot of the patch, since a patch holds 2 x 2 glyph slots);
-- the same glyphs read from the low-res view, where by design they are a blur (chance: 1 / characters seen).
+- the same glyphs read from the low-res view, where by design they are a blur (chance: 1 / characters seen);
+- the text spelled: for every token of a crop holding a legible glyph, the text's k-th character, for each k whose
+  glyph lies in that crop (one head per text position): what a fused token must carry for the LLM to read the text
+  in order, wherever it starts (``dense.py --spell`` trains a tower for it).
 
     python -m training.tiny.tower_probe --tower runs/tiny/backbones/vision --scenes 2000 --json tower.json
     python -m training.tiny.tower_probe --tower runs/tower-cells --layout cells-96   # a tower of 48-px views
@@ -30,8 +33,8 @@ from sparsecut.evaluation.synthetic.dataset import scene_for
 from .dense import glyph_places, object_places, scene_views, token_at
 from sparsecut.evaluation.synthetic.scenes import COLOURS, DEFAULT_LAYOUT, GRID, LAYOUTS, SHAPES, SIZES, Layout, layout_named
 
-TASKS = ("colour", "shape", "size", "row", "column", "presence", "glyph_high_res", "glyph_low_res")
-PATCH_SLOTS = 4  # 8-px glyph slots per 16-px patch of a full-resolution crop (2 x 2)
+TASKS = ("colour", "shape", "size", "row", "column", "presence", "glyph_high_res", "glyph_low_res", "spelled")
+PER_PLACE = ("glyph_high_res", "spelled")  # labels place * 256 + char code: one read-out per glyph slot / text position
 
 
 def scene_tokens(tower: CLIPVisionModel, seed: int, scenes: int, layers: list[int], batch: int = 64,
@@ -55,7 +58,8 @@ def scene_tokens(tower: CLIPVisionModel, seed: int, scenes: int, layers: list[in
 
 def probe_examples(scenes, patch: int) -> dict[str, list[tuple[int, int, int, int]]]:
     """task -> (scene, view (0 low-res, 1..4 crop), token, label) examples; glyph labels are slot * 256 + char code
-    (low-res: the char code alone). The places are those the dense objective (``dense.py``) labels."""
+    (low-res: the char code alone), spelled labels text position * 256 + char code. The places are those the dense
+    objective (``dense.py``) labels."""
     examples = {task: [] for task in TASKS}
     for s, scene in enumerate(scenes):
         for shape, view, token in object_places(scene, patch):
@@ -70,10 +74,14 @@ def probe_examples(scenes, patch: int) -> dict[str, list[tuple[int, int, int, in
             for column in range(GRID):
                 centre = ((column + 0.5) * cell / 2, (row + 0.5) * cell / 2)
                 examples["presence"].append((s, 0, token_at(*centre, patch, view), int((row, column) in taken)))
-        for char, crop, token, slot, low_token in glyph_places(scene, patch):
+        glyphs = glyph_places(scene, patch)
+        for char, crop, token, slot, low_token in glyphs:
             if char:
                 examples["glyph_high_res"].append((s, crop, token, slot * 256 + ord(char)))
                 examples["glyph_low_res"].append((s, 0, low_token, ord(char)))
+        for crop, token in dict.fromkeys((crop, token) for char, crop, token, *_ in glyphs if char):
+            examples["spelled"] += [(s, crop, token, k * 256 + ord(char))
+                                    for k, (char, in_crop, *_) in enumerate(glyphs) if in_crop == crop]
     return examples
 
 
@@ -101,9 +109,10 @@ def linear_probe(train_x, train_y, test_x, test_y, steps: int = 100, seed: int =
 
 
 def _slot_probe(train_x, train_y, test_x, test_y) -> float:
-    """Glyph identity with one read-out per slot of the patch: accuracy over all glyphs."""
+    """Character identity with one read-out per place (a patch's glyph slot, or a text position; label place * 256 +
+    char code): accuracy over all examples."""
     hits = total = 0
-    for slot in range(PATCH_SLOTS):
+    for slot in torch.unique(torch.cat([train_y, test_y]) // 256).tolist():
         tr, te = train_y // 256 == slot, test_y // 256 == slot
         if te.sum() == 0 or tr.sum() == 0:
             continue
@@ -132,7 +141,7 @@ def tower_probe(tower: CLIPVisionModel, layers: list[int], seed: int = 7_000, sc
             features = torch.where((view == 0)[:, None], low[layer][s, where],
                                    crops[layer][s, (view - 1).clamp(min=0), where])
             train, test = s < split, s >= split
-            probe = _slot_probe if task == "glyph_high_res" else linear_probe
+            probe = _slot_probe if task in PER_PLACE else linear_probe
             results[layer][task] = probe(features[train], label[train], features[test], label[test])
             counts[task] = len(rows)
             chance[task] = float(torch.bincount(label[test] % 256).max()) / int(test.sum())  # the majority class
