@@ -45,6 +45,23 @@ def test_fresh_lm_replaces_only_the_llm_and_freezing_is_stage_2s(run):
     assert fresh.config.high_res and fresh.config.pattern == "sparse-uniform"
 
 
+class TokenOracle(torch.nn.Module):
+    """Logits at position t predict token t + 1 (right-padded batches), except at the given (item, position) misses."""
+
+    def __init__(self, vocab: int, misses: list[tuple[dict, int]]):
+        super().__init__()
+        self.vocab, self.misses = vocab, misses
+
+    def forward(self, input_ids, attention_mask, pixel_values):
+        logits = torch.nn.functional.one_hot(torch.roll(input_ids, -1, dims=1), self.vocab).float()
+        for row in range(len(input_ids)):
+            n = int(attention_mask[row].sum())
+            for item, position in self.misses:
+                if torch.equal(input_ids[row, :n], item["input_ids"]):
+                    logits[row, position] = torch.nn.functional.one_hot(torch.tensor(0), self.vocab).float()
+        return SimpleNamespace(logits=logits)
+
+
 def test_exact_match_needs_every_answer_token(run):
     _, processor = build_model(run, "llava-tiny", fresh_lm=False, seed=0)
     items, views = questions(processor, seed=5, scenes=3, families=["existence", "attribute"], high_res=False, max_shapes=2,
@@ -54,21 +71,33 @@ def test_exact_match_needs_every_answer_token(run):
     unique = [i for i in items if sum(torch.equal(i["input_ids"], j["input_ids"]) for j in items) == 1]
     wrong_item = unique[0]  # the oracle recognises it by its tokens alone
 
-    class TokenOracle(torch.nn.Module):  # logits at position t predict token t + 1, except for one question
-        def forward(self, input_ids, attention_mask, pixel_values):
-            logits = torch.nn.functional.one_hot(torch.roll(input_ids, -1, dims=1), vocab).float()
-            for row in range(len(input_ids)):
-                n = int(attention_mask[row].sum())
-                if torch.equal(input_ids[row, :n], wrong_item["input_ids"]):
-                    logits[row, n - 2] = torch.nn.functional.one_hot(torch.tensor(0), vocab).float()  # wrong </s>
-            return SimpleNamespace(logits=logits)
-
-    scores = exact_match(TokenOracle(), items, views, collate, batch_size=2)
+    n = len(wrong_item["input_ids"])
+    scores = exact_match(TokenOracle(vocab, [(wrong_item, n - 2)]), items, views, collate, batch_size=2)  # wrong </s>
     per_family = {f: sum(i["family"] == f for i in items) for f in ("existence", "attribute")}
     other = "attribute" if wrong_item["family"] == "existence" else "existence"
     assert scores[other] == 1.0
     assert scores[wrong_item["family"]] == pytest.approx(1 - 1 / per_family[wrong_item["family"]])
     assert scores["overall"] == pytest.approx(1 - 1 / len(items))
+
+
+def test_later_tokens_of_a_spelled_answer_are_scored_on_their_own(run):
+    _, processor = build_model(run, "llava-tiny", fresh_lm=False, seed=0)
+    items, views = questions(processor, seed=5, scenes=12, families=["reading"], high_res=False, max_shapes=2,
+                             max_length=2048)
+    assert len(items) >= 3 and {i["family"] for i in items} == {"reading"}
+    collate = Collator(processor.tokenizer.pad_token_id)
+    vocab = len(processor.tokenizer)
+    starts = {}  # item index -> position of its first answer token's logit
+    for k, item in enumerate(items):
+        answer = (item["labels"][1:] != -100).nonzero().flatten()
+        starts[k] = int(answer[0])
+    later_tokens = sum(int((item["labels"] != -100).sum()) - 1 for item in items)  # the answer's tokens after its first
+
+    assert all(sum(torch.equal(items[k]["input_ids"], j["input_ids"]) for j in items) == 1 for k in (0, 1))  # told apart
+    misses = [(items[0], starts[0]), (items[1], starts[1] + 1)]  # item 0's first answer token, item 1's second
+    scores = exact_match(TokenOracle(vocab, misses), items, views, collate, batch_size=5)
+    assert scores["reading"] == pytest.approx(1 - 2 / len(items))  # both wrong answers count against exact match
+    assert scores["reading, later tokens"] == pytest.approx(1 - 1 / later_tokens)  # only item 1's miss counts here
 
 
 def test_max_shapes_bounds_the_scenes():
