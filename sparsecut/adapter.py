@@ -2,6 +2,7 @@
 
     Y_i = X_low + attn(LN(X_low), LN(X_kv))      query: low-res tokens; key/value: high-res tokens
     Z_i = gate * MLP(Y_i)                         MLP = LLaVA-1.5's mlp2x_gelu projector
+    (with ``adapter_output_rms`` r: Z_i = gate * w * RMSNorm(MLP(Y_i)), the per-channel weight w starting at r)
 
 With ``adapter_attention_scope="local"`` each low-res token attends only to the high-res tokens of its own image
 region (``local_region_index``), optionally with a learned per-head bias for each place in the region
@@ -23,6 +24,15 @@ from transformers.activations import ACT2FN
 
 class ZeroInitLinear(nn.Linear):
     """A linear layer that ``SparseCutPreTrainedModel._init_weights`` starts at zero."""
+
+
+class OutputRMSNorm(nn.RMSNorm):
+    """RMS normalisation of an adapter's output, its per-channel weight starting at ``start`` (config
+    ``adapter_output_rms``; ``SparseCutPreTrainedModel._init_weights`` sets it)."""
+
+    def __init__(self, dim: int, start: float):
+        super().__init__(dim, eps=1e-6)
+        self.start = start
 
 
 @functools.lru_cache(maxsize=16)  # one small table per geometry and device, shared by every adapter and call
@@ -144,6 +154,9 @@ class ShortcutAdapter(nn.Module):
             self.attention = AdapterAttention(v_dim, config.adapter_num_heads, eps, config.high_res_grid**2 + 1,
                                               config.adapter_region_bias)
         self.mlp = AdapterMLP(v_dim, t_dim, config.adapter_mlp, config.adapter_bias, config.adapter_hidden_act)
+        self.output_norm = None
+        if config.adapter_output_rms is not None:
+            self.output_norm = OutputRMSNorm(t_dim, config.adapter_output_rms)
         self.gate = nn.Parameter(torch.zeros(t_dim)) if gated else None
 
     def fuse(
@@ -171,6 +184,8 @@ class ShortcutAdapter(nn.Module):
         return self.project(fused), weights
 
     def project(self, fused: torch.Tensor) -> torch.Tensor:
-        """Y (B, M, Dv) -> Z (B, M, Dt): the MLP, then the gate (if any)."""
+        """Y (B, M, Dv) -> Z (B, M, Dt): the MLP, the output normalisation (if any), then the gate (if any)."""
         z = self.mlp(fused)
+        if self.output_norm is not None:
+            z = self.output_norm(z)
         return z * self.gate if self.gate is not None else z

@@ -45,6 +45,11 @@ class SparseCutConfig(PretrainedConfig):
             the start the heads copy the region's tokens in order (a space-to-depth of the crops, kept trainable);
             ``None`` (default): no bias, every place alike.
         adapter_mlp: ``"mlp2x_gelu"`` (LLaVA-1.5's projector) or ``"linear"``.
+        adapter_output_rms: every adapter's output is RMS-normalised per token and scaled by a learned per-channel
+            weight that starts at this value, e.g. the RMS of the LLM's input embeddings (``from_backbones(...,
+            adapter_output_rms="embeddings")``), so that visual tokens enter the LLM at the scale of its text tokens
+            rather than at the tower's (a raw ViT hidden state through a fresh linear layer is tens of times larger);
+            ``None`` (default, the paper's): no normalisation.
         adapter_bias: biases in the adapter MLP (LLaVA's ``multimodal_projector_bias``).
         zero_init_extra_shortcuts: every shortcut except the input one (``primary_shortcut``) gets a per-channel
             output gate initialised at 0, so an untrained model behaves exactly like its input shortcut alone, which
@@ -75,6 +80,7 @@ class SparseCutConfig(PretrainedConfig):
     adapter_attention_scope: str = "global"
     adapter_region_bias: float | None = None
     adapter_mlp: str = "mlp2x_gelu"
+    adapter_output_rms: float | None = None
     adapter_bias: bool = True
     adapter_hidden_act: str = "gelu"
     zero_init_extra_shortcuts: bool = True
@@ -98,6 +104,9 @@ class SparseCutConfig(PretrainedConfig):
         if self.adapter_region_bias is not None and self.adapter_attention_scope != "local":
             raise ValueError("adapter_region_bias biases the places of a local region: it needs "
                              "adapter_attention_scope='local'.")
+        if self.adapter_output_rms is not None and not self.adapter_output_rms > 0:
+            raise ValueError(f"adapter_output_rms is the scale adapter outputs start at: a number > 0 (or None for no "
+                             f"normalisation); got {self.adapter_output_rms!r}.")
         _check_choice("high_res_fusion", self.high_res_fusion, HIGH_RES_FUSIONS)
         if not isinstance(self.high_res_grid, int) or isinstance(self.high_res_grid, bool) or self.high_res_grid < 1:
             raise ValueError(f"high_res_grid must be an integer >= 1 (2 gives four crops); got {self.high_res_grid!r}.")

@@ -187,7 +187,8 @@ def from_backbones(
     tokenizer / image_processor: objects or paths (default: from ``text`` / ``vision``). If the tokenizer has no
     ``<image>`` token it is added and the embeddings grow by one row (set to the mean row). ``chat_template``
     replaces the tokenizer's: a Jinja string or a name in ``sparsecut.templates.CHAT_TEMPLATES`` (``"chatml"``:
-    ChatML without a default system prompt)."""
+    ChatML without a default system prompt). ``adapter_output_rms="embeddings"`` starts the adapters' output scale at
+    the RMS of the LLM's input embeddings (see ``SparseCutConfig``)."""
     from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
 
     from .base_models import resolve_text_backbone
@@ -207,6 +208,8 @@ def from_backbones(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     grow_embeddings(lm, len(tokenizer))
+    if config_overrides.get("adapter_output_rms") == "embeddings":
+        config_overrides["adapter_output_rms"] = float(lm.get_input_embeddings().weight.detach().float().square().mean().sqrt())
     config = SparseCutConfig(
         vision_config=tower.config.to_dict(),
         text_config=lm.config.to_dict(),

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import slice_logits_to_keep
 
 from . import injection
-from .adapter import AdapterAttention, ShortcutAdapter, ZeroInitLinear
+from .adapter import AdapterAttention, OutputRMSNorm, ShortcutAdapter, ZeroInitLinear
 from .cache_name import CACHE_KWARG, one_cache
 from .config import SparseCutConfig
 from .patterns import Shortcut, parse_pattern_string
@@ -145,6 +145,8 @@ class SparseCutPreTrainedModel(PreTrainedModel):
             init.zeros_(module.gate)  # extra shortcuts start switched off
         elif isinstance(module, AdapterAttention) and module.region_bias is not None:
             module.reset_region_bias()  # each head starts on one place of the region
+        elif isinstance(module, OutputRMSNorm):
+            init.constant_(module.weight, module.start)  # visual tokens start at the scale asked for
         else:
             super()._init_weights(module)
 

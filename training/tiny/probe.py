@@ -43,7 +43,7 @@ PROBED = ("existence", "attribute", "count", "position")
 def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False,
                 text: str | None = None, vision: str | None = None, oracle_positions: bool = False,
                 adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False,
-                region_bias: float | None = None):
+                region_bias: float | None = None, adapter_output_rms: float | str | None = None):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
     absent and not both replaced), with fresh adapters, in ChatML without a default system prompt as the family; ``text`` (a base model name
     such as ``smollm2-135m-instruct``, or a folder) replaces the run's LLM; ``vision`` (a CLIPVisionModel folder, e.g. from
@@ -53,7 +53,8 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
     text's characters with ``oracle_text``.
     ``adapter_mlp``: the adapters' (or LLaVA projector's) MLP, ``mlp2x_gelu`` or ``linear``; ``attention_scope``: the
     adapters' cross-attention, ``global`` or ``local`` (default: the member's), ``region_bias`` its per-head place
-    bias's start (local only; default: the member's)."""
+    bias's start (local only; default: the member's); ``adapter_output_rms``: the adapters' output scale (a number, or
+    "embeddings" for the LLM's; default: none, the paper's)."""
     if vision is None or text is None:  # the run's own backbones are needed
         build_backbones(run, Budget(), seed)  # returns at once when the run has them
         run_vision, run_text = backbone_dirs(run)
@@ -65,7 +66,7 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
                                       adapter_attention_scope=attention_scope or spec.get("adapter_attention_scope", "global"),
                                       adapter_region_bias=region_bias if region_bias is not None
                                       else spec.get("adapter_region_bias"),
-                                      chat_template=CHAT_TEMPLATE)
+                                      adapter_output_rms=adapter_output_rms, chat_template=CHAT_TEMPLATE)
     if fresh_lm:  # the LLM as transformers initialises it from its config
         fresh = AutoModelForCausalLM.from_config(model.config.text_config)
         model.model.language_model.load_state_dict(fresh.model.state_dict())
@@ -179,7 +180,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           vision: str | None = None, eval_every: int = 0, oracle_positions: bool = False,
           layout: str = LAYOUT.name, lora_rank: int = 0, lora_modules: str = "all",
           adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False,
-          region_bias: float | None = None) -> dict:
+          region_bias: float | None = None, adapter_output_rms: float | str | None = None) -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
     ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
@@ -192,7 +193,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     then the LoRA's learning rate) instead of in full, as a shipped member's small delta would be; ``lora_modules``:
     ``all`` or ``attention`` (q, k, v, o only); ``adapter_mlp``: ``mlp2x_gelu`` (LLaVA-1.5's) or ``linear``; ``attention_scope``: the adapters' cross-attention,
     ``global`` or ``local`` (default: the member's), ``region_bias`` the local scope's per-head place bias; ``oracle_text``: the oracle's text cell also carries the text's
-    characters."""
+    characters; ``adapter_output_rms``: the adapters' outputs RMS-normalised, starting at this scale ("embeddings": the
+    LLM's input embeddings')."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES)}.")
@@ -211,7 +213,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     geometry = layout_named(layout)
     recipe = load_recipe("stage2")
     model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision, oracle_positions,
-                                   adapter_mlp, attention_scope, oracle_text, region_bias)
+                                   adapter_mlp, attention_scope, oracle_text, region_bias, adapter_output_rms)
     if not oracle_vision and model.config.vision_config.image_size != geometry.view:
         raise ValueError(f"the tower takes {model.config.vision_config.image_size}-px views but layout {layout} cuts "
                          f"{geometry.view}-px ones: pass --vision with a tower trained on that layout "
@@ -268,6 +270,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
                          "lora_rank": lora_rank, "lora_modules": lora_modules, "adapter_mlp": adapter_mlp,
                          "attention_scope": model.config.adapter_attention_scope if not oracle_vision else None,
                          "region_bias": model.config.adapter_region_bias if not oracle_vision else None,
+                         "adapter_output_rms": model.config.adapter_output_rms if not oracle_vision else None,
                          "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}}
 
 
@@ -278,6 +281,16 @@ def _groups(model, lr: float, llm_lr: float | None) -> list[dict]:
         if param.requires_grad:
             (llm if llm_lr is not None and "language_model" in name else rest).append(param)
     return [group for group in ({"params": rest, "lr": lr}, {"params": llm, "lr": llm_lr}) if group["params"]]
+
+
+def _scale(value: str) -> float | str:
+    """--adapter-output-rms: a positive number or "embeddings"."""
+    if value == "embeddings":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'embeddings', not {value!r}") from None
 
 
 def main(argv=None) -> int:
@@ -321,6 +334,9 @@ def main(argv=None) -> int:
                         "tokens of its own region); default: the member's")
     parser.add_argument("--region-bias", type=float, default=None, metavar="B", help="with --attention-scope local: "
                         "a learned per-head bias per place of the region, starting at B for place h mod g^2 of head h")
+    parser.add_argument("--adapter-output-rms", default=None, type=_scale, metavar="R", help="RMS-normalise every "
+                        "adapter's output with a learned scale starting at R, or at the LLM's input embeddings' RMS "
+                        "with 'embeddings' (default: no normalisation, the paper's)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every N steps (the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
@@ -338,7 +354,7 @@ def main(argv=None) -> int:
                        oracle_positions=args.oracle_positions, layout=args.layout, lora_rank=args.lora_rank,
                        lora_modules=args.lora_modules, adapter_mlp=args.adapter_mlp,
                        attention_scope=args.attention_scope, oracle_text=args.oracle_text,
-                       region_bias=args.region_bias)
+                       region_bias=args.region_bias, adapter_output_rms=args.adapter_output_rms)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""
