@@ -91,7 +91,8 @@ def test_later_tokens_of_a_spelled_answer_are_scored_on_their_own(run):
     for k, item in enumerate(items):
         answer = (item["labels"][1:] != -100).nonzero().flatten()
         starts[k] = int(answer[0])
-    later_tokens = sum(int((item["labels"] != -100).sum()) - 1 for item in items)  # the answer's tokens after its first
+    later_tokens = sum(item["answer_tokens"] - 1 for item in items)  # the answer's own tokens after its first
+    assert all(int((item["labels"] != -100).sum()) > item["answer_tokens"] > 1 for item in items)  # the turn's end follows
 
     assert all(sum(torch.equal(items[k]["input_ids"], j["input_ids"]) for j in items) == 1 for k in (0, 1))  # told apart
     misses = [(items[0], starts[0]), (items[1], starts[1] + 1)]  # item 0's first answer token, item 1's second

@@ -100,8 +100,9 @@ def _item(processor, turns: list[tuple[str, str]], index: int, family: str, high
         conversation += [{"from": "human", "value": prefix + question}, {"from": "gpt", "value": answer}]
     encoded = encode({"id": f"{index}-{family}", "image": "scene", "conversations": conversation}, processor,
                      processor.template, max_length, high_res)
+    last_answer = len(processor.tokenizer(turns[-1][1], add_special_tokens=False).input_ids)
     return {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels), "scene": index,
-            "family": family}
+            "family": family, "answer_tokens": last_answer}  # the last answer's own tokens, before the turn's end
 
 
 def questions(processor, seed: int, scenes: int, families: list[str], high_res: bool, max_shapes: int,
@@ -149,9 +150,10 @@ SPELLED_FAMILIES = ("reading",)  # answers spelled over several tokens: their la
 @torch.no_grad()
 def exact_match(model, items: list[dict], views: torch.Tensor, collate: Collator, batch_size: int = 64) -> dict[str, float]:
     """family -> share of questions whose answer tokens (and </s>) are all the model's argmax; plus ``overall``; and
-    for ``SPELLED_FAMILIES`` "FAMILY, later tokens": the share of each answer's tokens after its first that are the
-    argmax given the right ones before them. Partial reading shows there: the second digit of "46" is right only if
-    it was read, while the first token competes with "unanswerable", the right answer to half the questions."""
+    for ``SPELLED_FAMILIES`` "FAMILY, later tokens": the share of each (single-turn) answer's own tokens after its
+    first (not the turn's end tokens) that are the argmax given the right ones before them. Partial reading shows
+    there: the second digit of "46" is right only if it was read, while the first token competes with
+    "unanswerable", the right answer to half the questions."""
     model.eval()
     hits: dict[str, list[bool]] = {}
     later: dict[str, list[bool]] = {}
@@ -162,10 +164,11 @@ def exact_match(model, items: list[dict], views: torch.Tensor, collate: Collator
         predicted = model(**batch).logits[:, :-1].argmax(-1)
         answer = labels != IGNORE_INDEX
         right = predicted == labels
-        first = answer & (answer.cumsum(1) == 1)  # each sequence's first answer token
-        for item, ok, row_right, row_later in zip(chunk, (right | ~answer).all(1).tolist(), right, answer & ~first):
+        order = answer.cumsum(1) * answer  # 1, 2, ... along each sequence's supervised tokens, 0 elsewhere
+        for item, ok, row_right, row_order in zip(chunk, (right | ~answer).all(1).tolist(), right, order):
             hits.setdefault(item["family"], []).append(ok)
             if item["family"] in SPELLED_FAMILIES:
+                row_later = (row_order >= 2) & (row_order <= item["answer_tokens"])
                 later.setdefault(item["family"], []).extend(row_right[row_later].tolist())
     scores = {family: sum(v) / len(v) for family, v in hits.items()}
     scores["overall"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
