@@ -100,9 +100,10 @@ def _item(processor, turns: list[tuple[str, str]], index: int, family: str, high
         conversation += [{"from": "human", "value": prefix + question}, {"from": "gpt", "value": answer}]
     encoded = encode({"id": f"{index}-{family}", "image": "scene", "conversations": conversation}, processor,
                      processor.template, max_length, high_res)
-    last_answer = len(processor.tokenizer(turns[-1][1], add_special_tokens=False).input_ids)
+    last_answer = turns[-1][1]
     return {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels), "scene": index,
-            "family": family, "answer_tokens": last_answer}  # the last answer's own tokens, before the turn's end
+            "family": family, "answer": last_answer,  # and its own tokens, before the turn's end:
+            "answer_tokens": len(processor.tokenizer(last_answer, add_special_tokens=False).input_ids)}
 
 
 def questions(processor, seed: int, scenes: int, families: list[str], high_res: bool, max_shapes: int,
@@ -144,16 +145,17 @@ def batch_of(items: list[dict], views: torch.Tensor, collate: Collator) -> dict:
     return batch
 
 
-SPELLED_FAMILIES = ("reading",)  # answers spelled over several tokens: their later tokens are scored on their own too
+SPELLED_FAMILIES = ("reading",)  # answers spelled over several tokens: their later digits are scored on their own too
 
 
 @torch.no_grad()
 def exact_match(model, items: list[dict], views: torch.Tensor, collate: Collator, batch_size: int = 64) -> dict[str, float]:
     """family -> share of questions whose answer tokens (and </s>) are all the model's argmax; plus ``overall``; and
-    for ``SPELLED_FAMILIES`` "FAMILY, later tokens": the share of each (single-turn) answer's own tokens after its
-    first (not the turn's end tokens) that are the argmax given the right ones before them. Partial reading shows
-    there: the second digit of "46" is right only if it was read, while the first token competes with
-    "unanswerable", the right answer to half the questions."""
+    for ``SPELLED_FAMILIES`` "FAMILY, later digits": over the (single-turn) answers that are numbers, the share of
+    their digits after the first that are the argmax given the right ones before them (the turn's end tokens not
+    counted). Partial reading shows there: the second digit of "46" is right only if it was read (chance 1 in 10),
+    while the first token competes with "unanswerable", the right answer to half the questions. Words are left out:
+    the tokenizer splits the twelve words so that their first token fixes the rest ("P" -> "EN")."""
     model.eval()
     hits: dict[str, list[bool]] = {}
     later: dict[str, list[bool]] = {}
@@ -167,12 +169,12 @@ def exact_match(model, items: list[dict], views: torch.Tensor, collate: Collator
         order = answer.cumsum(1) * answer  # 1, 2, ... along each sequence's supervised tokens, 0 elsewhere
         for item, ok, row_right, row_order in zip(chunk, (right | ~answer).all(1).tolist(), right, order):
             hits.setdefault(item["family"], []).append(ok)
-            if item["family"] in SPELLED_FAMILIES:
+            if item["family"] in SPELLED_FAMILIES and item["answer"].isdigit():
                 row_later = (row_order >= 2) & (row_order <= item["answer_tokens"])
                 later.setdefault(item["family"], []).extend(row_right[row_later].tolist())
     scores = {family: sum(v) / len(v) for family, v in hits.items()}
     scores["overall"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
-    scores.update({f"{family}, later tokens": sum(v) / len(v) for family, v in later.items() if v})
+    scores.update({f"{family}, later digits": sum(v) / len(v) for family, v in later.items() if v})
     return scores
 
 
