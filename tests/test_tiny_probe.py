@@ -89,8 +89,8 @@ def test_later_digits_of_a_number_read_are_scored_on_their_own(run):
     assert len(numbers) >= 2 and len(numbers) < len(items)  # words too, whose later tokens are not counted
     assert all(int((item["labels"] != -100).sum()) > item["answer_tokens"] == 2 for item in numbers)  # then the turn's end
     assert all(sum(torch.equal(n["input_ids"], j["input_ids"]) for j in items) == 1 for n in numbers[:2])  # told apart
-    first = {id(n): int((n["labels"][1:] != -100).nonzero()[0]) for n in numbers[:2]}  # the first digit's logit
-    misses = [(numbers[0], first[id(numbers[0])]), (numbers[1], first[id(numbers[1])] + 1)]  # a first and a second digit
+    first = [int((n["labels"][1:] != -100).nonzero()[0]) for n in numbers[:2]]  # each one's first-digit logit
+    misses = [(numbers[0], first[0]), (numbers[1], first[1] + 1)]  # a first digit wrong, and a second digit
     collate = Collator(processor.tokenizer.pad_token_id)
     scores = exact_match(TokenOracle(len(processor.tokenizer), misses), items, views, collate, batch_size=5)
     assert scores["reading"] == pytest.approx(1 - 2 / len(items))  # both wrong answers count against exact match
