@@ -275,3 +275,22 @@ def test_probe_with_the_small_delta_levers(run):
     assert result["settings"]["lora_modules"] == "attention" and result["settings"]["adapter_mlp"] == "linear"
     assert result["settings"]["attention_scope"] == "local" and result["settings"]["region_bias"] == 4.0
     assert result["settings"]["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_probe_pattern_replaces_the_members_shortcuts_and_keeps_its_fusion(run):
+    """--pattern llava: the member's fused adapter on one shortcut into the LLM's input (where the oracle feeds it)."""
+    member, _ = build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0)
+    single, _ = build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0, pattern="llava")
+    layers = single.config.vision_config.num_hidden_layers
+    assert single.config.shortcut_pairs == [(layers - 1, 1)] and len(member.config.shortcut_pairs) > 1
+    assert single.config.high_res and single.config.adapter_attention  # the cross-attention over the crops stays
+    result = probe(run, "sparsecut-tiny", ["count"], pattern="1:2", **SMALL)
+    assert result["settings"]["shortcuts"] == [[1, 2]]
+    with pytest.raises(ValueError, match="Unknown shortcut pattern 'sideways'"):
+        probe(run, "sparsecut-tiny", ["count"], pattern="sideways", **SMALL)
+    concat = probe(run, "sparsecut-tiny", ["count"], pattern="llava", high_res_fusion="concat", **SMALL)
+    assert concat["settings"]["high_res_fusion"] == "concat"
+    model, processor = build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0, high_res_fusion="concat")
+    assert processor.tokens_per_image(True) == model.config.num_views * model.config.image_seq_length  # crops in context
+    with pytest.raises(ValueError, match="pattern replaces the member's shortcuts"):
+        probe(run, "sparsecut-tiny", ["count"], pattern="llava", oracle_vision=True, **SMALL)

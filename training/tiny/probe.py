@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from sparsecut.benchmarking import write_json
-from sparsecut.config import ATTENTION_SCOPES, MLP_TYPES
+from sparsecut.config import ATTENTION_SCOPES, HIGH_RES_FUSIONS, MLP_TYPES
 from sparsecut.convert import from_backbones
 from training.data import IGNORE_INDEX, Collator, encode, supervised_positions
 from training.trainer import add_lora, apply_freezing
@@ -43,7 +43,8 @@ PROBED = ("existence", "attribute", "count", "position")
 def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False,
                 text: str | None = None, vision: str | None = None, oracle_positions: bool = False,
                 adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False,
-                region_bias: float | None = None, adapter_output_rms: float | str | None = None):
+                region_bias: float | None = None, adapter_output_rms: float | str | None = None,
+                pattern: str | None = None, high_res_fusion: str = "cross-attention"):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
     absent and not both replaced), with fresh adapters, in ChatML without a default system prompt as the family; ``text`` (a base model name
     such as ``smollm2-135m-instruct``, or a folder) replaces the run's LLM; ``vision`` (a CLIPVisionModel folder, e.g. from
@@ -54,19 +55,26 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
     ``adapter_mlp``: the adapters' (or LLaVA projector's) MLP, ``mlp2x_gelu`` or ``linear``; ``attention_scope``: the
     adapters' cross-attention, ``global`` or ``local`` (default: the member's), ``region_bias`` its per-head place
     bias's start (local only; default: the member's); ``adapter_output_rms``: the adapters' output scale (a number, or
-    "embeddings" for the LLM's; default: none, the paper's)."""
+    "embeddings" for the LLM's; default: none, the paper's); ``pattern``: a shortcut pattern instead of the member's
+    (a name of ``sparsecut.patterns`` or ``"i:j,..."``), its high-res fusion kept (``"llava"``: one shortcut into the
+    LLM's input, fused, as the oracle feeds it); ``high_res_fusion``: ``cross-attention`` (the paper's) or ``concat``
+    (every crop's tokens in the context too, as LLaVA-NeXT: the LLM reads the crops itself)."""
+    if pattern is not None and oracle_vision:
+        raise ValueError("pattern replaces the member's shortcuts, which oracle_vision replaces by the oracle's input: "
+                         "choose one.")
     if vision is None or text is None:  # the run's own backbones are needed
         build_backbones(run, Budget(), seed)  # returns at once when the run has them
         run_vision, run_text = backbone_dirs(run)
     vision, text = vision or run_vision, text or run_text
     spec = FAMILY[member]
     torch.manual_seed(seed)
-    model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"],
+    model, processor = from_backbones(vision, text, pattern=pattern or spec["pattern"], high_res=spec["high_res"],
                                       adapter_attention=spec.get("adapter_attention", True), adapter_mlp=adapter_mlp,
                                       adapter_attention_scope=attention_scope or spec.get("adapter_attention_scope", "global"),
                                       adapter_region_bias=region_bias if region_bias is not None
                                       else spec.get("adapter_region_bias"),
-                                      adapter_output_rms=adapter_output_rms, chat_template=CHAT_TEMPLATE)
+                                      adapter_output_rms=adapter_output_rms, high_res_fusion=high_res_fusion,
+                                      chat_template=CHAT_TEMPLATE)
     if fresh_lm:  # the LLM as transformers initialises it from its config
         fresh = AutoModelForCausalLM.from_config(model.config.text_config)
         model.model.language_model.load_state_dict(fresh.model.state_dict())
@@ -185,7 +193,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           vision: str | None = None, eval_every: int = 0, oracle_positions: bool = False,
           layout: str = LAYOUT.name, lora_rank: int = 0, lora_modules: str = "all",
           adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False,
-          region_bias: float | None = None, adapter_output_rms: float | str | None = None) -> dict:
+          region_bias: float | None = None, adapter_output_rms: float | str | None = None,
+          pattern: str | None = None, high_res_fusion: str = "cross-attention") -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
     ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
@@ -199,7 +208,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     ``all`` or ``attention`` (q, k, v, o only); ``adapter_mlp``: ``mlp2x_gelu`` (LLaVA-1.5's) or ``linear``; ``attention_scope``: the adapters' cross-attention,
     ``global`` or ``local`` (default: the member's), ``region_bias`` the local scope's per-head place bias; ``oracle_text``: the oracle's text cell also carries the text's
     characters; ``adapter_output_rms``: the adapters' outputs RMS-normalised, starting at this scale ("embeddings": the
-    LLM's input embeddings' RMS)."""
+    LLM's input embeddings' RMS); ``pattern``: shortcuts instead of the member's (its high-res fusion kept); ``high_res_fusion``: ``cross-attention``
+    or ``concat`` (the crops' tokens in the context)."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES)}.")
@@ -218,7 +228,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     geometry = layout_named(layout)
     recipe = load_recipe("stage2")
     model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision, oracle_positions,
-                                   adapter_mlp, attention_scope, oracle_text, region_bias, adapter_output_rms)
+                                   adapter_mlp, attention_scope, oracle_text, region_bias, adapter_output_rms,
+                                   pattern, high_res_fusion)
     if not oracle_vision and model.config.vision_config.image_size != geometry.view:
         raise ValueError(f"the tower takes {model.config.vision_config.image_size}-px views but layout {layout} cuts "
                          f"{geometry.view}-px ones: pass --vision with a tower trained on that layout "
@@ -276,6 +287,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
                          "attention_scope": model.config.adapter_attention_scope if not oracle_vision else None,
                          "region_bias": model.config.adapter_region_bias if not oracle_vision else None,
                          "adapter_output_rms": model.config.adapter_output_rms if not oracle_vision else None,
+                         "shortcuts": [list(pair) for pair in model.config.shortcuts] if not oracle_vision else None,
+                         "high_res_fusion": model.config.high_res_fusion if not oracle_vision else None,
                          "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}}
 
 
@@ -342,6 +355,12 @@ def main(argv=None) -> int:
     parser.add_argument("--adapter-output-rms", default=None, type=_scale, metavar="R", help="RMS-normalise every "
                         "adapter's output with a learned scale starting at R, or at the LLM's input embeddings' RMS "
                         "with 'embeddings' (default: no normalisation, the paper's)")
+    parser.add_argument("--pattern", default=None, help="a shortcut pattern instead of the member's, its high-res fusion "
+                        "kept: a name (llava, sparse-uniform, ...) or 'i:j,...' (llava: one fused shortcut into the "
+                        "LLM's input, where the oracle feeds it)")
+    parser.add_argument("--high-res-fusion", default="cross-attention", choices=list(HIGH_RES_FUSIONS), help="how the "
+                        "crops reach the LLM: cross-attention (the paper's: the context does not grow) or concat (every "
+                        "crop's tokens in the context too, as LLaVA-NeXT)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every N steps (the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
@@ -359,7 +378,8 @@ def main(argv=None) -> int:
                        oracle_positions=args.oracle_positions, layout=args.layout, lora_rank=args.lora_rank,
                        lora_modules=args.lora_modules, adapter_mlp=args.adapter_mlp,
                        attention_scope=args.attention_scope, oracle_text=args.oracle_text,
-                       region_bias=args.region_bias, adapter_output_rms=args.adapter_output_rms)
+                       region_bias=args.region_bias, adapter_output_rms=args.adapter_output_rms,
+                       pattern=args.pattern, high_res_fusion=args.high_res_fusion)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""
