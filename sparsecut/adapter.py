@@ -8,7 +8,9 @@ With ``adapter_attention_scope="local"`` each low-res token attends only to the 
 region (``local_region_index``), optionally with a learned per-head bias for each place in the region
 (``adapter_region_bias``: head h starts preferring place h mod g^2, so the heads copy the region's tokens in order). The attention's output projection starts at zero, so an untrained adapter is exactly LLaVA's projector
 (and an adapter seeded from a LLaVA checkpoint reproduces it); the optional per-channel ``gate`` starts at
-zero for the extra shortcuts (config ``zero_init_extra_shortcuts``).
+zero for the extra shortcuts (config ``zero_init_extra_shortcuts``). With ``high_res_fusion="stack"`` (not the
+paper's) Y_i also carries each low-res token's g x g high-res tokens along its channels (``stack_regions``), so the
+MLP reads (1 + g^2) D_v channels and no glyph is mixed away; the context still holds M_v tokens.
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ def local_region_index(side: int, grid: int, with_low: bool, device=None) -> tor
         own.fill_diagonal_(grid * grid)
         index = torch.cat([own, index], dim=1)
     return index
+
+
+def stack_regions(high: torch.Tensor, side: int, grid: int) -> torch.Tensor:
+    """high (B, g^2 * side^2, D): the g^2 crops' tokens (crops row-major, each side^2 tokens row-major) -> (B, side^2,
+    g^2 * D): for each low-res token (row-major), the g x g high-res tokens of its image region side by side along
+    the channels, in place order (row-major, as ``local_region_index`` numbers the places)."""
+    B, _, D = high.shape
+    whole = high.view(B, grid, grid, side, side, D).permute(0, 1, 3, 2, 4, 5)  # (B, crop row, row, crop col, col, D)
+    blocks = whole.reshape(B, side, grid, side, grid, D).permute(0, 1, 3, 2, 4, 5)  # (B, r, c, place row, place col, D)
+    return blocks.reshape(B, side * side, grid * grid * D)
 
 
 class AdapterAttention(nn.Module):
@@ -149,11 +161,13 @@ class ShortcutAdapter(nn.Module):
         self.kv_source = config.adapter_kv_source
         self.local = config.adapter_attention_scope == "local"
         self.grid = config.high_res_grid
+        self.stack = config.high_res_fusion == "stack"
         self.attention = None
         if config.adapter_attention:
             self.attention = AdapterAttention(v_dim, config.adapter_num_heads, eps, config.high_res_grid**2 + 1,
                                               config.adapter_region_bias)
-        self.mlp = AdapterMLP(v_dim, t_dim, config.adapter_mlp, config.adapter_bias, config.adapter_hidden_act)
+        fused_dim = v_dim * (1 + self.grid**2) if self.stack else v_dim  # Y's width
+        self.mlp = AdapterMLP(fused_dim, t_dim, config.adapter_mlp, config.adapter_bias, config.adapter_hidden_act)
         self.output_norm = None
         if config.adapter_output_rms is not None:
             self.output_norm = OutputRMSNorm(t_dim, config.adapter_output_rms)
@@ -163,7 +177,21 @@ class ShortcutAdapter(nn.Module):
         self, low: torch.Tensor, high: torch.Tensor | None = None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Eq. 2's Y: low (B, M, Dv) low-res tokens, high (B, K, Dv) tokens of all crops or None -> Y (B, M, Dv), and
-        the attention weights (B, H, M, K') when asked (None without attention: Y is ``low``)."""
+        the attention weights (B, H, M, K') when asked (None without attention: Y is ``low``). With the ``stack``
+        fusion Y is (B, M, (1 + g^2) Dv): eq. 2's, then each token's region of ``high`` (``stack_regions``; zeros
+        when called without crops)."""
+        fused, weights = self._attend(low, high, output_attentions)
+        if not self.stack:
+            return fused, weights
+        side = math.isqrt(low.shape[1])
+        stacked = (stack_regions(high, side, self.grid) if high is not None
+                   else low.new_zeros(*low.shape[:2], self.grid**2 * low.shape[2]))
+        return torch.cat([fused, stacked], dim=-1), weights
+
+    def _attend(
+        self, low: torch.Tensor, high: torch.Tensor | None, output_attentions: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eq. 2's cross-attention (low itself without an attention block): (B, M, Dv), weights or None."""
         if self.attention is None:
             return low, None
         region = None
@@ -184,7 +212,7 @@ class ShortcutAdapter(nn.Module):
         return self.project(fused), weights
 
     def project(self, fused: torch.Tensor) -> torch.Tensor:
-        """Y (B, M, Dv) -> Z (B, M, Dt): the MLP, the output normalisation (if any), then the gate (if any)."""
+        """Y (B, M, Dv; (1 + g^2) Dv when stacked) -> Z (B, M, Dt): the MLP, the output normalisation (if any), then the gate (if any)."""
         z = self.mlp(fused)
         if self.output_norm is not None:
             z = self.output_norm(z)

@@ -11,7 +11,7 @@ VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model")
 MLP_TYPES = ("mlp2x_gelu", "linear")
 KV_SOURCES = ("high", "low+high")
 ATTENTION_SCOPES = ("global", "local")
-HIGH_RES_FUSIONS = ("cross-attention", "concat")
+HIGH_RES_FUSIONS = ("cross-attention", "concat", "stack")
 FEATURE_STRATEGIES = ("default", "full")
 
 
@@ -22,7 +22,10 @@ class SparseCutConfig(PretrainedConfig):
 
     - ``llava``: pattern ``[(L_v - 1, 1)]``, no high-res, adapter without attention = LLaVA-1.5 exactly;
     - ``sparsecut``: any pattern, high-res views fused into M_v tokens by each adapter's cross-attention;
-    - ``concat``: high-res views' tokens appended to the context ((1 + g^2) * M_v visual tokens, Fig. 3a).
+    - ``concat``: high-res views' tokens appended to the context ((1 + g^2) * M_v visual tokens, Fig. 3a);
+    - ``sparsecut`` with ``high_res_fusion="stack"`` (not the paper's): each low-res token also carries, along its
+      channels, the g x g high-res tokens of its image region, so Y is (M_v, (1 + g^2) * D_v) and the context still
+      holds M_v tokens.
 
     Args:
         vision_config: a CLIP or SigLIP vision config (dict or config object).
@@ -32,7 +35,9 @@ class SparseCutConfig(PretrainedConfig):
         num_shortcuts: passed to ``make_pattern`` when ``shortcuts`` is omitted.
         high_res: feed g*g crops of the upsampled image alongside the low-res view.
         high_res_grid: g (2 -> four crops, the paper's setting).
-        high_res_fusion: ``"cross-attention"`` (SparseCut) or ``"concat"`` (tokens appended to the context).
+        high_res_fusion: ``"cross-attention"`` (SparseCut), ``"concat"`` (tokens appended to the context) or
+            ``"stack"`` (eq. 2's Y widened by the region's high-res tokens stacked along the channels: a fused token
+            keeps every glyph its region's crops hold, where eq. 2 mixes them into D_v channels).
         adapter_attention: the adapter starts with an attention block (paper §4.1); ``False`` = LLaVA's projector only.
         adapter_num_heads: heads of the adapter attention; defaults to the vision tower's.
         adapter_kv_source: ``"high"`` (eq. 2: keys/values are the high-res tokens) or ``"low+high"``.

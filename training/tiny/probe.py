@@ -57,8 +57,9 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
     bias's start (local only; default: the member's); ``adapter_output_rms``: the adapters' output scale (a number, or
     "embeddings" for the LLM's; default: none, the paper's); ``pattern``: a shortcut pattern instead of the member's
     (a name of ``sparsecut.patterns`` or ``"i:j,..."``), its high-res fusion kept (``"llava"``: one shortcut into the
-    LLM's input, fused, as the oracle feeds it); ``high_res_fusion``: ``cross-attention`` (the paper's) or ``concat``
-    (every crop's tokens in the context too, as LLaVA-NeXT: the LLM reads the crops itself)."""
+    LLM's input, fused, as the oracle feeds it); ``high_res_fusion``: ``cross-attention`` (the paper's), ``concat``
+    (every crop's tokens in the context too, as LLaVA-NeXT: the LLM reads the crops itself) or ``stack`` (each fused
+    token also carries its region's crop tokens along its channels)."""
     if pattern is not None and oracle_vision:
         raise ValueError("pattern replaces the member's shortcuts, which oracle_vision replaces by the oracle's input: "
                          "choose one.")
@@ -208,8 +209,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     ``all`` or ``attention`` (q, k, v, o only); ``adapter_mlp``: ``mlp2x_gelu`` (LLaVA-1.5's) or ``linear``; ``attention_scope``: the adapters' cross-attention,
     ``global`` or ``local`` (default: the member's), ``region_bias`` the local scope's per-head place bias; ``oracle_text``: the oracle's text cell also carries the text's
     characters; ``adapter_output_rms``: the adapters' outputs RMS-normalised, starting at this scale ("embeddings": the
-    LLM's input embeddings' RMS); ``pattern``: shortcuts instead of the member's (its high-res fusion kept); ``high_res_fusion``: ``cross-attention``
-    or ``concat`` (the crops' tokens in the context)."""
+    LLM's input embeddings' RMS); ``pattern``: shortcuts instead of the member's (its high-res fusion kept); ``high_res_fusion``: ``cross-attention``,
+    ``concat`` (the crops' tokens in the context) or ``stack`` (along the channels)."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES)}.")
@@ -359,8 +360,9 @@ def main(argv=None) -> int:
                         "kept: a name (llava, sparse-uniform, ...) or 'i:j,...' (llava: one fused shortcut into the "
                         "LLM's input, where the oracle feeds it)")
     parser.add_argument("--high-res-fusion", default="cross-attention", choices=list(HIGH_RES_FUSIONS), help="how the "
-                        "crops reach the LLM: cross-attention (the paper's: the context does not grow) or concat (every "
-                        "crop's tokens in the context too, as LLaVA-NeXT)")
+                        "crops reach the LLM: cross-attention (the paper's: the context does not grow), concat (every "
+                        "crop's tokens in the context too, as LLaVA-NeXT) or stack (each fused token also carries its "
+                        "region's crop tokens along its channels)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every N steps (the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
