@@ -142,6 +142,11 @@ class SparseCutConfig(PretrainedConfig):
                 f"adapter_attention_scope='local' needs one token per patch ({patches}); this tower keeps its CLS token too "
                 f"({self.image_seq_length} tokens): use vision_feature_select_strategy='default' or the global scope."
             )
+        if self.high_res_fusion == "stack" and self.image_seq_length != patches:
+            raise ValueError(
+                f"high_res_fusion='stack' needs one token per patch ({patches}); this tower keeps its CLS token too "
+                f"({self.image_seq_length} tokens): use vision_feature_select_strategy='default' or another fusion."
+            )
         if not self.tie_word_embeddings and getattr(text, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
 

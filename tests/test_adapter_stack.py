@@ -64,3 +64,8 @@ def test_a_stacked_checkpoint_round_trips_and_refuses_a_plain_config(tmp_path):
         SparseCutForConditionalGeneration.from_pretrained(tmp_path, config=sparsecut_config())
     with pytest.raises(ValueError, match="high_res_fusion must be one of 'cross-attention', 'concat', 'stack'"):
         make_model(high_res_fusion="stacked")
+
+
+def test_stacking_needs_one_token_per_patch():
+    with pytest.raises(ValueError, match="high_res_fusion='stack' needs one token per patch"):
+        sparsecut_config(high_res_fusion="stack", vision_feature_select_strategy="full")
