@@ -285,12 +285,15 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
                          "eval_every": eval_every, "oracle_positions": oracle_positions, "oracle_text": oracle_text,
                          "layout": layout,
                          "lora_rank": lora_rank, "lora_modules": lora_modules, "adapter_mlp": adapter_mlp,
-                         "attention_scope": model.config.adapter_attention_scope if not oracle_vision else None,
-                         "region_bias": model.config.adapter_region_bias if not oracle_vision else None,
-                         "adapter_output_rms": model.config.adapter_output_rms if not oracle_vision else None,
-                         "shortcuts": [list(pair) for pair in model.config.shortcuts] if not oracle_vision else None,
-                         "high_res_fusion": model.config.high_res_fusion if not oracle_vision else None,
+                         **_adapter_settings(None if oracle_vision else model.config),
                          "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}}
+
+
+def _adapter_settings(config) -> dict:
+    """What the probed model's config says of its shortcuts and adapters (all None for the oracle: ``config`` None)."""
+    fields = {"attention_scope": "adapter_attention_scope", "region_bias": "adapter_region_bias",
+              "adapter_output_rms": "adapter_output_rms", "shortcuts": "shortcuts", "high_res_fusion": "high_res_fusion"}
+    return {key: None if config is None else getattr(config, field) for key, field in fields.items()}
 
 
 def _groups(model, lr: float, llm_lr: float | None) -> list[dict]:
