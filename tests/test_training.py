@@ -85,6 +85,18 @@ def test_stage1_then_stage2_overfit(tmp_path, tiny_backbones):
     assert summary["step"] == 100 and summary["recipe"]["learning_rate"] == 3e-3
 
 
+def test_stage1_builds_the_high_res_fusion_asked_for(tmp_path, tiny_backbones):
+    data = write_dataset(tmp_path)
+    out = tmp_path / "stack"
+    assert run(stage1_args(tiny_backbones, data, out, "--max-steps", 1, "--high-res-fusion", "stack")) == 0
+    model = SparseCutForConditionalGeneration.from_pretrained(out)
+    width = model.config.vision_config.hidden_size * (1 + model.config.high_res_grid**2)  # Y, then the g x g crop tokens
+    assert model.config.high_res_fusion == "stack"
+    assert all(adapter.mlp.linear_1.in_features == width for adapter in model.model.adapters.values())
+    with pytest.raises(SystemExit):  # argparse names the choices
+        run(stage1_args(tiny_backbones, data, tmp_path / "bad", "--high-res-fusion", "sum"))
+
+
 def test_unfrozen_vit_and_lora_recipes(tmp_path, tiny_backbones):
     data = write_dataset(tmp_path)
     base = tmp_path / "stage1"

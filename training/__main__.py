@@ -19,7 +19,7 @@ from .recipes import Recipe, load_recipe, parse_field, recipe_names
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sparsecut.config import ATTENTION_SCOPES, MLP_TYPES
+    from sparsecut.config import ATTENTION_SCOPES, HIGH_RES_FUSIONS, MLP_TYPES
 
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, help=f"a named recipe ({', '.join(recipe_names())}) or a JSON path")
@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--adapter-attention-scope", default="global", choices=ATTENTION_SCOPES,
                         help="global: every low-res token attends to every high-res token (eq. 2); local: only to "
                         "the high-res tokens of its own image region")
+    source.add_argument("--high-res-fusion", default="cross-attention", choices=HIGH_RES_FUSIONS,
+                        help="how a new model's adapters take the high-res crops: cross-attention (eq. 2, the paper's), "
+                        "concat (their tokens appended to the context) or stack (each low-res token also carries its "
+                        "region's crop tokens along its channels; not the paper's)")
     source.add_argument("--adapter-region-bias", type=float, default=None, metavar="B",
                         help="with --adapter-attention-scope local: a learned per-head bias for each place of the "
                         "region, starting at B for place h mod g^2 of head h (the heads copy the region in order)")
@@ -94,6 +98,7 @@ def main(argv=None) -> int:
         model, processor = load_model(
             args.model, args.vision, args.text, args.pattern, args.num_shortcuts, args.high_res, args.grid, args.adapter_attention,
             _chat_template(args.chat_template), args.adapter_mlp, args.adapter_attention_scope, args.adapter_region_bias,
+            args.high_res_fusion,
         )
         template = processor.template if recipe.template == "auto" else recipe.template
         dataset = LlavaDataset(
