@@ -181,11 +181,11 @@ def exact_match(model, items: list[dict], views: torch.Tensor, collate: Collator
         for item, ok, row_right, row_order in zip(chunk, (right | ~answer).all(1).tolist(), right, order):
             hits.setdefault(item["family"], []).append(ok)
             if item["family"] in SPELLED_FAMILIES:
-                kind = "numbers" if item["answer"].isdigit() else "words"
-                by_kind.setdefault(f"{item['family']}, {kind}", []).append(ok)
-            if item["family"] in SPELLED_FAMILIES and item["answer"].isdigit():
-                row_later = (row_order >= 2) & (row_order <= item["answer_tokens"])
-                later.setdefault(item["family"], []).extend(row_right[row_later].tolist())
+                number = item["answer"].isdigit()
+                by_kind.setdefault(f"{item['family']}, {'numbers' if number else 'words'}", []).append(ok)
+                if number:
+                    row_later = (row_order >= 2) & (row_order <= item["answer_tokens"])
+                    later.setdefault(item["family"], []).extend(row_right[row_later].tolist())
     scores = {family: sum(v) / len(v) for family, v in hits.items()}
     scores["overall"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
     scores.update({f"{family}, later digits": sum(v) / len(v) for family, v in later.items() if v})
