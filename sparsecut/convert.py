@@ -3,7 +3,8 @@
 - ``from_hf_llava``: an HF ``LlavaForConditionalGeneration`` as a llava-mode SparseCut model that takes the
   same ``input_ids`` and gives the same logits (the baseline of every comparison).
 - ``init_from_llava``: a SparseCut model of any pattern whose tower and LLM come from a LLaVA checkpoint and
-  whose adapters' MLPs are all seeded with LLaVA's projector (how a user starts real training). With the
+  whose adapters' MLPs are all seeded with LLaVA's projector (how a user starts real training; with the ``stack``
+  fusion the projector fills the fused token's block of the first layer and the crop blocks start at zero). With the
   extra shortcuts zero-initialised it computes exactly what the LLaVA checkpoint computes.
 """
 
@@ -99,7 +100,19 @@ def _copy_llava_weights(llava: LlavaForConditionalGeneration, model: SparseCutFo
         raise ValueError(f"SparseCut weights the LLaVA checkpoint does not provide: {missing[:5]}")
     with torch.no_grad():
         for name, value in target.items():
-            own[name].copy_(value)
+            if own[name].shape != value.shape and name.endswith(".mlp.linear_1.weight"):
+                _seed_stacked_input(own[name], value)
+            else:
+                own[name].copy_(value)
+
+
+def _seed_stacked_input(weight: torch.Tensor, projector: torch.Tensor) -> None:
+    """A stacked adapter's first layer (H, (1 + g^2) Dv) from LLaVA's (H, Dv): the projector on the fused token's
+    block (the first Dv inputs), zeros on the crop blocks, so the crops add nothing until training moves them."""
+    if weight.shape[0] != projector.shape[0] or weight.shape[1] % projector.shape[1]:
+        raise ValueError(f"LLaVA's projector {tuple(projector.shape)} does not fit the adapter's first layer {tuple(weight.shape)}.")
+    weight.zero_()
+    weight[:, : projector.shape[1]] = projector
 
 
 def from_hf_llava(model_or_path, **load_kwargs) -> SparseCutForConditionalGeneration:

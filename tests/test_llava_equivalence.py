@@ -6,6 +6,7 @@ from transformers import LlavaForConditionalGeneration
 
 from conftest import M_V, image_batch, make_processor, randomise_gates, tiny_llava
 from sparsecut.convert import from_hf_llava, init_from_llava
+from sparsecut.model import adapter_key
 
 
 def _inputs(model, text_type):
@@ -90,3 +91,24 @@ def test_init_from_llava_other_patterns_open_their_input_shortcut_only():
     open_ = [key for key, adapter in model.model.adapters.items() if adapter.gate is None]
     assert open_ == ["vit6_llm1"]
     assert all(float(a.gate.abs().max()) == 0 for a in model.model.adapters.values() if a.gate is not None)
+
+
+def test_init_from_llava_with_stacked_crops_starts_as_llava():
+    """With the ``stack`` fusion the first layer is (1 + g^2) Dv wide: the projector seeds the fused token's block,
+    the crop blocks start at 0, so the model still computes LLaVA's logits until training moves them."""
+    llava = tiny_llava()
+    model = init_from_llava(llava, pattern="sparse-uniform", high_res=True, high_res_fusion="stack")
+    processor = make_processor(model.config)
+    batch = image_batch(processor, ["Is it red?", "Where?"])
+    projector = llava.model.multi_modal_projector.linear_1.weight
+    d_v = projector.shape[1]
+    with torch.no_grad():
+        for adapter in model.model.adapters.values():
+            weight = adapter.mlp.linear_1.weight
+            assert weight.shape == (projector.shape[0], d_v * (1 + model.config.high_res_grid**2))
+            assert torch.equal(weight[:, :d_v], projector) and not weight[:, d_v:].any()
+        ref = llava(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"][:, 0]).logits
+        assert (model(**batch).logits - ref).abs().max().item() <= 1e-5
+        primary = model.model.adapters[adapter_key(model.config.primary_shortcut)]
+        primary.mlp.linear_1.weight[:, d_v:].normal_(std=0.5)  # once the crop blocks learn, the crops are seen
+        assert (model(**batch).logits - ref).abs().max().item() > 1e-3
