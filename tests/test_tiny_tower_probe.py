@@ -10,7 +10,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from training.tiny.tower import VIEW
 from sparsecut.evaluation.synthetic.dataset import image_for, scene_for
 from sparsecut.evaluation.synthetic.scenes import COLOURS, TEXT_ADVANCE, TEXT_COLOUR, layout_named
-from training.tiny.tower_probe import TASKS, linear_probe, probe_examples, tower_probe
+from training.tiny.tower_probe import KINDS, PER_PLACE, TASKS, _slot_hits, linear_probe, probe_examples, tower_probe
 
 PATCH = 16
 
@@ -56,9 +56,23 @@ def test_tower_probe_reports_every_task_per_layer():
                                              num_attention_heads=4, image_size=VIEW, patch_size=PATCH)).eval()
     result = tower_probe(tower, [1, 2], seed=5, scenes=40)
     assert set(result["accuracy"]) == {1, 2}
-    assert all(set(scores) == set(TASKS) for scores in result["accuracy"].values())
+    split = {f"{task}, {kind}" for task in PER_PLACE for kind in KINDS}
+    assert all(set(TASKS) <= set(scores) <= set(TASKS) | split for scores in result["accuracy"].values())
     assert all(0.0 <= v <= 1.0 for scores in result["accuracy"].values() for v in scores.values())
-    assert result["examples"]["presence"] == 9 * 40
+    assert result["examples"]["presence"] == 9 * 40 and set(result["majority_baseline"]) == set(TASKS)
+
+
+def test_character_scores_split_into_digits_and_letters():
+    """A read-out that knows the letters and not the digits: letters 100%, digits at chance, the whole in between."""
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.tensor([ord(c) for c in "0123456789ABCD"])
+    labels = codes[torch.randint(0, len(codes), (1200,), generator=gen)]  # place 0, char code
+    features = torch.randn(1200, 16, generator=gen)
+    letter = labels >= ord("A")
+    features[letter, labels[letter] - ord("A")] += 6.0  # only the letters are planted, each in a direction of its own
+    right, scored = _slot_hits(features[:900], labels[:900], features[900:], labels[900:])
+    digit = labels[900:] < ord("A")
+    assert scored.all() and right[~digit].float().mean() > 0.95 and right[digit].float().mean() < 0.45
 
 
 def test_dense_labels_mark_objects_and_glyphs_where_the_probe_reads_them():

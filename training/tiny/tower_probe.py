@@ -12,6 +12,9 @@ trained on 80% of the scenes, scored on the other 20%):
   glyph lies in that crop (one head per text position): what a fused token must carry for the LLM to read the text
   in order, wherever it starts (``dense.py --spell`` trains a tower for it).
 
+The two character tasks are also scored over the digits and over the letters on their own (``glyph_high_res,
+digits``, ...): a number is read only if each of its digits is.
+
     python -m training.tiny.tower_probe --tower runs/tiny/backbones/vision --scenes 2000 --json tower.json
     python -m training.tiny.tower_probe --tower runs/tower-cells --layout cells-96   # a tower of 48-px views
 """
@@ -35,6 +38,7 @@ from sparsecut.evaluation.synthetic.scenes import COLOURS, DEFAULT_LAYOUT, GRID,
 
 TASKS = ("colour", "shape", "size", "row", "column", "presence", "glyph_high_res", "glyph_low_res", "spelled")
 PER_PLACE = ("glyph_high_res", "spelled")  # labels place * 256 + char code: one read-out per glyph slot / text position
+KINDS = ("digits", "letters")  # PER_PLACE tasks are also scored over the digits and over the letters on their own
 
 
 def scene_tokens(tower: CLIPVisionModel, seed: int, scenes: int, layers: list[int], batch: int = 64,
@@ -85,8 +89,10 @@ def probe_examples(scenes, patch: int) -> dict[str, list[tuple[int, int, int, in
     return examples
 
 
-def linear_probe(train_x, train_y, test_x, test_y, steps: int = 100, seed: int = 0, l2: float = 1e-3) -> float:
-    """Held-out accuracy of a logistic-regression read-out (standardised features, L2, full-batch L-BFGS)."""
+def linear_probe(train_x, train_y, test_x, test_y, steps: int = 100, seed: int = 0, l2: float = 1e-3,
+                 per_example: bool = False):
+    """Held-out accuracy of a logistic-regression read-out (standardised features, L2, full-batch L-BFGS); with
+    ``per_example`` the (N_test,) bool tensor of which test examples it gets right instead."""
     classes = torch.unique(torch.cat([train_y, test_y]))
     index = {int(c): k for k, c in enumerate(classes)}
     ty = torch.tensor([index[int(y)] for y in train_y])
@@ -105,21 +111,21 @@ def linear_probe(train_x, train_y, test_x, test_y, steps: int = 100, seed: int =
 
     optimizer.step(closure)
     with torch.no_grad():
-        return float((head(vx).argmax(1) == vy).float().mean())
+        right = head(vx).argmax(1) == vy
+    return right if per_example else float(right.float().mean())
 
 
-def _slot_probe(train_x, train_y, test_x, test_y) -> float:
+def _slot_hits(train_x, train_y, test_x, test_y) -> tuple[torch.Tensor, torch.Tensor]:
     """Character identity with one read-out per place (a patch's glyph slot, or a text position; label place * 256 +
-    char code): accuracy over all examples."""
-    hits = total = 0
+    char code): (N_test,) bool right, and (N_test,) bool scored (False where no training example shares the place)."""
+    right, scored = torch.zeros(len(test_y), dtype=torch.bool), torch.zeros(len(test_y), dtype=torch.bool)
     for slot in torch.unique(torch.cat([train_y, test_y]) // 256).tolist():
         tr, te = train_y // 256 == slot, test_y // 256 == slot
         if te.sum() == 0 or tr.sum() == 0:
             continue
-        accuracy = linear_probe(train_x[tr], train_y[tr] % 256, test_x[te], test_y[te] % 256)
-        hits += accuracy * int(te.sum())
-        total += int(te.sum())
-    return hits / max(1, total)
+        right[te] = linear_probe(train_x[tr], train_y[tr] % 256, test_x[te], test_y[te] % 256, per_example=True)
+        scored |= te
+    return right, scored
 
 
 def tower_probe(tower: CLIPVisionModel, layers: list[int], seed: int = 7_000, scenes: int = 2000,
@@ -141,10 +147,17 @@ def tower_probe(tower: CLIPVisionModel, layers: list[int], seed: int = 7_000, sc
             features = torch.where((view == 0)[:, None], low[layer][s, where],
                                    crops[layer][s, (view - 1).clamp(min=0), where])
             train, test = s < split, s >= split
-            probe = _slot_probe if task in PER_PLACE else linear_probe
-            results[layer][task] = probe(features[train], label[train], features[test], label[test])
             counts[task] = len(rows)
             chance[task] = float(torch.bincount(label[test] % 256).max()) / int(test.sum())  # the majority class
+            if task not in PER_PLACE:
+                results[layer][task] = linear_probe(features[train], label[train], features[test], label[test])
+                continue
+            right, scored = _slot_hits(features[train], label[train], features[test], label[test])
+            results[layer][task] = float(right[scored].float().mean())
+            digit = torch.tensor([chr(code).isdigit() for code in (label[test] % 256).tolist()], dtype=torch.bool)
+            for kind, of_kind in (("digits", digit), ("letters", ~digit)):
+                if (scored & of_kind).any():
+                    results[layer][f"{task}, {kind}"] = float(right[scored & of_kind].float().mean())
     return {"accuracy": results, "examples": counts, "majority_baseline": chance, "scenes": scenes, "seed": seed,
             "layout": layout.name}
 
@@ -171,6 +184,10 @@ def main(argv=None) -> int:
     for layer, scores in result["accuracy"].items():
         print(f"{layer:>5} " + " ".join(f"{100 * scores[t]:>13.1f}%" for t in TASKS))
     print(f"{'base':>5} " + " ".join(f"{100 * result['majority_baseline'][t]:>13.1f}%" for t in TASKS) + "  (majority class)")
+    split = [f"{t}, {kind}" for t in PER_PLACE for kind in KINDS]
+    print(f"{'layer':>5} " + " ".join(f"{t:>24}" for t in split))
+    for layer, scores in result["accuracy"].items():
+        print(f"{layer:>5} " + " ".join(f"{100 * scores[t]:>23.1f}%" if t in scores else f"{'-':>24}" for t in split))
     write_json(args.json, result)
     return 0
 
