@@ -155,7 +155,7 @@ def tower_probe(tower: CLIPVisionModel, layers: list[int], seed: int = 7_000, sc
             right, scored = _slot_hits(features[train], label[train], features[test], label[test])
             results[layer][task] = float(right[scored].float().mean())
             digit = torch.tensor([chr(code).isdigit() for code in (label[test] % 256).tolist()], dtype=torch.bool)
-            for kind, of_kind in (("digits", digit), ("letters", ~digit)):
+            for kind, of_kind in zip(KINDS, (digit, ~digit)):
                 if (scored & of_kind).any():
                     results[layer][f"{task}, {kind}"] = float(right[scored & of_kind].float().mean())
     return {"accuracy": results, "examples": counts, "majority_baseline": chance, "scenes": scenes, "seed": seed,
