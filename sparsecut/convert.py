@@ -89,8 +89,11 @@ def _copy_llava_weights(llava: LlavaForConditionalGeneration, model: SparseCutFo
     projector = {k[len(_LLAVA_PROJECTOR):]: v for k, v in source.items() if k.startswith(_LLAVA_PROJECTOR)}
     target = {k: v for k, v in source.items() if not k.startswith(_LLAVA_PROJECTOR)}
     for shortcut in model.config.shortcut_pairs:
+        key = adapter_key(shortcut)
         for name, value in projector.items():
-            target[f"model.adapters.{adapter_key(shortcut)}.mlp.{name}"] = value
+            if name == "linear_1.weight" and model.model.adapters[key].stack:
+                value = _stacked_input(value, model.config.high_res_grid)
+            target[f"model.adapters.{key}.mlp.{name}"] = value
     own = model.state_dict()
     unexpected = sorted(set(target) - set(own))
     if unexpected:
@@ -100,19 +103,13 @@ def _copy_llava_weights(llava: LlavaForConditionalGeneration, model: SparseCutFo
         raise ValueError(f"SparseCut weights the LLaVA checkpoint does not provide: {missing[:5]}")
     with torch.no_grad():
         for name, value in target.items():
-            if own[name].shape != value.shape and name.endswith(".mlp.linear_1.weight"):
-                _seed_stacked_input(own[name], value)
-            else:
-                own[name].copy_(value)
+            own[name].copy_(value)
 
 
-def _seed_stacked_input(weight: torch.Tensor, projector: torch.Tensor) -> None:
-    """A stacked adapter's first layer (H, (1 + g^2) Dv) from LLaVA's (H, Dv): the projector on the fused token's
-    block (the first Dv inputs), zeros on the crop blocks, so the crops add nothing until training moves them."""
-    if weight.shape[0] != projector.shape[0] or weight.shape[1] % projector.shape[1]:
-        raise ValueError(f"LLaVA's projector {tuple(projector.shape)} does not fit the adapter's first layer {tuple(weight.shape)}.")
-    weight.zero_()
-    weight[:, : projector.shape[1]] = projector
+def _stacked_input(projector: torch.Tensor, grid: int) -> torch.Tensor:
+    """LLaVA's first projector layer (H, Dv) widened for a stacked adapter to (H, (1 + g^2) Dv): the projector on
+    the fused token's block, zeros on the crop blocks, so the crops add nothing until training moves them."""
+    return torch.cat([projector, projector.new_zeros(projector.shape[0], grid**2 * projector.shape[1])], dim=1)
 
 
 def from_hf_llava(model_or_path, **load_kwargs) -> SparseCutForConditionalGeneration:
