@@ -18,6 +18,8 @@ OUTPUT/family) and the exported checkpoints scored on the held-out split: OUTPUT
 the same beside the shipped family with its MODEL_CARD.md. With ``--tower FAMILY`` the run takes the vision tower
 of a shipped family instead of pretraining one, so that its members join that family when shipped into it (the
 family can be trained a few members at a time, in separate runs); the results then cover every member shipped there.
+``--tower DIR`` with a ``python -m training.tiny.dense`` output instead reuses a tower trained exactly as this run
+would train it (checked against its record), e.g. one pretrained beside another job.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .family import (ADAPTER_MLP, BASE_TEXT, CHAT_TEMPLATE, FAMILY, LAYOUT, LORA
                      budget_with, build_backbones, cpu_mixed_precision, write_data)
 from .progress import report, stage_dir, stage_done, stage_seconds, stage_steps
 
-QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, tower_steps=2, stage1_steps=2, stage2_steps=2,
+QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, tower_images=24, tower_steps=2, stage1_steps=2, stage2_steps=2,
                batch=8, save_every=1)
 
 
@@ -79,7 +81,7 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
         _train(["--recipe", "stage1", "--vision", vision, "--text", text, "--chat-template", CHAT_TEMPLATE,
                 "--template", "auto", "--pattern", spec["pattern"], "--high-res" if spec["high_res"] else "--no-high-res",
                 "--adapter-attention" if spec.get("adapter_attention", True) else "--no-adapter-attention",
-                "--adapter-mlp", ADAPTER_MLP, "--data", os.path.join(root, "data", "pretrain.json"), "--output", stage1,
+                "--adapter-mlp", ADAPTER_MLP, "--high-res-fusion", spec.get("high_res_fusion", "cross-attention"), "--data", os.path.join(root, "data", "pretrain.json"), "--output", stage1,
                 "--max-steps", str(budget.stage1_steps), "--epochs", "1000", "--learning-rate", str(budget.stage1_lr),
                 *common], stage1 + ".log", threads)
     if not stage_done(final):
@@ -123,9 +125,10 @@ def main(argv=None) -> int:
                         "e.g. stage2_steps=4000,instruct_images=40000 for a longer run on a GPU")
     parser.add_argument("--text", default=BASE_TEXT, help=f"the LLM every member starts from: an installed base model's "
                         f"name (default {BASE_TEXT}) or a causal-LM folder; a run keeps the one it started with")
-    parser.add_argument("--tower", default=None, help="a shipped family folder (e.g. assets/sparsecut-tiny) whose "
-                        "vision tower this run uses instead of pretraining one: its members can then be shipped into "
-                        "that family beside the ones there")
+    parser.add_argument("--tower", default=None, help="a vision tower this run uses instead of pretraining one: a "
+                        "shipped family folder (e.g. assets/sparsecut-tiny), whose family its members can then join "
+                        "when shipped into it, or a `python -m training.tiny.dense` output trained exactly as this run "
+                        "would train its tower (same scenes, steps, seed and labels; checked)")
     parser.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     parser.add_argument("--ship", default=None, help="family folder to export to (default OUTPUT/family); "
                         "assets/sparsecut-tiny replaces the shipped family")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -49,6 +50,8 @@ from sparsecut.evaluation.synthetic.scenes import (COLOURS, DEFAULT_LAYOUT, LAYO
 CHARS = sorted(_GLYPHS)  # every character the font draws
 IGNORE = -100
 SLOTS = 4  # 8-px glyph slots per 16-px patch
+DENSE_BATCH, DENSE_LR = 32, 1e-3  # scenes per step, learning rate
+DENSE_RECORD = "pretraining.json"  # written beside the tower by ``main``: its arguments, losses and seconds
 SPELLED = max(map(len, WORDS))  # text positions a spelled label covers: the longest text (words; numbers have 2 digits)
 
 
@@ -158,8 +161,8 @@ class DenseHeads(nn.Module):
         return total / len(self.layers)
 
 
-def pretrain_dense(seed: int, num_scenes: int, steps: int, config: CLIPVisionConfig, batch_size: int = 32,
-                   lr: float = 1e-3, first_layer: int = 1, progress: bool = True,
+def pretrain_dense(seed: int, num_scenes: int, steps: int, config: CLIPVisionConfig, batch_size: int = DENSE_BATCH,
+                   lr: float = DENSE_LR, first_layer: int = 1, progress: bool = True,
                    layout: Layout = DEFAULT_LAYOUT, spell: bool = False) -> tuple[CLIPVisionModel, list[float]]:
     """A CLIP-style vision tower trained with the dense labels of ``num_scenes`` scenes of split ``seed`` drawn in
     ``layout`` (whose view must be the tower's input size); ``spell`` adds the spelled-text labels."""
@@ -192,8 +195,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="folder for the tower (CLIPVisionModel + image processor)")
     parser.add_argument("--scenes", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--batch", type=int, default=32, help="scenes per step (5 views each)")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=DENSE_BATCH, help="scenes per step (5 views each)")
+    parser.add_argument("--lr", type=float, default=DENSE_LR)
     parser.add_argument("--seed", type=int, default=3003, help="the scene split it trains on")
     parser.add_argument("--spell", action="store_true", help="also label each glyph token with its text spelled by "
                         "position (what a fused token must carry for the LLM to read)")
@@ -207,7 +210,7 @@ def main(argv=None) -> int:
                                    spell=args.spell)
     tower.save_pretrained(args.output)
     tower_image_processor(layout.view).save_pretrained(args.output)
-    with open(f"{args.output}/pretraining.json", "w", encoding="utf-8") as handle:
+    with open(os.path.join(args.output, DENSE_RECORD), "w", encoding="utf-8") as handle:
         json.dump({"losses": losses, "seconds": time.time() - started, **vars(args)}, handle)
     print(f"Done in {time.time() - started:.0f}s, final loss {losses[-1]:.3f}: {args.output}")
     return 0

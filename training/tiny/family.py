@@ -16,12 +16,14 @@ from dataclasses import dataclass, fields, replace
 
 from .tower import tower_config, tower_image_processor
 from sparsecut.evaluation.synthetic.dataset import write_split
-from .dense import pretrain_dense
+from .dense import DENSE_BATCH, DENSE_LR, DENSE_RECORD, pretrain_dense
 from sparsecut.evaluation.synthetic.scenes import layout_named
 
 # name -> how it differs; everything else (backbones, recipe, budget) is shared
 FAMILY = {
-    "sparsecut-tiny": {"pattern": "sparse-uniform", "high_res": True},
+    # the one high-res member stacks each cell's crop tokens into its fused token (README, steps (i)-(j): through
+    # eq. 2's cross-attention mix no glyph reaches the LLM at this width and budget)
+    "sparsecut-tiny": {"pattern": "sparse-uniform", "high_res": True, "high_res_fusion": "stack"},
     "llava-tiny": {"pattern": "llava", "high_res": False, "adapter_attention": False},  # LLaVA's MLP projector only
     "sparsecut-tiny-lowres": {"pattern": "sparse-uniform", "high_res": False},
     "sparsecut-tiny-dense-bottom": {"pattern": "dense-bottom", "high_res": False},
@@ -35,6 +37,7 @@ SPLIT_SEEDS = {"pretrain": 1, "instruct": 2, "backbone": 3, "test": 9}
 BASE_TEXT = "smollm2-135m-instruct"  # the family's LLM (sparsecut.base_models)
 CHAT_TEMPLATE = "chatml"  # ChatML without SmolLM2's default system prompt
 LAYOUT = layout_named("cells-96")
+TOWER_SPELL = True  # the tower's dense labels also spell each text by position (dense.py), what a fused token must carry
 # a member ships as its adapters + LoRA, ~2.9 MB in fp16 (the family must add <= 30 MB to git): one-layer adapters
 # (7 x 140K parameters; LLaVA-1.5's two-layer MLP would be 7 x 470K) and a rank-4 LoRA on the attention projections
 ADAPTER_MLP = "linear"  # the adapters' MLP (sparsecut.config.MLP_TYPES)
@@ -43,10 +46,11 @@ LORA_MODULES = "attention"  # which LLM projections get a LoRA (training.recipes
 
 @dataclass
 class Budget:
-    pretrain_images: int = 3000  # stage-1 captions; the tower's dense labels come from as many scenes of another split
+    pretrain_images: int = 3000  # stage-1 captions
     instruct_images: int = 3000  # stage-2 conversations, one per scene
     test_images: int = 320  # ~6.3 questions each: >= 2,000 held-out questions
-    tower_steps: int = 1600
+    tower_images: int = 6000  # the tower's dense labels come from these scenes of a separate split
+    tower_steps: int = 3200  # 1600 on 3000 scenes spelled 72% of the digits, this 89-91% (README, step (k))
     stage1_steps: int = 100
     stage1_lr: float = 1e-3
     stage2_steps: int = 600  # 400 left the question loss falling (README, step (c) -> (d))
@@ -103,9 +107,10 @@ def backbone_dirs(root: str) -> tuple[str, str]:
 def build_backbones(root: str, budget: Budget, seed: int, text: str | None = None, tower_from: str | None = None) -> None:
     """The vision tower, pretrained with dense labels on the backbone split (``dense.py``), saved with its image
     processor in ``root/backbones/vision``; ``text`` (default ``BASE_TEXT``) recorded as the run's LLM. With
-    ``tower_from`` (a shipped family folder) the tower is that family's instead of a new one, so that the members
-    this run trains can join it (``shipped_tower``). Returns at once when the run has its backbones (it keeps the LLM
-    and tower it started with: another ``text`` or ``tower_from`` raises)."""
+    ``tower_from`` the tower is not pretrained here: a shipped family folder gives that family's tower, so that the
+    members this run trains can join it (``shipped_tower``); a ``python -m training.tiny.dense`` output folder gives
+    that tower when it was trained exactly as this run would train it (``dense_tower``). Returns at once when the
+    run has its backbones (it keeps the LLM and tower it started with: another ``text`` or ``tower_from`` raises)."""
     folder = os.path.join(root, "backbones")
     record = os.path.join(folder, BACKBONES)
     if os.path.isfile(record):
@@ -121,17 +126,43 @@ def build_backbones(root: str, budget: Budget, seed: int, text: str | None = Non
     import time
 
     started = time.time()
-    if tower_from is not None:
+    if tower_from is not None and os.path.isfile(os.path.join(tower_from, DENSE_RECORD)):
+        tower = dense_tower(tower_from, os.path.join(folder, "vision"), budget, seed)
+    elif tower_from is not None:
         tower = shipped_tower(tower_from, os.path.join(folder, "vision"), text or BASE_TEXT, seed)
     else:
-        model, losses = pretrain_dense(split_seed(seed, "backbone"), budget.pretrain_images, budget.tower_steps,
-                                       tower_config(view=LAYOUT.view), layout=LAYOUT)
+        model, losses = pretrain_dense(split_seed(seed, "backbone"), budget.tower_images, budget.tower_steps,
+                                       tower_config(view=LAYOUT.view), layout=LAYOUT, spell=TOWER_SPELL)
         model.save_pretrained(os.path.join(folder, "vision"))
         tower_image_processor(LAYOUT.view).save_pretrained(os.path.join(folder, "vision"))
         tower = {"tower_final_loss": losses[-1], "tower_seconds": time.time() - started, "tower_seed": seed,
-                 "tower_scenes": budget.pretrain_images, "tower_steps": budget.tower_steps, "layout": LAYOUT.name}
+                 "tower_scenes": budget.tower_images, "tower_steps": budget.tower_steps, "tower_spell": TOWER_SPELL,
+                 "layout": LAYOUT.name}
     with open(record, "w", encoding="utf-8") as handle:  # written last: its presence means the backbones are done
         json.dump({"text": text or BASE_TEXT, **tower}, handle, indent=2)
+
+
+def dense_tower(tower_dir: str, folder: str, budget: Budget, seed: int) -> dict:
+    """Copy the tower that ``python -m training.tiny.dense --output tower_dir`` trained into ``folder``; return its
+    record as ``build_backbones`` would write it (``tower_from`` added). Raises, naming each difference, unless it was
+    trained with exactly the call this run would make (the same scenes, steps, seed split, batch, learning rate,
+    spelling and layout), so that reusing it changes nothing but the time."""
+    import shutil
+
+    with open(os.path.join(tower_dir, DENSE_RECORD), encoding="utf-8") as handle:
+        made = json.load(handle)
+    wanted = {"seed": split_seed(seed, "backbone"), "scenes": budget.tower_images, "steps": budget.tower_steps,
+              "batch": DENSE_BATCH, "lr": DENSE_LR, "spell": TOWER_SPELL, "layout": LAYOUT.name}
+    wrong = [f"{key} {made.get(key)!r} (this run: {value!r})" for key, value in wanted.items() if made.get(key) != value]
+    if wrong:
+        raise ValueError(f"{tower_dir} was trained with {', '.join(wrong)}: not the tower this run would train. Train "
+                         f"it with `python -m training.tiny.dense --output DIR --layout {LAYOUT.name} --scenes "
+                         f"{budget.tower_images} --steps {budget.tower_steps} --seed {wanted['seed']}"
+                         f"{' --spell' if TOWER_SPELL else ''}`, or drop --tower to train it in this run.")
+    shutil.copytree(tower_dir, folder, dirs_exist_ok=True)
+    return {"tower_final_loss": made["losses"][-1], "tower_seconds": made["seconds"], "tower_seed": seed,
+            "tower_scenes": made["scenes"], "tower_steps": made["steps"], "tower_spell": made["spell"],
+            "layout": made["layout"], "tower_from": os.path.abspath(tower_dir)}
 
 
 def shipped_tower(family_dir: str, folder: str, text: str, seed: int) -> dict:

@@ -190,6 +190,13 @@ def _sharing(record: dict) -> str:
     return f"{shared}, {threads} thread{'s' if threads > 1 else ''}{' each' if record['jobs'] > 1 else ''}"
 
 
+def _high_res(family_dir: str, member: str) -> str:
+    """"no", or "yes" and how the shipped member fuses its crops (read from its config, as it was trained)."""
+    with open(os.path.join(family_dir, member, "config.json"), encoding="utf-8") as handle:
+        config = json.load(handle)
+    return f"yes ({config.get('high_res_fusion', 'cross-attention')})" if config.get("high_res") else "no"
+
+
 def write_card(out_dir: str, scored: dict) -> None:
     """``MODEL_CARD.md``: how the family was made (per member the command, seed, budget and minutes per stage; the
     tower, data sizes, base model and its hash, recipe) and what it scores."""
@@ -206,10 +213,11 @@ def write_card(out_dir: str, scored: dict) -> None:
     recipe = ("" if len(budgets) == 1 else
               f"\n\n**The members were trained with {len(budgets)} different budgets**; the first: ")
     rows = "\n".join(
-        f"| `{name}` | {FAMILY[name]['pattern']} | {'yes' if FAMILY[name]['high_res'] else 'no'} | "
+        f"| `{name}` | {FAMILY[name]['pattern']} | {_high_res(out_dir, entry['models'][name])} | "
         + " | ".join(f"{record['stage_seconds'][stage] / 60:.1f}" for stage in STAGES)
         + f" | {commands.index(record['command']) + 1} | {record['device']}, {record['mixed_precision']}, "
         + f"{_sharing(record)} |" for name, record in members.items())
+    spelled = " (and each text spelled by position)" if tower.get("tower_spell") else ""
     listed = "\n".join(f"{number}. `{command}`" for number, command in enumerate(commands, 1))
     missing = [name for name in FAMILY if name not in members]
     complete = (f"All {len(FAMILY)} members of the family are shipped." if not missing else
@@ -236,7 +244,7 @@ family's shipped tower, so that they join it.){recipe}
 - LLM: `{base["text"]}` (sha256 `{base["sha256"]}`), in ChatML without a default system prompt; frozen except for
   a LoRA of rank {budget["lora_rank"]} (alpha {2 * budget["lora_rank"]}) on {LORA_TARGETS[LORA_MODULES]}.
 - vision tower: CLIP-style ViT (8 layers, width 128, 16-px patches, {LAYOUT.view}-px input) pretrained
-  {tower["tower_steps"]} steps with dense per-patch labels from {tower["tower_scenes"]} scenes of a separate split
+  {tower["tower_steps"]} steps with dense per-patch labels{spelled} from {tower["tower_scenes"]} scenes of a separate split
   (`training/tiny/dense.py`; final loss {tower["tower_final_loss"]:.3f}; {tower["tower_seconds"] / 60:.1f} min), frozen
   afterwards.
 - every member: stage 1 (adapters only, {ADAPTER_MLP} MLP, lr {budget["stage1_lr"]}) {budget["stage1_steps"]}
