@@ -103,11 +103,22 @@ def test_max_shapes_bounds_the_scenes():
     assert max(len(scene_for(11, i)[0].shapes) for i in range(40)) > 1
 
 
+def test_text_probability_puts_a_text_in_every_scene_or_none_and_leaves_the_rest_of_the_scene():
+    for index in range(40):
+        usual, always, never = (scene_for(11, index, text_probability=p)[0] for p in (0.5, 1.0, 0.0))
+        assert usual == scene_for(11, index)[0]  # 0.5 is the benchmark's scenes, unchanged
+        assert always.text is not None and never.text is None
+        assert always.shapes == never.shapes == usual.shapes  # only whether a text is drawn changes
+    assert 10 < sum(scene_for(11, i)[0].text is not None for i in range(40)) < 30
+
+
 def test_bad_arguments_say_what_is_wrong(run, capsys):
     with pytest.raises(ValueError, match="unknown question families \\['colour'\\]"):
         probe(run, "llava-tiny", ["colour"], **SMALL)
     with pytest.raises(ValueError, match="max_shapes must be 1..5"):
         probe(run, "llava-tiny", ["count"], max_shapes=9, **SMALL)
+    with pytest.raises(ValueError, match="text_probability is a probability"):
+        probe(run, "llava-tiny", ["reading"], text_probability=1.5, **SMALL)
     with pytest.raises(SystemExit):
         main(["--run", run, "--families", "existence,nonsense", "--steps", "1"])
     assert "unknown question families ['nonsense']" in capsys.readouterr().err

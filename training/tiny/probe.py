@@ -118,16 +118,17 @@ def _item(processor, turns: list[tuple[str, str]], index: int, family: str, high
 def questions(processor, seed: int, scenes: int, families: list[str], high_res: bool, max_shapes: int,
               max_length: int, oracle_vision: bool = False, per_sample: int = 1,
               captions: bool = False, oracle_positions: bool = False,
-              layout: Layout = DEFAULT_LAYOUT, oracle_text: bool = False) -> tuple[list[dict], torch.Tensor]:
+              layout: Layout = DEFAULT_LAYOUT, oracle_text: bool = False,
+              text_probability: float = 0.5) -> tuple[list[dict], torch.Tensor]:
     """Encoded conversations about ``scenes`` scenes (drawn in ``layout``) and their views ((scenes, N, 3, S, S), or the oracle's
     (scenes, CELLS, features), with each cell's row and column when ``oracle_positions``, the text's characters when
-    ``oracle_text``). ``per_sample`` 1: one single-question item per family per scene where the scene
+    ``oracle_text``; a text in a scene with ``text_probability``, the benchmark's 0.5 by default). ``per_sample`` 1: one single-question item per family per scene where the scene
     allows it (what the scores are computed on); ``per_sample`` K > 1: one item per scene holding up to K questions
     (families in turn from a random one, each question drawn afresh), so one sequence supervises K answers. ``captions``: one
     item per scene, "describe the image" answered by the scene's caption (every object in row order)."""
     items, views = [], []
     for index in range(scenes):
-        scene, rng = scene_for(seed, index, max_shapes=max_shapes, layout=layout)
+        scene, rng = scene_for(seed, index, max_shapes=max_shapes, layout=layout, text_probability=text_probability)
         views.append(oracle_features(scene, oracle_positions, oracle_text) if oracle_vision
                      else processor.image_views(image_for(scene, seed, index), high_res))
         if captions:
@@ -201,7 +202,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           layout: str = LAYOUT.name, lora_rank: int = 0, lora_modules: str = "all",
           adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False,
           region_bias: float | None = None, adapter_output_rms: float | str | None = None,
-          pattern: str | None = None, high_res_fusion: str = "cross-attention") -> dict:
+          pattern: str | None = None, high_res_fusion: str = "cross-attention", text_probability: float = 0.5) -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
     ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
@@ -216,7 +217,9 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     ``global`` or ``local`` (default: the member's), ``region_bias`` the local scope's per-head place bias; ``oracle_text``: the oracle's text cell also carries the text's
     characters; ``adapter_output_rms``: the adapters' outputs RMS-normalised, starting at this scale ("embeddings": the
     LLM's input embeddings' RMS); ``pattern``: shortcuts instead of the member's (its high-res fusion kept); ``high_res_fusion``: ``cross-attention``,
-    ``concat`` (the crops' tokens in the context) or ``stack`` (along the channels)."""
+    ``concat`` (the crops' tokens in the context) or ``stack`` (along the channels); ``text_probability``: the share
+    of scenes, training and held-out, that hold a text (the benchmark's 0.5 by default; 1.0 puts a reading or
+    scribble question in every scene)."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES)}.")
@@ -230,6 +233,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         raise ValueError("oracle_text adds the text's characters to the oracle's text cell: it needs oracle_vision.")
     if lora_rank < 0:
         raise ValueError(f"lora_rank must be >= 0 (0: the full LLM is trained); got {lora_rank}.")
+    if not 0.0 <= text_probability <= 1.0:
+        raise ValueError(f"text_probability is a probability (0..1); got {text_probability}.")
     if per_sample < 1 or caption_steps < 0 or caption_steps > steps:
         raise ValueError(f"per_sample must be >= 1 and caption_steps in 0..steps; got {per_sample} and {caption_steps}.")
     geometry = layout_named(layout)
@@ -245,7 +250,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         model = with_lora(model, lora_rank, lora_modules)
     setting = dict(families=list(families), high_res=not oracle_vision and model.config.high_res,
                    max_shapes=max_shapes, max_length=recipe.max_length, oracle_vision=oracle_vision,
-                   oracle_positions=oracle_positions, layout=geometry, oracle_text=oracle_text)
+                   oracle_positions=oracle_positions, layout=geometry, oracle_text=oracle_text,
+                   text_probability=text_probability)
     train, train_views = questions(processor, split_seed(seed, "instruct"), scenes, **setting, per_sample=per_sample)
     test, test_views = questions(processor, split_seed(seed, "test"), test_scenes, **setting)
     described = questions(processor, split_seed(seed, "pretrain"), scenes, **setting, captions=True) if caption_steps else None
@@ -289,7 +295,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
                          "oracle_vision": oracle_vision, "seed": seed, "text": text, "per_sample": per_sample,
                          "caption_steps": caption_steps, "llm_lr": llm_lr, "bf16": bf16, "vision": vision,
                          "eval_every": eval_every, "oracle_positions": oracle_positions, "oracle_text": oracle_text,
-                         "layout": layout,
+                         "layout": layout, "text_probability": text_probability,
                          "lora_rank": lora_rank, "lora_modules": lora_modules, "adapter_mlp": adapter_mlp,
                          **_adapter_settings(None if oracle_vision else model.config),
                          "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}}
@@ -372,6 +378,9 @@ def main(argv=None) -> int:
                         "crops reach the LLM: cross-attention (the paper's: the context does not grow), concat (every "
                         "crop's tokens in the context too, as LLaVA-NeXT) or stack (each fused token also carries its "
                         "region's crop tokens along its channels)")
+    parser.add_argument("--text-probability", type=float, default=0.5, help="share of scenes (training and "
+                        "held-out) holding a text: 1.0 makes every scene a reading or scribble question (default: the "
+                        "benchmark's 0.5)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every N steps (the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
@@ -390,7 +399,8 @@ def main(argv=None) -> int:
                        lora_modules=args.lora_modules, adapter_mlp=args.adapter_mlp,
                        attention_scope=args.attention_scope, oracle_text=args.oracle_text,
                        region_bias=args.region_bias, adapter_output_rms=args.adapter_output_rms,
-                       pattern=args.pattern, high_res_fusion=args.high_res_fusion)
+                       pattern=args.pattern, high_res_fusion=args.high_res_fusion,
+                       text_probability=args.text_probability)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""

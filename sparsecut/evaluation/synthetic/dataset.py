@@ -21,9 +21,10 @@ DESCRIBE = "Describe the image briefly."
 TRAIN_WEIGHTS = {"attribute": 2, "count": 2, "position": 2, "existence": 3, "reading": 3, "unanswerable": 2, "choice": 1}
 
 
-def scene_for(seed: int, index: int, max_shapes: int = 5, layout: Layout = DEFAULT_LAYOUT) -> tuple[Scene, np.random.Generator]:
+def scene_for(seed: int, index: int, max_shapes: int = 5, layout: Layout = DEFAULT_LAYOUT,
+              text_probability: float = 0.5) -> tuple[Scene, np.random.Generator]:
     rng = np.random.default_rng([seed, index])
-    return sample_scene(rng, max_shapes=max_shapes, layout=layout), rng
+    return sample_scene(rng, max_shapes=max_shapes, text_probability=text_probability, layout=layout), rng
 
 
 def image_for(scene: Scene, seed: int, index: int) -> Image.Image:
