@@ -11,7 +11,7 @@ from conftest import make_processor, sparsecut_config
 from training.data import LlavaDataset, read_records
 from sparsecut.evaluation.synthetic.dataset import scene_for, write_split
 from sparsecut.evaluation.synthetic.font import CHARACTERS, draw_text, text_size
-from sparsecut.evaluation.synthetic.questions import FAMILIES, LETTERS, ask, caption, existence
+from sparsecut.evaluation.synthetic.questions import DRILLS, FAMILIES, LETTERS, ORDINALS, ask, caption, existence
 from sparsecut.evaluation.synthetic.scenes import COLOURS, SHAPES, WORDS, position_name, render, sample_scene
 
 
@@ -211,3 +211,18 @@ def test_anchored_layout_moves_only_the_text_to_its_cells_corner():
             assert b.text.origin == (32 * b.text.cell[1], 32 * b.text.cell[0])  # the cell's top-left corner
             moved += a.text.origin != b.text.origin
     assert moved > 5  # the free layout does place texts elsewhere in their cells
+
+
+def test_the_spelling_drill_asks_one_character_of_a_legible_text_by_its_place_and_is_never_scored():
+    asked = set()
+    for index in range(200):
+        scene, rng = scene_for(11, index, text_probability=1.0)
+        qa = ask(scene, "spelling", rng)
+        if scene.text.text == "":  # a scribble: nothing to spell
+            assert qa is None
+            continue
+        place = ORDINALS.index(qa.question.split()[3])
+        assert qa.answer == scene.text.text[place] and qa.family == "spelling" and qa.subtype == ORDINALS[place]
+        asked.add((place, scene.text.text.isdigit()))
+    assert asked == {(0, True), (1, True), (0, False), (1, False), (2, False)}  # numbers have two characters
+    assert not set(DRILLS) & set(FAMILIES)  # the benchmark's eval split asks FAMILIES only

@@ -34,7 +34,7 @@ from sparsecut.evaluation.synthetic.dataset import DESCRIBE, image_for, scene_fo
 from .family import CHAT_TEMPLATE, FAMILY, LAYOUT, Budget, backbone_dirs, build_backbones, split_seed
 from .loop import fit
 from .oracle import FEATURES, POSITION_FEATURES, TEXT_FEATURES, OracleVLM, oracle_features
-from sparsecut.evaluation.synthetic.questions import FAMILIES, ask, caption
+from sparsecut.evaluation.synthetic.questions import DRILLS, FAMILIES, ask, caption
 from sparsecut.evaluation.synthetic.scenes import DEFAULT_LAYOUT, LAYOUTS, Layout, layout_named
 
 PROBED = ("existence", "attribute", "count", "position")
@@ -220,9 +220,9 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     ``concat`` (the crops' tokens in the context) or ``stack`` (along the channels); ``text_probability``: the share
     of scenes, training and held-out, that hold a text (the benchmark's 0.5 by default; 1.0 puts a reading or
     scribble question in every scene)."""
-    unknown = [f for f in families if f not in FAMILIES]
+    unknown = [f for f in families if f not in FAMILIES + DRILLS]
     if unknown or not families:
-        raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES)}.")
+        raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES + DRILLS)}.")
     if member not in FAMILY:
         raise ValueError(f"unknown member {member!r}; the family is {', '.join(FAMILY)}.")
     if not 1 <= max_shapes <= 5:
@@ -333,7 +333,8 @@ def main(argv=None) -> int:
     parser.add_argument("--run", required=True, help="a `python -m training.tiny --output` folder (its backbones/ are "
                         "used, or built there first)")
     parser.add_argument("--member", default="llava-tiny", choices=list(FAMILY), help="whose architecture to probe")
-    parser.add_argument("--families", default=",".join(PROBED), help=f"comma-separated subset of {', '.join(FAMILIES)}")
+    parser.add_argument("--families", default=",".join(PROBED), help=f"comma-separated subset of {', '.join(FAMILIES)}, and the training drill {', '.join(DRILLS)} (trained and "
+                        "scored like the others)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=32)

@@ -10,6 +10,9 @@
 | unanswerable | VizWiz           | reading with no or illegible text; an absent object's colour | unanswerable       |
 | choice       | ScienceQA/MMBench| lettered options for attribute / count questions            | A..D                 |
 
+A training-only drill, never scored (``DRILLS``): ``spelling`` asks for one character of a legible text by its place
+("What is the second character of the text in the image?" -> 7), the skill a number's later digits need.
+
 POPE negatives here: random = any absent (colour, shape); popular = an absent colour of a shape that is present;
 adversarial = an absent pairing of a colour and a shape that are both present on other objects.
 """
@@ -23,6 +26,8 @@ import numpy as np
 from .scenes import COLOURS, SHAPES, Scene, position_name
 
 FAMILIES = ("attribute", "count", "position", "existence", "reading", "unanswerable", "choice")
+DRILLS = ("spelling",)  # asked in training data only: the benchmark scores FAMILIES
+ORDINALS = ("first", "second", "third")
 SHORT = "Answer the question using a single word or phrase."
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'. " + SHORT
 CHOICE = "Answer with the option's letter from the given choices directly."
@@ -110,6 +115,15 @@ def reading(scene: Scene, rng) -> QA | None:
     return QA(f"What is written in the image?\n{UNANSWERABLE}", scene.text.text, "reading", "digits" if scene.text.text.isdigit() else "word")
 
 
+def spelling(scene: Scene, rng) -> QA | None:
+    """One character of the legible text, at a place drawn uniformly (a drill for reading: see ``DRILLS``)."""
+    if scene.text is None or not scene.text.legible:
+        return None
+    place = int(rng.integers(len(scene.text.text)))
+    return QA(f"What is the {ORDINALS[place]} character of the text in the image?\n{SHORT}", scene.text.text[place],
+              "spelling", ORDINALS[place])
+
+
 def unanswerable(scene: Scene, rng) -> QA | None:
     options = []
     if scene.text is None:
@@ -147,6 +161,7 @@ ASKERS = {
     "reading": reading,
     "unanswerable": unanswerable,
     "choice": choice,
+    "spelling": spelling,
 }
 
 
