@@ -80,7 +80,7 @@ def test_exact_match_needs_every_answer_token(run):
     assert scores["overall"] == pytest.approx(1 - 1 / len(items))
 
 
-def test_numbers_and_their_later_digits_are_scored_on_their_own(run):
+def test_numbers_and_their_first_and_later_digits_are_scored_on_their_own(run):
     _, processor = build_model(run, "llava-tiny", fresh_lm=False, seed=0)
     items, views = questions(processor, seed=5, scenes=12, families=["reading"], high_res=False, max_shapes=2,
                              max_length=2048)
@@ -95,6 +95,7 @@ def test_numbers_and_their_later_digits_are_scored_on_their_own(run):
     scores = exact_match(TokenOracle(len(processor.tokenizer), misses), items, views, collate, batch_size=5)
     assert scores["reading"] == pytest.approx(1 - 2 / len(items))  # both wrong answers count against exact match
     assert scores["reading, later digits"] == pytest.approx(1 - 1 / len(numbers))  # only the second-digit miss here
+    assert scores["reading, first digits"] == pytest.approx(1 - 1 / len(numbers))  # only the first-digit miss here
     assert scores["reading, numbers"] == pytest.approx(1 - 2 / len(numbers)) and scores["reading, words"] == 1.0
 
 

@@ -163,13 +163,14 @@ def exact_match(model, items: list[dict], views: torch.Tensor, collate: Collator
     """family -> share of questions whose answer tokens (and </s>) are all the model's argmax; plus ``overall``; and
     for ``SPELLED_FAMILIES`` "FAMILY, later digits": over the (single-turn) answers that are numbers, the share of
     their digits after the first that are the argmax given the right ones before them (the turn's end tokens not
-    counted), and "FAMILY, numbers" / "FAMILY, words": its exact match over number and over word answers. Partial
+    counted), "FAMILY, first digits" the share whose first digit is the argmax, and "FAMILY, numbers" / "FAMILY, words": its exact match over number and over word answers. Partial
     reading shows there: the second digit of "46" is right only if it was read (chance 1 in 10),
     while the first token competes with "unanswerable", the right answer to half the questions. Words are left out:
     the tokenizer splits the twelve words so that their first token fixes the rest ("P" -> "EN")."""
     model.eval()
     hits: dict[str, list[bool]] = {}
     later: dict[str, list[bool]] = {}
+    first: dict[str, list[bool]] = {}  # "FAMILY, first digits": each number answer's first token
     by_kind: dict[str, list[bool]] = {}  # "reading, numbers" / "reading, words" -> exact match of each answer
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -187,8 +188,10 @@ def exact_match(model, items: list[dict], views: torch.Tensor, collate: Collator
                 if number:
                     row_later = (row_order >= 2) & (row_order <= item["answer_tokens"])
                     later.setdefault(item["family"], []).extend(row_right[row_later].tolist())
+                    first.setdefault(item["family"], []).extend(row_right[row_order == 1].tolist())
     scores = {family: sum(v) / len(v) for family, v in hits.items()}
     scores["overall"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
+    scores.update({f"{family}, first digits": sum(v) / len(v) for family, v in first.items() if v})
     scores.update({f"{family}, later digits": sum(v) / len(v) for family, v in later.items() if v})
     scores.update({name: sum(v) / len(v) for name, v in by_kind.items()})
     return scores
