@@ -113,6 +113,16 @@ def test_text_probability_puts_a_text_in_every_scene_or_none_and_leaves_the_rest
     assert 10 < sum(scene_for(11, i)[0].text is not None for i in range(40)) < 30
 
 
+def test_a_scene_that_poses_no_question_gives_no_multi_question_item(run):
+    _, processor = build_model(run, "llava-tiny", fresh_lm=False, seed=0)
+    scenes = [scene_for(5, i, text_probability=1.0)[0] for i in range(12)]
+    legible = [i for i, scene in enumerate(scenes) if scene.text.legible]
+    assert 0 < len(legible) < len(scenes)  # some scribbles: neither reading nor spelling asks about them
+    items, _ = questions(processor, seed=5, scenes=12, families=["reading", "spelling"], high_res=False, max_shapes=5,
+                         max_length=2048, per_sample=2, text_probability=1.0)
+    assert [item["scene"] for item in items] == legible
+
+
 def test_bad_arguments_say_what_is_wrong(run, capsys):
     with pytest.raises(ValueError, match="unknown question families \\['colour'\\]"):
         probe(run, "llava-tiny", ["colour"], **SMALL)

@@ -145,7 +145,8 @@ def questions(processor, seed: int, scenes: int, families: list[str], high_res: 
             qa = ask(scene, family, rng)
             if qa is not None and all(qa.question != q for q, _ in turns):
                 turns.append((qa.question, qa.answer))
-        items.append(_item(processor, turns, index, "mixed", high_res, max_length))
+        if turns:  # a scene that poses none of the families' questions (a scribble, for reading) gives no item
+            items.append(_item(processor, turns, index, "mixed", high_res, max_length))
     return items, torch.stack(views)
 
 
