@@ -40,13 +40,13 @@ def test_quick_pipeline_trains_ships_and_scores_two_members(quick_run):
     sparse = SparseCutForConditionalGeneration.from_pretrained(run / "models" / "sparsecut-tiny")
     llava = SparseCutForConditionalGeneration.from_pretrained(run / "models" / "llava-tiny")
     assert sparse.config.high_res and sparse.config.pattern == "sparse-uniform" and len(sparse.config.shortcuts) == 7
-    assert sparse.config.high_res_fusion == "stack"  # the family's reader (README, steps (i)-(j))
+    assert sparse.config.high_res_fusion == "cross-attention"  # the paper's (stack trained worse: README, step (l))
     assert llava.config.mode == "llava"  # pattern llava, no high-res, projector only
     assert sparse.config.vision_config.image_size == 48  # the cells-96 layout's low-res view
     table = (run / "results.md").read_text()
     assert "| sparsecut-tiny |" in table and "| llava-tiny |" in table and "existence F1" in table
     tower = json.loads((run / "backbones" / "backbones.json").read_text())
-    assert (tower["tower_steps"], tower["tower_scenes"], tower["tower_spell"]) == (QUICK.tower_steps, QUICK.tower_images, True)
+    assert (tower["tower_steps"], tower["tower_scenes"], tower["tower_spell"]) == (QUICK.tower_steps, QUICK.tower_images, False)
     shipped = run / "family"  # the zoo's delta format, scored as shipped
     manifest = json.loads((shipped / "family.json").read_text())
     assert manifest["models"].keys() == {"sparsecut-tiny", "llava-tiny"} and manifest["base"]["text"].endswith("text")
@@ -57,7 +57,7 @@ def test_quick_pipeline_trains_ships_and_scores_two_members(quick_run):
     assert json.loads((shipped / "results.json").read_text())["results"] == results["results"]
     card = (shipped / "MODEL_CARD.md").read_text()
     assert "python -m training.tiny --output" in card and "| sparsecut-tiny |" in card and results["run"]["jobs"] == 2
-    assert "| `sparsecut-tiny` | sparse-uniform | yes (stack) |" in card and "(and each text spelled by position)" in card
+    assert "| `sparsecut-tiny` | sparse-uniform | yes (cross-attention) |" in card and "spelled by position" not in card
     assert results["run"]["budget"] == {**QUICK.__dict__, "stage2_steps": 3} and "3 steps; batch 8" in card
     assert set(results["run"]["stage_seconds"]["llava-tiny"]) == {"stage1", "stage2"}
     assert results["run"]["threads"] == max(1, (os.cpu_count() or 1) // 2)  # the cores shared by the two jobs
@@ -131,18 +131,18 @@ def test_a_dense_tower_trained_as_the_run_would_is_reused_and_any_other_refused(
 
     tower = tmp_path / "tower"
     assert train_tower(["--output", str(tower), "--layout", "cells-96", "--scenes", str(QUICK.tower_images), "--steps",
-                        str(QUICK.tower_steps), "--seed", "3", "--spell"]) == 0  # split_seed(0, "backbone") == 3
+                        str(QUICK.tower_steps), "--seed", "3"]) == 0  # split_seed(0, "backbone") == 3
     build_backbones(str(tmp_path / "run"), QUICK, 0, tiny_backbones["text"], str(tower))
     record = json.loads((tmp_path / "run" / "backbones" / "backbones.json").read_text())
-    assert record["tower_from"] == str(tower) and (record["tower_scenes"], record["tower_spell"]) == (QUICK.tower_images, True)
+    assert record["tower_from"] == str(tower) and (record["tower_scenes"], record["tower_spell"]) == (QUICK.tower_images, False)
     built, made = (load_file(folder / "model.safetensors") for folder in (tmp_path / "run" / "backbones" / "vision", tower))
     assert built.keys() == made.keys() and all(torch.equal(built[k], made[k]) for k in made)
     with pytest.raises(ValueError, match=r"seed 3 \(this run: 1003\)"):  # another seed's run draws another split
         build_backbones(str(tmp_path / "seed-1"), QUICK, 1, tiny_backbones["text"], str(tower))
-    other = tmp_path / "unspelled"
+    other = tmp_path / "spelled"
     assert train_tower(["--output", str(other), "--layout", "cells-96", "--scenes", str(QUICK.tower_images), "--steps",
-                        "3", "--seed", "3"]) == 0
-    with pytest.raises(ValueError, match=r"steps 3 \(this run: 2\), spell False \(this run: True\).*--spell`"):
+                        "3", "--seed", "3", "--spell"]) == 0
+    with pytest.raises(ValueError, match=r"steps 3 \(this run: 2\), spell True \(this run: False\).*--seed 3`"):
         build_backbones(str(tmp_path / "other"), QUICK, 0, tiny_backbones["text"], str(other))
     assert not (tmp_path / "other" / "backbones" / "backbones.json").exists()  # nothing half-built is taken as done
 
