@@ -134,9 +134,7 @@ def build_backbones(root: str, budget: Budget, seed: int, text: str | None = Non
                                        tower_config(view=LAYOUT.view), layout=LAYOUT, spell=TOWER_SPELL)
         model.save_pretrained(os.path.join(folder, "vision"))
         tower_image_processor(LAYOUT.view).save_pretrained(os.path.join(folder, "vision"))
-        tower = {"tower_final_loss": losses[-1], "tower_seconds": time.time() - started, "tower_seed": seed,
-                 "tower_scenes": budget.tower_images, "tower_steps": budget.tower_steps, "tower_spell": TOWER_SPELL,
-                 "layout": LAYOUT.name}
+        tower = _tower_record(losses[-1], time.time() - started, seed, budget.tower_images, budget.tower_steps, TOWER_SPELL)
     with open(record, "w", encoding="utf-8") as handle:  # written last: its presence means the backbones are done
         json.dump({"text": text or BASE_TEXT, **tower}, handle, indent=2)
 
@@ -159,9 +157,14 @@ def dense_tower(tower_dir: str, folder: str, budget: Budget, seed: int) -> dict:
                          f"{budget.tower_images} --steps {budget.tower_steps} --seed {wanted['seed']}"
                          f"{' --spell' if TOWER_SPELL else ''}`, or drop --tower to train it in this run.")
     shutil.copytree(tower_dir, folder, dirs_exist_ok=True)
-    return {"tower_final_loss": made["losses"][-1], "tower_seconds": made["seconds"], "tower_seed": seed,
-            "tower_scenes": made["scenes"], "tower_steps": made["steps"], "tower_spell": made["spell"],
-            "layout": made["layout"], "tower_from": os.path.abspath(tower_dir)}
+    return {**_tower_record(made["losses"][-1], made["seconds"], seed, made["scenes"], made["steps"], made["spell"]),
+            "tower_from": os.path.abspath(tower_dir)}
+
+
+def _tower_record(final_loss: float, seconds: float, seed: int, scenes: int, steps: int, spell: bool) -> dict:
+    """How a run's tower was pretrained, as ``backbones.json`` and the family manifest record it."""
+    return {"tower_final_loss": final_loss, "tower_seconds": seconds, "tower_seed": seed, "tower_scenes": scenes,
+            "tower_steps": steps, "tower_spell": spell, "layout": LAYOUT.name}
 
 
 def shipped_tower(family_dir: str, folder: str, text: str, seed: int) -> dict:
