@@ -240,7 +240,7 @@ def test_oracle_text_spells_the_legible_text_at_its_cell_only():
     texts = [s for s in scenes if s.text is not None]
     assert any(s.text.legible for s in texts) and any(not s.text.legible for s in texts)
     for scene in texts:
-        full = oracle_features(scene, positions=True, text=True)
+        full = oracle_features(scene, positions=True, text="cell")
         assert full.shape == (CELLS, FEATURES + POSITION_FEATURES + TEXT_FEATURES)
         assert torch.equal(full[:, : FEATURES + POSITION_FEATURES], oracle_features(scene, positions=True))
         spelled = full[:, FEATURES + POSITION_FEATURES :].reshape(CELLS, -1, len(CHARS))  # (cells, position, char)
@@ -252,6 +252,52 @@ def test_oracle_text_spells_the_legible_text_at_its_cell_only():
         assert "".join(CHARS[i] for i in spelled[cell, : len(scene.text.text)].argmax(1).tolist()) == scene.text.text
 
 
+def test_oracle_text_as_tokens_gives_each_character_a_row_of_its_own_after_the_cells():
+    from training.tiny.dense import CHARS
+    from training.tiny.oracle import POSITION_FEATURES, TEXT_POSITIONS
+
+    scenes = [scene_for(3, i)[0] for i in range(40)]
+    legible = [s for s in scenes if s.text is not None and s.text.legible]
+    assert {len(s.text.text) for s in legible} == {2, 3}  # numbers and words
+    for scene in scenes:
+        tokens, in_cell = oracle_features(scene, True, "tokens"), oracle_features(scene, True, "cell")
+        assert tokens.shape == (CELLS + TEXT_POSITIONS, in_cell.shape[1])
+        assert torch.equal(tokens[:CELLS, : FEATURES + POSITION_FEATURES], in_cell[:, : FEATURES + POSITION_FEATURES])
+        assert not tokens[:CELLS, FEATURES + POSITION_FEATURES :].any()  # the cells hold no characters
+        assert not tokens[CELLS:, : FEATURES + POSITION_FEATURES].any()  # the character rows nothing else
+        spelled = tokens[CELLS:, FEATURES + POSITION_FEATURES :].reshape(TEXT_POSITIONS, TEXT_POSITIONS, len(CHARS))
+        text = scene.text.text if scene.text is not None else ""
+        assert spelled.sum() == len(text)
+        for k, char in enumerate(text):  # character k alone, in block k of row CELLS + k
+            assert spelled[k, k, CHARS.index(char)] == 1 and spelled[k].sum() == 1
+    with pytest.raises(ValueError, match="text must be one of cell, tokens"):
+        oracle_features(scenes[0], text="everywhere")
+
+
+def test_oracle_character_tokens_fill_placeholders_of_their_own(run):
+    from training.tiny.oracle import TEXT_POSITIONS
+
+    model, processor = build_model(run, "llava-tiny", fresh_lm=False, seed=0, oracle_vision=True, oracle_text="tokens")
+    _, plain = build_model(run, "llava-tiny", fresh_lm=False, seed=0, oracle_vision=True)
+    assert processor.tokens_per_image(False) == model.tokens_per_image == max(CELLS + TEXT_POSITIONS, plain.tokens_per_image(False))
+    index = next(i for i in range(40) if (s := scene_for(5, i)[0]).text is not None and s.text.legible)
+    items, views = questions(processor, seed=5, scenes=index + 1, families=["reading"], high_res=False, max_shapes=5,
+                             max_length=2048, oracle_vision=True, oracle_text="tokens")
+    item = next(i for i in items if i["scene"] == index)
+    assert views.shape[1] == CELLS + TEXT_POSITIONS
+    batch = Collator(processor.tokenizer.pad_token_id)([{**item, "pixel_values": views[index][None]}])
+    seen = {}
+    model.language_model.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    with torch.no_grad():
+        model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
+        placed = seen["inputs_embeds"][batch["input_ids"] == model.image_token_id]
+        assert placed.shape[0] == model.tokens_per_image
+        assert torch.allclose(placed[: CELLS + TEXT_POSITIONS], model.projector(views[index]))
+        assert not placed[CELLS + TEXT_POSITIONS :].any()
+        with pytest.raises(ValueError, match="oracle rows per image"):
+            model(batch["input_ids"], batch["attention_mask"], torch.cat([batch["pixel_values"]] * 2, 1))
+
+
 def test_probe_with_oracle_positions_and_the_layout_checks(run):
     result = probe(run, "llava-tiny", ["position"], oracle_vision=True, oracle_positions=True, layout="cells-96", **SMALL)
     assert result["settings"]["oracle_positions"] is True and result["settings"]["layout"] == "cells-96"
@@ -260,7 +306,9 @@ def test_probe_with_oracle_positions_and_the_layout_checks(run):
     with pytest.raises(ValueError, match="needs oracle_vision"):
         probe(run, "llava-tiny", ["position"], oracle_positions=True, **SMALL)
     with pytest.raises(ValueError, match="oracle_text adds the text's characters"):
-        probe(run, "llava-tiny", ["reading"], oracle_text=True, **SMALL)
+        probe(run, "llava-tiny", ["reading"], oracle_text="cell", **SMALL)
+    with pytest.raises(ValueError, match="one of cell, tokens"):
+        probe(run, "llava-tiny", ["reading"], oracle_vision=True, oracle_text=True, **SMALL)
     with pytest.raises(ValueError, match="48-px views but layout thirds-128 cuts 64-px ones: pass --vision"):
         probe(run, "llava-tiny", ["position"], layout="thirds-128", **SMALL)
 

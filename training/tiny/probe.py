@@ -33,7 +33,7 @@ from training.recipes import LORA_MODULES, load_recipe
 from sparsecut.evaluation.synthetic.dataset import DESCRIBE, image_for, scene_for
 from .family import CHAT_TEMPLATE, FAMILY, LAYOUT, Budget, backbone_dirs, build_backbones, split_seed
 from .loop import fit
-from .oracle import FEATURES, POSITION_FEATURES, TEXT_FEATURES, OracleVLM, oracle_features
+from .oracle import CELLS, FEATURES, POSITION_FEATURES, TEXT_FEATURES, TEXT_PLACES, TEXT_POSITIONS, OracleVLM, oracle_features
 from sparsecut.evaluation.synthetic.questions import DRILLS, FAMILIES, ask, caption
 from sparsecut.evaluation.synthetic.scenes import DEFAULT_LAYOUT, LAYOUTS, Layout, layout_named
 
@@ -42,7 +42,7 @@ PROBED = ("existence", "attribute", "count", "position")
 
 def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False,
                 text: str | None = None, vision: str | None = None, oracle_positions: bool = False,
-                adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False,
+                adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: str | None = None,
                 region_bias: float | None = None, adapter_output_rms: float | str | None = None,
                 pattern: str | None = None, high_res_fusion: str = "cross-attention"):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
@@ -51,7 +51,8 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
     ``python -m training.tiny.dense``) replaces the run's tower; ``fresh_lm`` re-initialises the LLM (no text
     pretraining). Frozen as ``recipe`` (default: stage 2) freezes. ``oracle_vision``: instead, an ``OracleVLM`` on
     that LLM (all of it trained), its cells carrying their row and column too with ``oracle_positions`` and the
-    text's characters with ``oracle_text``.
+    text's characters with ``oracle_text`` (``cell``: in the text's cell; ``tokens``: as tokens of their own after
+    the cells, the processor then writing TEXT_POSITIONS more placeholders per image).
     ``adapter_mlp``: the adapters' (or LLaVA projector's) MLP, ``mlp2x_gelu`` or ``linear``; ``attention_scope``: the
     adapters' cross-attention, ``global`` or ``local`` (default: the member's), ``region_bias`` its per-head place
     bias's start (local only; default: the member's); ``adapter_output_rms``: the adapters' output scale (a number, or
@@ -85,7 +86,9 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
         language_model.model.load_state_dict(model.model.language_model.state_dict())
         language_model.lm_head.load_state_dict(model.lm_head.state_dict())
         features = FEATURES + (POSITION_FEATURES if oracle_positions else 0) + (TEXT_FEATURES if oracle_text else 0)
-        return OracleVLM(language_model, model.config.image_token_id, model.config.tokens_per_image(False), features), processor
+        if oracle_text == "tokens":  # a placeholder per character place after the cells
+            processor.image_seq_length = max(processor.image_seq_length, CELLS + TEXT_POSITIONS)
+        return OracleVLM(language_model, model.config.image_token_id, processor.tokens_per_image(False), features), processor
     apply_freezing(model, recipe or load_recipe("stage2"))
     return model, processor
 
@@ -118,11 +121,11 @@ def _item(processor, turns: list[tuple[str, str]], index: int, family: str, high
 def questions(processor, seed: int, scenes: int, families: list[str], high_res: bool, max_shapes: int,
               max_length: int, oracle_vision: bool = False, per_sample: int = 1,
               captions: bool = False, oracle_positions: bool = False,
-              layout: Layout = DEFAULT_LAYOUT, oracle_text: bool = False,
+              layout: Layout = DEFAULT_LAYOUT, oracle_text: str | None = None,
               text_probability: float = 0.5) -> tuple[list[dict], torch.Tensor]:
     """Encoded conversations about ``scenes`` scenes (drawn in ``layout``) and their views ((scenes, N, 3, S, S), or the oracle's
     (scenes, CELLS, features), with each cell's row and column when ``oracle_positions``, the text's characters when
-    ``oracle_text``; a text in a scene with ``text_probability``, the benchmark's 0.5 by default). ``per_sample`` 1: one single-question item per family per scene where the scene
+    ``oracle_text`` (at its cell, or in TEXT_POSITIONS more rows with ``tokens``); a text in a scene with ``text_probability``, the benchmark's 0.5 by default). ``per_sample`` 1: one single-question item per family per scene where the scene
     allows it (what the scores are computed on); ``per_sample`` K > 1: one item per scene holding up to K questions
     (families in turn from a random one, each question drawn afresh), so one sequence supervises K answers. ``captions``: one
     item per scene, "describe the image" answered by the scene's caption (every object in row order)."""
@@ -204,7 +207,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           per_sample: int = 1, caption_steps: int = 0, llm_lr: float | None = None, bf16: bool = False,
           vision: str | None = None, eval_every: int = 0, oracle_positions: bool = False,
           layout: str = LAYOUT.name, lora_rank: int = 0, lora_modules: str = "all",
-          adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: bool = False,
+          adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: str | None = None,
           region_bias: float | None = None, adapter_output_rms: float | str | None = None,
           pattern: str | None = None, high_res_fusion: str = "cross-attention", text_probability: float = 0.5) -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
@@ -218,8 +221,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     R > 0: the LLM trained through a LoRA of rank R (alpha 2R, on every attention and MLP projection; ``llm_lr`` is
     then the LoRA's learning rate) instead of in full, as a shipped member's small delta would be; ``lora_modules``:
     ``all`` or ``attention`` (q, k, v, o only); ``adapter_mlp``: ``mlp2x_gelu`` (LLaVA-1.5's) or ``linear``; ``attention_scope``: the adapters' cross-attention,
-    ``global`` or ``local`` (default: the member's), ``region_bias`` the local scope's per-head place bias; ``oracle_text``: the oracle's text cell also carries the text's
-    characters; ``adapter_output_rms``: the adapters' outputs RMS-normalised, starting at this scale ("embeddings": the
+    ``global`` or ``local`` (default: the member's), ``region_bias`` the local scope's per-head place bias; ``oracle_text``: the oracle also gives the text's
+    characters, at the text's cell (``cell``) or as tokens of their own after the cells (``tokens``); ``adapter_output_rms``: the adapters' outputs RMS-normalised, starting at this scale ("embeddings": the
     LLM's input embeddings' RMS); ``pattern``: shortcuts instead of the member's (its high-res fusion kept); ``high_res_fusion``: ``cross-attention``,
     ``concat`` (the crops' tokens in the context) or ``stack`` (along the channels); ``text_probability``: the share
     of scenes, training and held-out, that hold a text (the benchmark's 0.5 by default; 1.0 puts a reading or
@@ -234,7 +237,10 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     if oracle_positions and not oracle_vision:
         raise ValueError("oracle_positions adds row and column features to the oracle's cells: it needs oracle_vision.")
     if oracle_text and not oracle_vision:
-        raise ValueError("oracle_text adds the text's characters to the oracle's text cell: it needs oracle_vision.")
+        raise ValueError("oracle_text adds the text's characters to the oracle's input: it needs oracle_vision.")
+    if oracle_text not in (None, *TEXT_PLACES):
+        raise ValueError(f"oracle_text puts the text's characters in the text's cell or in tokens of their own: one of "
+                         f"{', '.join(TEXT_PLACES)} (or None); got {oracle_text!r}.")
     if lora_rank < 0:
         raise ValueError(f"lora_rank must be >= 0 (0: the full LLM is trained); got {lora_rank}.")
     if not 0.0 <= text_probability <= 1.0:
@@ -350,8 +356,10 @@ def main(argv=None) -> int:
                         "member's vision tower and adapters (the LLM alone, given ideal inputs)")
     parser.add_argument("--oracle-positions", action="store_true", help="with --oracle-vision: each cell also "
                         "carries its row and column one-hot (as a ViT's tokens carry position embeddings)")
-    parser.add_argument("--oracle-text", action="store_true", help="with --oracle-vision: the text's cell also "
-                        "carries its characters (one one-hot per character position): a reader that cannot misread")
+    parser.add_argument("--oracle-text", nargs="?", const="cell", default=None, choices=list(TEXT_PLACES),
+                        help="with --oracle-vision: the text's characters too (one one-hot per character position, "
+                        "a reader that cannot misread), in the text's cell (cell, the default: one token holds the "
+                        "whole text) or as tokens of their own after the cells (tokens: one placeholder per character)")
     parser.add_argument("--text", default=None, help="a base LLM instead of the run's tiny LM: smollm2-135m-instruct "
                         "(installed from its wheel) or a causal-LM folder; ChatML without a default system prompt")
     parser.add_argument("--vision", default=None, help="a vision tower folder instead of the run's (e.g. "
