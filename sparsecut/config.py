@@ -25,7 +25,10 @@ class SparseCutConfig(PretrainedConfig):
     - ``concat``: high-res views' tokens appended to the context ((1 + g^2) * M_v visual tokens, Fig. 3a);
     - ``sparsecut`` with ``high_res_fusion="stack"`` (not the paper's): each low-res token also carries, along its
       channels, the g x g high-res tokens of its image region, so Y is (M_v, (1 + g^2) * D_v) and the context still
-      holds M_v tokens.
+      holds M_v tokens;
+    - ``sparsecut`` with ``reading_tokens`` K > 0 (not the paper's): K more visual tokens per image, each read from
+      the crops by a learned query of its own (``sparsecut.reading``), after the M_v fused ones: a text's characters
+      get positions of their own, at K tokens of context rather than concat's g^2 * M_v.
 
     Args:
         vision_config: a CLIP or SigLIP vision config (dict or config object).
@@ -60,6 +63,12 @@ class SparseCutConfig(PretrainedConfig):
             output gate initialised at 0, so an untrained model behaves exactly like its input shortcut alone, which
             is LLaVA-1.5 for every pattern that contains ``(L_v - 1, 1)`` (the paper does not say how extra shortcuts
             start; this is our choice, recorded in the config).
+        reading_tokens: K >= 0 extra visual tokens per image with high-res views (0, the paper's: none), each from a
+            learned query's attention over the crops' tokens at ViT layer ``reading_layer``, through an adapter MLP
+            into the LLM's input after the M_v fused tokens (``sparsecut.reading.ReadingAdapter``). A small LLM does
+            not learn to spell several characters out of one fused token in a CPU budget, but copies characters that
+            arrive one per position (README "Step (m)").
+        reading_layer: the ViT layer the reading queries look at (default: the input shortcut's, ``primary_shortcut``).
         image_token_id, image_token: the placeholder token id / string in ``input_ids`` / prompts.
         image_seq_length: M_v, the visual tokens per view (derived from the vision config when omitted).
         vision_feature_select_strategy: ``"default"`` drops CLS (CLIP), ``"full"`` keeps every token (SigLIP).
@@ -89,6 +98,8 @@ class SparseCutConfig(PretrainedConfig):
     adapter_bias: bool = True
     adapter_hidden_act: str = "gelu"
     zero_init_extra_shortcuts: bool = True
+    reading_tokens: int = 0
+    reading_layer: int | None = None
     image_token_id: int = 32000
     image_token: str = "<image>"
     image_seq_length: int | None = None
@@ -122,6 +133,7 @@ class SparseCutConfig(PretrainedConfig):
         if self.shortcuts is None:
             self.shortcuts = make_pattern(self.pattern, L_v, L_t, self.num_shortcuts)
         self.shortcuts = [list(pair) for pair in validate_shortcuts(self.shortcuts, L_v, L_t)]
+        self._check_reading(L_v)
 
         heads = self.adapter_num_heads or vision.num_attention_heads
         if vision.hidden_size % heads:
@@ -150,6 +162,22 @@ class SparseCutConfig(PretrainedConfig):
         if not self.tie_word_embeddings and getattr(text, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
 
+    def _check_reading(self, vision_layers: int) -> None:
+        """Validate ``reading_tokens`` / ``reading_layer`` (the layer defaults to the input shortcut's)."""
+        if not isinstance(self.reading_tokens, int) or isinstance(self.reading_tokens, bool) or self.reading_tokens < 0:
+            raise ValueError(f"reading_tokens must be an integer >= 0 (0: none, the paper's); got {self.reading_tokens!r}.")
+        if not self.reading_tokens:
+            if self.reading_layer is not None:
+                raise ValueError("reading_layer says where the reading queries look: it needs reading_tokens > 0.")
+            return
+        if not self.high_res or self.high_res_fusion == "concat":
+            raise ValueError("reading_tokens read the high-res crops into the context: they need high_res=True and a "
+                             "fused high-res (cross-attention or stack; concat already puts every crop token there).")
+        if self.reading_layer is None:
+            self.reading_layer = self.primary_shortcut[0]
+        if not isinstance(self.reading_layer, int) or not 1 <= self.reading_layer <= vision_layers:
+            raise ValueError(f"reading_layer must be a ViT layer in 1..{vision_layers}; got {self.reading_layer!r}.")
+
     @property
     def shortcut_pairs(self) -> list[Shortcut]:
         """The shortcuts as sorted tuples."""
@@ -173,9 +201,10 @@ class SparseCutConfig(PretrainedConfig):
         return 1 + self.high_res_grid**2 if self.high_res else 1
 
     def tokens_per_image(self, use_high_res: bool) -> int:
-        """Visual tokens per image in the LLM context: M_v, or N * M_v when high-res views are concatenated."""
+        """Visual tokens per image in the LLM context: M_v, N * M_v when high-res views are concatenated, or
+        M_v + ``reading_tokens`` with high-res views and reading tokens."""
         concat = use_high_res and self.high_res_fusion == "concat"
-        return self.image_seq_length * (self.num_views if concat else 1)
+        return self.image_seq_length * (self.num_views if concat else 1) + (self.reading_tokens if use_high_res else 0)
 
     @property
     def num_image_tokens(self) -> int:

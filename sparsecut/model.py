@@ -25,6 +25,7 @@ from .adapter import AdapterAttention, OutputRMSNorm, ShortcutAdapter, ZeroInitL
 from .cache_name import CACHE_KWARG, one_cache
 from .config import SparseCutConfig
 from .patterns import Shortcut, parse_pattern_string
+from .reading import ReadingAdapter
 from .vision import vision_hidden_states
 
 def adapter_key(shortcut: Shortcut) -> str:
@@ -147,6 +148,8 @@ class SparseCutPreTrainedModel(PreTrainedModel):
             module.reset_region_bias()  # each head starts on one place of the region
         elif isinstance(module, OutputRMSNorm):
             init.constant_(module.weight, module.start)  # visual tokens start at the scale asked for
+        elif isinstance(module, ReadingAdapter):
+            init.normal_(module.queries, std=getattr(self.config.vision_config, "initializer_range", 0.02))
         else:
             super()._init_weights(module)
 
@@ -165,6 +168,7 @@ class SparseCutModel(SparseCutPreTrainedModel):
                 for s in config.shortcut_pairs
             }
         )
+        self.reading_adapter = ReadingAdapter(config) if config.reading_tokens else None
         self.language_model = language_model if language_model is not None else AutoModel.from_config(config.text_config)
         injection.install(decoder_layers_of(self.language_model))
         self.post_init()
@@ -211,6 +215,18 @@ class SparseCutModel(SparseCutPreTrainedModel):
     ) -> tuple[dict[Shortcut, torch.Tensor], dict[str, torch.Tensor] | None]:
         """pixel_values (I, N, 3, H, W), or (I, 3, H, W) for the low-res view alone ->
         {shortcut: Z (I, T_img, D_t)}, T_img = M_v (or N * M_v in concat mode), and adapter attentions if asked."""
+        features, _, attentions = self.get_visual_features(pixel_values, shortcuts, high_res, output_attentions)
+        return features, attentions
+
+    def get_visual_features(
+        self,
+        pixel_values: torch.Tensor,
+        shortcuts=None,
+        high_res: bool | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[dict[Shortcut, torch.Tensor], torch.Tensor | None, dict[str, torch.Tensor] | None]:
+        """``get_shortcut_features``'s features and attentions, with the reading tokens (I, K, D_t) between them
+        (None without high-res views or ``config.reading_tokens``): one pass of the tower for both."""
         if pixel_values.dim() == 4:
             pixel_values = pixel_values[:, None]  # (I, 1, 3, H, W)
         if pixel_values.dim() != 5:
@@ -226,15 +242,20 @@ class SparseCutModel(SparseCutPreTrainedModel):
             pixel_values = pixel_values[:, :1]  # the low-res view only
         active = self.resolve_shortcuts(shortcuts)
         attentions = {} if output_attentions else None
-        if not active:
-            return {}, attentions
+        reading = self.reading_adapter is not None and use_high
+        if not active and not reading:
+            return {}, None, attentions
         views = pixel_values.shape[1]
         hidden = vision_hidden_states(
             self.vision_tower,
             pixel_values.flatten(0, 1),  # (I * N, 3, H, W): every view in one pass
-            {i for i, _ in active},
+            {i for i, _ in active} | ({self.config.reading_layer} if reading else set()),
             drop_cls=self.config.vision_feature_select_strategy == "default",
         )
+        read = None
+        if reading:
+            crops = hidden[self.config.reading_layer].unflatten(0, (num_images, views))[:, 1:]  # (I, g*g, M, Dv)
+            read = self.reading_adapter(crops.flatten(1, 2))  # (I, K, Dt)
         concat = use_high and self.config.high_res_fusion == "concat"
         features: dict[Shortcut, torch.Tensor] = {}
         for shortcut in active:
@@ -250,7 +271,7 @@ class SparseCutModel(SparseCutPreTrainedModel):
             features[shortcut] = z
             if output_attentions and attn is not None:
                 attentions[adapter_key(shortcut)] = attn
-        return features, attentions
+        return features, read, attentions
 
     def get_placeholder_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """(B, T) bool mask of the image placeholder positions."""
@@ -283,7 +304,7 @@ class SparseCutModel(SparseCutPreTrainedModel):
         adapter_attentions = None
         if pixel_values is not None:
             mask = self.get_placeholder_mask(input_ids, inputs_embeds)  # (B, T)
-            features, adapter_attentions = self.get_shortcut_features(
+            features, reading, adapter_attentions = self.get_visual_features(
                 pixel_values, shortcuts, high_res, output_adapter_attentions
             )
             num_images = pixel_values.shape[0]
@@ -296,6 +317,12 @@ class SparseCutModel(SparseCutPreTrainedModel):
                 )
             positions = mask.nonzero(as_tuple=True)
             inputs_embeds = inputs_embeds.masked_fill(mask[..., None], 0.0)  # visual positions start at 0
+            if reading is not None:  # each image's last K placeholders take its reading tokens; the shortcuts the rest
+                fused = tokens_per_image - reading.shape[1]
+                split = [p.view(num_images, tokens_per_image) for p in positions]
+                inputs_embeds = injection.add_at(inputs_embeds, tuple(p[:, fused:].flatten() for p in split),
+                                                 reading.flatten(0, 1))
+                positions = tuple(p[:, :fused].flatten() for p in split)
             inputs_embeds, deeper = injection.inject(inputs_embeds, positions, injection.plan(features))
             if deeper is not None:
                 kwargs[injection.INJECTION_KWARG] = deeper

@@ -29,7 +29,7 @@ class SparseCutProcessor(ProcessorMixin):
         tokenizer: the LLM's tokenizer; it must contain ``image_token`` as a token.
         image_size: S, the tower's input size.
         image_seq_length: M_v, visual tokens per view.
-        high_res, high_res_grid, high_res_fusion: as in ``SparseCutConfig``.
+        high_res, high_res_grid, high_res_fusion, reading_tokens: as in ``SparseCutConfig``.
         image_token: the placeholder string in prompts (one per image); expanded to the model's token count.
         template: default chat template: ``vicuna_v1``, ``plain``, ``tokenizer``, or ``auto`` (the tokenizer's own
             chat template when it has one, e.g. Qwen; otherwise LLaVA-1.5's ``vicuna_v1``).
@@ -47,6 +47,7 @@ class SparseCutProcessor(ProcessorMixin):
         high_res: bool = True,
         high_res_grid: int = 2,
         high_res_fusion: str = "cross-attention",
+        reading_tokens: int = 0,
         image_token: str = "<image>",
         template: str = "auto",
         pad_to_square: bool = True,
@@ -66,6 +67,7 @@ class SparseCutProcessor(ProcessorMixin):
         self.high_res = high_res
         self.high_res_grid = high_res_grid
         self.high_res_fusion = high_res_fusion
+        self.reading_tokens = reading_tokens
         self.image_token = image_token
         self.template = template
         self.pad_to_square = pad_to_square
@@ -98,6 +100,7 @@ class SparseCutProcessor(ProcessorMixin):
             high_res=config.high_res,
             high_res_grid=config.high_res_grid,
             high_res_fusion=config.high_res_fusion,
+            reading_tokens=config.reading_tokens,
             image_token=config.image_token,
         )
         fields.update(kwargs)
@@ -142,10 +145,11 @@ class SparseCutProcessor(ProcessorMixin):
     # ---- text ---------------------------------------------------------------------------------------------------
 
     def tokens_per_image(self, high_res: bool | None = None) -> int:
-        """Image placeholder tokens per image in the context: M_v, or N * M_v when high-res views are concatenated."""
+        """Image placeholder tokens per image in the context: M_v, N * M_v when high-res views are concatenated, or
+        M_v + ``reading_tokens`` with high-res views and reading tokens."""
         use_high = self.high_res if high_res is None else high_res
         views = 1 + self.high_res_grid**2 if use_high and self.high_res_fusion == "concat" else 1
-        return self.image_seq_length * views
+        return self.image_seq_length * views + (self.reading_tokens if use_high else 0)
 
     def apply_chat_template(self, conversation, template: str | None = None, add_generation_prompt: bool = True, **kwargs):
         """Render a conversation (list of role/content messages) to a prompt string with ``<image>`` placeholders."""

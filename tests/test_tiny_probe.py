@@ -365,3 +365,18 @@ def test_probe_pattern_replaces_the_members_shortcuts_and_keeps_its_fusion(run):
     assert processor.tokens_per_image(True) == model.config.num_views * model.config.image_seq_length  # crops in context
     with pytest.raises(ValueError, match="pattern replaces the member's shortcuts"):
         probe(run, "sparsecut-tiny", ["count"], pattern="llava", oracle_vision=True, **SMALL)
+
+
+def test_probe_with_reading_tokens_trains_them_with_the_adapters_and_records_them(run):
+    from training.tiny.probe import with_lora
+
+    model, processor = build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0, reading_tokens=2)
+    assert processor.tokens_per_image(True) == model.config.image_seq_length + 2
+    trainable = {name for name, p in with_lora(model, rank=2).named_parameters() if p.requires_grad}
+    assert any(".reading_adapter.queries" in name for name in trainable)
+    result = probe(run, "sparsecut-tiny", ["reading"], reading_tokens=2, text_probability=1.0, **SMALL)
+    again = probe(run, "sparsecut-tiny", ["reading"], reading_tokens=2, text_probability=1.0, **SMALL)
+    assert result["final_loss"] == again["final_loss"] and result["scores"] == again["scores"]
+    assert result["settings"]["reading_tokens"] == 2 and result["settings"]["reading_layer"] == model.config.reading_layer
+    with pytest.raises(ValueError, match="reading tokens read a real tower's crops"):
+        probe(run, "sparsecut-tiny", ["reading"], oracle_vision=True, reading_tokens=2, **SMALL)

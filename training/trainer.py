@@ -46,10 +46,11 @@ class TrainState:
 
 
 def module_of(name: str) -> str:
-    """Top-level part a parameter belongs to: adapters, vision_tower, or language_model (LLM + head)."""
-    for part in ("adapters", "vision_tower"):
+    """Top-level part a parameter belongs to: adapters (the reading adapter too), vision_tower, or language_model
+    (LLM + head)."""
+    for part, module in (("adapters", "adapters"), ("reading_adapter", "adapters"), ("vision_tower", "vision_tower")):
         if f".{part}." in f".{name}":
-            return part
+            return module
     return "language_model"
 
 

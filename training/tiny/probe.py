@@ -44,7 +44,8 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
                 text: str | None = None, vision: str | None = None, oracle_positions: bool = False,
                 adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: str | None = None,
                 region_bias: float | None = None, adapter_output_rms: float | str | None = None,
-                pattern: str | None = None, high_res_fusion: str = "cross-attention"):
+                pattern: str | None = None, high_res_fusion: str = "cross-attention", reading_tokens: int = 0,
+                reading_layer: int | None = None):
     """(model, processor): ``member``'s architecture on the backbones of pipeline run ``run`` (built there first if
     absent and not both replaced), with fresh adapters, in ChatML without a default system prompt as the family; ``text`` (a base model name
     such as ``smollm2-135m-instruct``, or a folder) replaces the run's LLM; ``vision`` (a CLIPVisionModel folder, e.g. from
@@ -60,7 +61,9 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
     (a name of ``sparsecut.patterns`` or ``"i:j,..."``), its high-res fusion kept (``"llava"``: one shortcut into the
     LLM's input, fused, as the oracle feeds it); ``high_res_fusion``: ``cross-attention`` (the paper's), ``concat``
     (every crop's tokens in the context too, as LLaVA-NeXT: the LLM reads the crops itself) or ``stack`` (each fused
-    token also carries its region's crop tokens along its channels)."""
+    token also carries its region's crop tokens along its channels); ``reading_tokens`` K: K more visual tokens, each
+    read from the crops by a learned query (``sparsecut.reading``), at ViT layer ``reading_layer`` (default: the input
+    shortcut's)."""
     if pattern is not None and oracle_vision:
         raise ValueError("pattern replaces the member's shortcuts, which oracle_vision replaces by the oracle's input: "
                          "choose one.")
@@ -76,6 +79,7 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
                                       adapter_region_bias=region_bias if region_bias is not None
                                       else spec.get("adapter_region_bias"),
                                       adapter_output_rms=adapter_output_rms, high_res_fusion=high_res_fusion,
+                                      reading_tokens=reading_tokens, reading_layer=reading_layer,
                                       chat_template=CHAT_TEMPLATE)
     if fresh_lm:  # the LLM as transformers initialises it from its config
         fresh = AutoModelForCausalLM.from_config(model.config.text_config)
@@ -99,7 +103,7 @@ def with_lora(model, rank: int, modules: str = "all"):
     every other weight frozen."""
     model = add_lora(model, {"r": rank, "alpha": 2 * rank, "dropout": 0.0, "modules": modules})
     for name, param in model.named_parameters():  # peft froze all but the LoRA
-        param.requires_grad = "lora_" in name or ".projector." in name or ".adapters." in name
+        param.requires_grad = "lora_" in name or any(part in name for part in (".projector.", ".adapters.", ".reading_adapter."))
     return model
 
 
@@ -209,7 +213,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           layout: str = LAYOUT.name, lora_rank: int = 0, lora_modules: str = "all",
           adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: str | None = None,
           region_bias: float | None = None, adapter_output_rms: float | str | None = None,
-          pattern: str | None = None, high_res_fusion: str = "cross-attention", text_probability: float = 0.5) -> dict:
+          pattern: str | None = None, high_res_fusion: str = "cross-attention", text_probability: float = 0.5,
+          reading_tokens: int = 0, reading_layer: int | None = None) -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
     ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
@@ -226,7 +231,11 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     LLM's input embeddings' RMS); ``pattern``: shortcuts instead of the member's (its high-res fusion kept); ``high_res_fusion``: ``cross-attention``,
     ``concat`` (the crops' tokens in the context) or ``stack`` (along the channels); ``text_probability``: the share
     of scenes, training and held-out, that hold a text (the benchmark's 0.5 by default; 1.0 puts a reading or
-    scribble question in every scene)."""
+    scribble question in every scene); ``reading_tokens``, ``reading_layer``: the member with that many reading tokens
+    (``sparsecut.reading``) read at that ViT layer."""
+    if (reading_tokens or reading_layer is not None) and oracle_vision:
+        raise ValueError("reading tokens read a real tower's crops, which oracle_vision replaces: use "
+                         "oracle_text='tokens' for the oracle's characters in tokens of their own.")
     unknown = [f for f in families if f not in FAMILIES + DRILLS]
     if unknown or not families:
         raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES + DRILLS)}.")
@@ -251,7 +260,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     recipe = load_recipe("stage2")
     model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision, oracle_positions,
                                    adapter_mlp, attention_scope, oracle_text, region_bias, adapter_output_rms,
-                                   pattern, high_res_fusion)
+                                   pattern, high_res_fusion, reading_tokens, reading_layer)
     if not oracle_vision and model.config.vision_config.image_size != geometry.view:
         raise ValueError(f"the tower takes {model.config.vision_config.image_size}-px views but layout {layout} cuts "
                          f"{geometry.view}-px ones: pass --vision with a tower trained on that layout "
@@ -314,7 +323,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
 def _adapter_settings(config) -> dict:
     """What the probed model's config says of its shortcuts and adapters (all None for the oracle: ``config`` None)."""
     fields = {"attention_scope": "adapter_attention_scope", "region_bias": "adapter_region_bias",
-              "adapter_output_rms": "adapter_output_rms", "shortcuts": "shortcuts", "high_res_fusion": "high_res_fusion"}
+              "adapter_output_rms": "adapter_output_rms", "shortcuts": "shortcuts", "high_res_fusion": "high_res_fusion",
+              "reading_tokens": "reading_tokens", "reading_layer": "reading_layer"}
     return {key: None if config is None else getattr(config, field) for key, field in fields.items()}
 
 
@@ -394,6 +404,11 @@ def main(argv=None) -> int:
     parser.add_argument("--text-probability", type=float, default=0.5, help="share of scenes (training and "
                         "held-out) holding a text: 1.0 makes every scene a reading or scribble question (default: the "
                         "benchmark's 0.5)")
+    parser.add_argument("--reading-tokens", type=int, default=0, metavar="K", help="K more visual tokens, each read "
+                        "from the crops by a learned query of its own (sparsecut.reading; not the paper's): a text's "
+                        "characters in positions of their own, at K tokens of context (default 0: none)")
+    parser.add_argument("--reading-layer", type=int, default=None, help="with --reading-tokens: the ViT layer the "
+                        "queries read (default: the input shortcut's)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every N steps (the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
@@ -413,7 +428,8 @@ def main(argv=None) -> int:
                        attention_scope=args.attention_scope, oracle_text=args.oracle_text,
                        region_bias=args.region_bias, adapter_output_rms=args.adapter_output_rms,
                        pattern=args.pattern, high_res_fusion=args.high_res_fusion,
-                       text_probability=args.text_probability)
+                       text_probability=args.text_probability, reading_tokens=args.reading_tokens,
+                       reading_layer=args.reading_layer)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""

@@ -1,0 +1,108 @@
+"""Reading tokens (config ``reading_tokens``): K learned queries read the crops into K more visual tokens per image."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import image_batch, make_model, make_processor, randomise_gates, sparsecut_config
+from sparsecut import SparseCutForConditionalGeneration
+from sparsecut.model import CheckpointMismatchError
+from sparsecut.vision import vision_hidden_states
+from training.trainer import module_of
+
+K = 3
+
+
+def _reading_model(seed: int = 0, **overrides):
+    model = make_model(seed, reading_tokens=K, **overrides)
+    randomise_gates(model)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # open the reading queries' attention (their output projections start at zero)
+        for attention in model.model.reading_adapter.attentions:
+            attention.o_proj.weight.copy_(0.2 * torch.randn(attention.o_proj.weight.shape, generator=gen))
+    return model
+
+
+def _inputs_embeds(model, batch, **kwargs) -> torch.Tensor:
+    seen = {}
+    handle = model.model.language_model.register_forward_pre_hook(lambda _, a, kw: seen.update(kw), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**batch, **kwargs)
+    finally:
+        handle.remove()
+    return seen["inputs_embeds"]
+
+
+def test_the_config_counts_the_reading_tokens_with_high_res_only_and_checks_them():
+    config = sparsecut_config(reading_tokens=K)
+    assert config.tokens_per_image(True) == config.image_seq_length + K
+    assert config.tokens_per_image(False) == config.image_seq_length
+    assert config.reading_layer == config.primary_shortcut[0]  # the input shortcut's ViT layer by default
+    assert sparsecut_config(reading_tokens=K, reading_layer=2).reading_layer == 2
+    assert make_processor(config).tokens_per_image(True) == config.image_seq_length + K
+    for bad, message in [(dict(reading_tokens=-1), "reading_tokens must be an integer >= 0"),
+                         (dict(reading_tokens=K, high_res=False, high_res_grid=1), "need high_res=True"),
+                         (dict(reading_tokens=K, high_res_fusion="concat"), "concat already puts"),
+                         (dict(reading_layer=2), "needs reading_tokens > 0"),
+                         (dict(reading_tokens=K, reading_layer=99), "reading_layer must be a ViT layer in 1..6")]:
+        with pytest.raises(ValueError, match=message):
+            sparsecut_config(**bad)
+
+
+def test_each_images_last_placeholders_take_its_reading_tokens_and_the_rest_is_unchanged():
+    model = _reading_model()
+    config, processor = model.config, make_processor(model.config)
+    batch = image_batch(processor, ["what is written?", "and here?"])
+    embeds = _inputs_embeds(model, batch)
+    mask = batch["input_ids"] == config.image_token_id
+    placed = embeds[mask].view(2, config.image_seq_length + K, -1)  # (images, M_v + K, Dt)
+    inner = model.model
+    with torch.no_grad():
+        hidden = vision_hidden_states(inner.vision_tower, batch["pixel_values"].flatten(0, 1), {config.reading_layer},
+                                      drop_cls=True)[config.reading_layer]
+        crops = hidden.unflatten(0, (2, config.num_views))[:, 1:].flatten(1, 2)  # (images, g*g*M_v, Dv)
+        expected = inner.reading_adapter(crops)
+        features, _ = inner.get_shortcut_features(batch["pixel_values"])
+    assert torch.allclose(placed[:, config.image_seq_length:], expected, atol=1e-6)
+    into_input = sum(z for (_, j), z in features.items() if j == 1)  # the shortcuts into layer 1, as before
+    assert torch.allclose(placed[:, : config.image_seq_length], into_input, atol=1e-6)
+    assert torch.equal(embeds[~mask], inner.get_input_embeddings()(batch["input_ids"])[~mask])
+    assert not torch.allclose(expected[0], expected[1])  # read from each image's own crops
+
+
+def test_without_high_res_a_call_has_no_reading_tokens():
+    model = _reading_model()
+    processor = make_processor(model.config)
+    batch = image_batch(processor, ["what colour?"], high_res=False)
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == model.config.image_seq_length
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch, high_res=False).logits).all()
+    wrong = image_batch(processor, ["what colour?"])  # K more placeholders than a low-res call fills
+    with pytest.raises(ValueError, match="Image features and image tokens do not match"):
+        model(**wrong, high_res=False)
+
+
+def test_an_untrained_reading_token_is_the_same_for_every_image():
+    model = make_model(reading_tokens=K)
+    batch = image_batch(make_processor(model.config), ["a?", "b?"])
+    embeds = _inputs_embeds(model, batch)
+    placed = embeds[batch["input_ids"] == model.config.image_token_id].view(2, -1, embeds.shape[-1])[:, -K:]
+    reading = model.model.reading_adapter
+    assert torch.allclose(placed[0], placed[1]) and torch.allclose(placed[0], reading.mlp(reading.queries), atol=1e-6)
+    assert not torch.allclose(placed[0, 0], placed[0, 1])  # each token its own query
+
+
+def test_a_reading_checkpoint_round_trips_trains_as_an_adapter_and_refuses_a_plain_config(tmp_path):
+    model = _reading_model()
+    batch = image_batch(make_processor(model.config), ["what is written?"])
+    model.save_pretrained(tmp_path)
+    loaded = SparseCutForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.config.reading_tokens == K and loaded.config.reading_layer == model.config.reading_layer
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+    names = [n for n, _ in model.named_parameters() if ".reading_adapter." in n]
+    assert names and {module_of(n) for n in names} == {"adapters"}  # stage 1 and 2 train them with the adapters
+    with pytest.raises(CheckpointMismatchError, match="reading_adapter"):
+        SparseCutForConditionalGeneration.from_pretrained(tmp_path, config=sparsecut_config())
