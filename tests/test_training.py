@@ -97,6 +97,21 @@ def test_stage1_builds_the_high_res_fusion_asked_for(tmp_path, tiny_backbones):
         run(stage1_args(tiny_backbones, data, tmp_path / "bad", "--high-res-fusion", "sum"))
 
 
+def test_stage1_builds_reading_tokens_and_trains_them_with_the_adapters(tmp_path, tiny_backbones):
+    data = write_dataset(tmp_path)
+    out = tmp_path / "reading"
+    assert run(stage1_args(tiny_backbones, data, out, "--max-steps", 2, "--reading-tokens", 2, "--reading-layer", 1)) == 0
+    model = SparseCutForConditionalGeneration.from_pretrained(out)
+    assert model.config.reading_tokens == 2 and model.config.reading_layer == 1
+    initial, _ = from_backbones(tiny_backbones["vision"], tiny_backbones["text"], num_shortcuts=3, reading_tokens=2,
+                                reading_layer=1)
+    before, after = initial.state_dict(), weights(out)
+    changed = [k for k in after if not torch.equal(after[k], before[k])]
+    assert any(".reading_adapter." in k for k in changed)  # stage 1 trains the reading adapter with the adapters
+    assert all(".adapters." in k or ".reading_adapter." in k for k in changed)
+    assert run(stage1_args(tiny_backbones, data, tmp_path / "bad", "--reading-tokens", 2, "--no-high-res")) == 2
+
+
 def test_unfrozen_vit_and_lora_recipes(tmp_path, tiny_backbones):
     data = write_dataset(tmp_path)
     base = tmp_path / "stage1"

@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how a new model's adapters take the high-res crops: cross-attention (eq. 2, the paper's), "
                         "concat (their tokens appended to the context) or stack (each low-res token also carries its "
                         "region's crop tokens along its channels; not the paper's)")
+    source.add_argument("--reading-tokens", type=int, default=0, metavar="K",
+                        help="K more visual tokens per image with the crops, each read from them by a learned query "
+                        "of its own (sparsecut.reading; not the paper's): a text's characters in positions of their "
+                        "own at K tokens of context (default 0: none)")
+    source.add_argument("--reading-layer", type=int, default=None, metavar="I",
+                        help="with --reading-tokens: the ViT layer the reading queries look at (default: the input "
+                        "shortcut's)")
     source.add_argument("--adapter-region-bias", type=float, default=None, metavar="B",
                         help="with --adapter-attention-scope local: a learned per-head bias for each place of the "
                         "region, starting at B for place h mod g^2 of head h (the heads copy the region in order)")
@@ -98,7 +105,7 @@ def main(argv=None) -> int:
         model, processor = load_model(
             args.model, args.vision, args.text, args.pattern, args.num_shortcuts, args.high_res, args.grid, args.adapter_attention,
             _chat_template(args.chat_template), args.adapter_mlp, args.adapter_attention_scope, args.adapter_region_bias,
-            args.high_res_fusion,
+            args.high_res_fusion, args.reading_tokens, args.reading_layer,
         )
         template = processor.template if recipe.template == "auto" else recipe.template
         dataset = LlavaDataset(

@@ -8,7 +8,8 @@ from sparsecut.loading import checkpoint_kind, load_checkpoint
 
 def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num_shortcuts=None, high_res=True, grid=2,
                adapter_attention=True, chat_template=None, adapter_mlp="mlp2x_gelu",
-               adapter_attention_scope="global", adapter_region_bias=None, high_res_fusion="cross-attention"):
+               adapter_attention_scope="global", adapter_region_bias=None, high_res_fusion="cross-attention",
+               reading_tokens=0, reading_layer=None):
     """(model, processor) for training.
 
     - ``model`` a SparseCut ``save_pretrained`` folder (e.g. stage 1's output) or a shipped name: loaded as is
@@ -18,7 +19,8 @@ def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num
       installed base model such as ``smollm2-135m-instruct``), with ``chat_template`` replacing the tokenizer's.
     ``adapter_mlp`` (``mlp2x_gelu`` or ``linear``), ``adapter_attention_scope`` (``global`` or ``local``),
     ``adapter_region_bias`` (local only: the per-head place bias's start, or None) and ``high_res_fusion``
-    (``cross-attention``, ``concat`` or ``stack``: ``SparseCutConfig``) shape new adapters (backbones or LLaVA)."""
+    (``cross-attention``, ``concat`` or ``stack``: ``SparseCutConfig``), ``reading_tokens`` and ``reading_layer``
+    (``sparsecut.reading``) shape new adapters (backbones or LLaVA)."""
     if model is not None and (vision or text):
         raise ValueError("Give either --model or --vision and --text, not both.")
     if model is not None and chat_template is not None:
@@ -29,9 +31,10 @@ def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num
         return from_backbones(vision, text, pattern=pattern, num_shortcuts=num_shortcuts, high_res=high_res, high_res_grid=grid,
                               adapter_attention=adapter_attention, adapter_mlp=adapter_mlp, chat_template=chat_template,
                               adapter_attention_scope=adapter_attention_scope, adapter_region_bias=adapter_region_bias,
-                              high_res_fusion=high_res_fusion)
+                              high_res_fusion=high_res_fusion, reading_tokens=reading_tokens, reading_layer=reading_layer)
     return load_checkpoint(model, **({} if checkpoint_kind(model) in ("shipped", "sparsecut") else
                                      dict(pattern=pattern, num_shortcuts=num_shortcuts, high_res=high_res, high_res_grid=grid,
                                           adapter_attention=adapter_attention, adapter_mlp=adapter_mlp,
                                           adapter_attention_scope=adapter_attention_scope,
-                                          adapter_region_bias=adapter_region_bias, high_res_fusion=high_res_fusion)))
+                                          adapter_region_bias=adapter_region_bias, high_res_fusion=high_res_fusion,
+                                          reading_tokens=reading_tokens, reading_layer=reading_layer)))
