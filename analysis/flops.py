@@ -54,10 +54,12 @@ _LOCK = threading.Lock()
 
 def mode_config(config: SparseCutConfig, mode: str) -> SparseCutConfig:
     """The config of ``mode`` built from ``config``'s towers. The high-res views of ``concat`` and ``sparsecut``
-    are the config's (``high_res``, ``high_res_grid``); ``sparsecut`` keeps the config's shortcuts and adapters."""
+    are the config's (``high_res``, ``high_res_grid``); ``sparsecut`` keeps the config's shortcuts and adapters
+    (and reading tokens, if any), the two LLaVA modes have none."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
-    llava = dict(shortcuts=[config.llava_shortcut], pattern="llava", num_shortcuts=None, adapter_attention=False)
+    llava = dict(shortcuts=[config.llava_shortcut], pattern="llava", num_shortcuts=None, adapter_attention=False,
+                 reading_tokens=0, reading_layer=None)
     if mode == "llava":
         return pattern_config(config, high_res=False, **llava)
     if mode == "concat":
@@ -122,16 +124,17 @@ def _text_flops(key: str, context: int) -> tuple[int, int]:
 
 
 def _shortcut_feature_flops(model: SparseCutForConditionalGeneration, pixel_values: torch.Tensor) -> tuple[int, int]:
-    """(vision, adapter) FLOPs of ``get_shortcut_features``: the whole call is counted, each adapter call is recorded
-    and counted again on its own; the tower's share is the difference."""
+    """(vision, adapter) FLOPs of ``get_visual_features``: the whole call is counted, each adapter call (the reading
+    adapter's too) is recorded and counted again on its own; the tower's share is the difference."""
     calls = []
+    reading = [model.model.reading_adapter] if model.model.reading_adapter is not None else []
     handles = [
         adapter.register_forward_hook(lambda module, args, kwargs, out: calls.append((module, args, kwargs)), with_kwargs=True)
-        for adapter in model.model.adapters.values()
+        for adapter in [*model.model.adapters.values(), *reading]
     ]
     try:
         with FlopCounterMode(display=False) as counter:
-            model.model.get_shortcut_features(pixel_values)
+            model.model.get_visual_features(pixel_values)
     finally:
         for handle in handles:
             handle.remove()

@@ -33,7 +33,8 @@ class TokenGrid:
         if side * side + lead != config.image_seq_length:
             raise ValueError(f"{config.image_seq_length} tokens per view do not form a square patch grid.")
         crops = config.high_res_grid if high_res else 1
-        return cls(side=side, cls=lead, crops=crops, views=config.tokens_per_image(high_res) // config.image_seq_length)
+        concat = high_res and config.high_res_fusion == "concat"  # reading tokens (if any) are not views' tokens
+        return cls(side=side, cls=lead, crops=crops, views=config.num_views if concat else 1)
 
     @property
     def tokens_per_view(self) -> int:

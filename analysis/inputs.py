@@ -57,8 +57,10 @@ class Example:
 
     @property
     def visual_positions(self) -> torch.Tensor:
-        """(T_img,) sequence positions of the image's tokens, in context order."""
-        return (self.input_ids[0] == self.image_token_id).nonzero()[:, 0]
+        """(T_img,) sequence positions of the image's views' tokens, in context order; a model's reading tokens
+        (config ``reading_tokens``), which follow them and are no view's patches, are left out."""
+        placeholders = (self.input_ids[0] == self.image_token_id).nonzero()[:, 0]
+        return placeholders[: self.grid.views * self.grid.tokens_per_view]
 
     def model_inputs(self, with_answer: bool = True) -> dict:
         """Keyword arguments for the model: the prompt (and answer), the views, and the call's settings."""

@@ -153,7 +153,7 @@ def build_report(
     if patch is not None:
         example.grid.patch_index(patch)  # a bad patch fails here, before the expensive views
     os.makedirs(out_dir, exist_ok=True)
-    text_tokens = example.input_ids.shape[1] - example.visual_positions.numel()
+    text_tokens = example.input_ids.shape[1] - int((example.input_ids == example.image_token_id).sum())
 
     views = {  # name -> how to compute it; flops is a table only
         "pattern": lambda: pattern_diagram(model.config),

@@ -67,6 +67,17 @@ def test_modes_differ_where_the_architecture_does():
     assert low == llava  # no high-res views: concat is LLaVA
 
 
+def test_reading_tokens_cost_their_context_and_their_adapter_only_in_sparsecut_mode():
+    config = preset_config("micro")
+    reading = preset_config("micro", reading_tokens=3)
+    plain, read = forward_flops(config, "sparsecut", 5), forward_flops(reading, "sparsecut", 5)
+    assert read["context_length"] == plain["context_length"] + 3
+    assert read["adapter"] > plain["adapter"] and read["vision"] == plain["vision"]  # the reading layer is tapped anyway
+    assert read["llm_body"] > plain["llm_body"]
+    for mode in ("llava", "concat"):  # LLaVA's modes have no reading tokens
+        assert forward_flops(reading, mode, 5) == forward_flops(config, mode, 5)
+
+
 def test_cached_results_are_fast_and_not_shared():
     config = preset_config("micro")
     first = forward_flops(config, "sparsecut", 3)

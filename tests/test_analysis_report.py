@@ -94,6 +94,24 @@ def test_report_cli_notes_views_a_llava_mode_model_lacks(tmp_path):
     assert [row["ablation"] for row in data["views"]["ablation"]] == ["none (all on)", "off 5:1"]
 
 
+def test_report_cli_explains_a_model_with_reading_tokens(tmp_path):
+    """Every view works when the context holds reading tokens after the views' tokens (they are no patch)."""
+    folder, out = tmp_path / "reading", tmp_path / "out"
+    model = make_model(reading_tokens=2)
+    randomise_gates(model)
+    model.save_pretrained(folder)
+    make_processor(model.config).save_pretrained(folder)
+    tiny_image().save(tmp_path / "image.png")
+    code = run("--model", folder, "--image", tmp_path / "image.png", "--question", "Q?", "--answer", "x", "--out", out,
+               "--ig-steps", 2, "--dpi", 40)
+    assert code == 0
+    page = (out / "index.html").read_text()
+    assert "Not available" not in page and all(f'<section id="{name}">' in page for name in SECTIONS)
+    data = json.loads((out / "report.json").read_text())
+    assert data["views"]["flops"]["text_tokens"] == len(make_processor(model.config)(text=make_processor(
+        model.config).prompt("Q?"), images=Image.open(tmp_path / "image.png")).input_ids[0]) + 1 - model.config.tokens_per_image(True)
+
+
 def test_report_cli_rejects_bad_input_with_a_message(saved_model, tmp_path, capsys):
     folder, image = saved_model
     common = ["--model", folder, "--question", "Q?", "--answer", "x", "--out", tmp_path / "out"]
