@@ -205,3 +205,15 @@ def test_paper_tables_at_tiny_scale_from_the_members_scores():
     assert "over sparse-reverse-uniform +1.0 points (intervals overlap)" in text
     del results["sparsecut-tiny-sparse-top"]  # a family without every pattern member has no Table 3
     assert "Table 3" not in paper_tables(results) and "Table 4" in paper_tables(results)
+
+
+def test_the_card_says_how_a_high_res_member_fuses_and_reads(tmp_path):
+    from training.tiny.ship import _high_res
+
+    for name, config, shown in [("low", {"high_res": False}, "no"),
+                                ("fused", {"high_res": True, "high_res_fusion": "stack"}, "yes (stack)"),
+                                ("reader", {"high_res": True, "high_res_fusion": "cross-attention", "reading_tokens": 3},
+                                 "yes (cross-attention, 3 reading tokens)")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        assert _high_res(str(tmp_path), name) == shown

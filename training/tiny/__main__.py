@@ -81,7 +81,9 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
         _train(["--recipe", "stage1", "--vision", vision, "--text", text, "--chat-template", CHAT_TEMPLATE,
                 "--template", "auto", "--pattern", spec["pattern"], "--high-res" if spec["high_res"] else "--no-high-res",
                 "--adapter-attention" if spec.get("adapter_attention", True) else "--no-adapter-attention",
-                "--adapter-mlp", ADAPTER_MLP, "--high-res-fusion", spec.get("high_res_fusion", "cross-attention"), "--data", os.path.join(root, "data", "pretrain.json"), "--output", stage1,
+                "--adapter-mlp", ADAPTER_MLP, "--high-res-fusion", spec.get("high_res_fusion", "cross-attention"),
+                "--reading-tokens", str(spec.get("reading_tokens", 0)),
+                "--data", os.path.join(root, "data", "pretrain.json"), "--output", stage1,
                 "--max-steps", str(budget.stage1_steps), "--epochs", "1000", "--learning-rate", str(budget.stage1_lr),
                 *common], stage1 + ".log", threads)
     if not stage_done(final):

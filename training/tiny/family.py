@@ -19,7 +19,8 @@ from sparsecut.evaluation.synthetic.dataset import write_split
 from .dense import DENSE_BATCH, DENSE_LR, DENSE_RECORD, pretrain_dense
 from sparsecut.evaluation.synthetic.scenes import layout_named
 
-# name -> how it differs; everything else (backbones, recipe, budget) is shared
+# name -> how it differs; everything else (backbones, recipe, budget) is shared. Keys: pattern, high_res,
+# adapter_attention (default True), high_res_fusion (default cross-attention), reading_tokens (default 0)
 FAMILY = {
     # the paper's cross-attention fusion ("high_res_fusion": "stack" trained worse in session 17: README, step (l))
     "sparsecut-tiny": {"pattern": "sparse-uniform", "high_res": True},

@@ -191,10 +191,14 @@ def _sharing(record: dict) -> str:
 
 
 def _high_res(family_dir: str, member: str) -> str:
-    """"no", or "yes" and how the shipped member fuses its crops (read from its config, as it was trained)."""
+    """"no", or "yes" and how the shipped member fuses its crops, with its reading tokens if any (read from its
+    config, as it was trained)."""
     with open(os.path.join(family_dir, member, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)
-    return f"yes ({config.get('high_res_fusion', 'cross-attention')})" if config.get("high_res") else "no"
+    if not config.get("high_res"):
+        return "no"
+    reading = f", {config['reading_tokens']} reading tokens" if config.get("reading_tokens") else ""
+    return f"yes ({config.get('high_res_fusion', 'cross-attention')}{reading})"
 
 
 def write_card(out_dir: str, scored: dict) -> None:
