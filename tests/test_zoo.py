@@ -65,11 +65,14 @@ def test_resolve_caches_and_rejects_unknown_names(family):
         export_family({"x": family["tiny-a"], "y": b}, family["processor"], str(family["root"] / "other"))
 
 
-def test_a_delta_family_rebuilds_each_member_from_its_base_and_lora(tmp_path, monkeypatch, tiny_backbones):
-    """A family over an installable base ships each member's adapters and LoRA only; the zoo rebuilds the model."""
+@pytest.mark.parametrize("reading_tokens", [0, 2])
+def test_a_delta_family_rebuilds_each_member_from_its_base_and_lora(tmp_path, monkeypatch, tiny_backbones, reading_tokens):
+    """A family over an installable base ships each member's adapters (its reading adapter too) and LoRA only; the
+    zoo rebuilds the model."""
     monkeypatch.setenv("SPARSECUT_ASSETS", str(tmp_path / "assets"))
     monkeypatch.setenv("SPARSECUT_CACHE", str(tmp_path / "cache"))
-    model, processor = from_backbones(tiny_backbones["vision"], tiny_backbones["text"], pattern="sparse-uniform", num_shortcuts=3)
+    model, processor = from_backbones(tiny_backbones["vision"], tiny_backbones["text"], pattern="sparse-uniform",
+                                      num_shortcuts=3, reading_tokens=reading_tokens)
     randomise_gates(model)
     with_lora = add_lora(model, {"r": 2, "alpha": 4, "dropout": 0.0, "modules": "attention"})
     with torch.no_grad():  # a LoRA that changes something (peft starts B at zero)
@@ -86,9 +89,12 @@ def test_a_delta_family_rebuilds_each_member_from_its_base_and_lora(tmp_path, mo
                   loras={"delta": str(trained / "lora")}, sources={"delta": str(trained)})
     stored = load_file(family / "models" / "delta" / "model.safetensors")
     assert stored and not any(k.startswith(zoo.LLM_PREFIXES + (zoo.VISION_PREFIX,)) for k in stored)  # adapters only
+    assert any(".reading_adapter." in k for k in stored) == bool(reading_tokens)
     assert (family / "models" / "delta" / "lora" / "adapter_model.safetensors").exists()
     loaded = SparseCutForConditionalGeneration.from_pretrained("delta").eval()
-    batch = image_batch(SparseCutProcessor.from_pretrained("delta"), ["What?"])
+    shipped = SparseCutProcessor.from_pretrained("delta")
+    assert shipped.tokens_per_image(True) == merged.config.image_seq_length + reading_tokens
+    batch = image_batch(shipped, ["What?"])
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, merged(**batch).logits, atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # an LLM weight changed outside the LoRA cannot ship as a delta
