@@ -23,7 +23,7 @@ from sparsecut.evaluation.synthetic.scenes import layout_named
 # adapter_attention (default True), high_res_fusion (default cross-attention), reading_tokens (default 0)
 FAMILY = {
     # the paper's cross-attention fusion ("high_res_fusion": "stack" trained worse in session 17: README, step (l))
-    "sparsecut-tiny": {"pattern": "sparse-uniform", "high_res": True, "reading_tokens": 3},
+    "sparsecut-tiny": {"pattern": "sparse-uniform", "high_res": True},
     "llava-tiny": {"pattern": "llava", "high_res": False, "adapter_attention": False},  # LLaVA's MLP projector only
     "sparsecut-tiny-lowres": {"pattern": "sparse-uniform", "high_res": False},
     "sparsecut-tiny-dense-bottom": {"pattern": "dense-bottom", "high_res": False},
@@ -37,7 +37,7 @@ SPLIT_SEEDS = {"pretrain": 1, "instruct": 2, "backbone": 3, "test": 9}
 BASE_TEXT = "smollm2-135m-instruct"  # the family's LLM (sparsecut.base_models)
 CHAT_TEMPLATE = "chatml"  # ChatML without SmolLM2's default system prompt
 LAYOUT = layout_named("cells-96")
-TOWER_SPELL = True  # whether the tower's dense labels also spell each text by position (dense.py; README, step (l))
+TOWER_SPELL = False  # whether the tower's dense labels also spell each text by position (dense.py; README, step (l))
 # a member ships as its adapters + LoRA, ~2.9 MB in fp16 (the family must add <= 30 MB to git): one-layer adapters
 # (7 x 140K parameters; LLaVA-1.5's two-layer MLP would be 7 x 470K) and a rank-4 LoRA on the attention projections
 ADAPTER_MLP = "linear"  # the adapters' MLP (sparsecut.config.MLP_TYPES)
@@ -49,8 +49,8 @@ class Budget:
     pretrain_images: int = 3000  # stage-1 captions
     instruct_images: int = 3000  # stage-2 conversations, one per scene
     test_images: int = 320  # ~6.3 questions each: >= 2,000 held-out questions
-    tower_images: int = 6000  # the tower's dense labels come from these scenes of a separate split
-    tower_steps: int = 3200
+    tower_images: int = 3000  # the tower's dense labels come from these scenes of a separate split
+    tower_steps: int = 1600
     stage1_steps: int = 100
     stage1_lr: float = 1e-3
     stage2_steps: int = 600  # 400 left the question loss falling (README, step (c) -> (d))
