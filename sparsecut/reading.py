@@ -34,6 +34,6 @@ class ReadingAdapter(nn.Module):
         self.mlp = AdapterMLP(v_dim, t_dim, config.adapter_mlp, config.adapter_bias, config.adapter_hidden_act)
 
     def forward(self, high: torch.Tensor) -> torch.Tensor:
-        queries = high.new_zeros(high.shape[0], *self.queries.shape) + self.queries.to(high.dtype)  # (B, K, Dv), not a leaf's view
+        queries = high.new_zeros(high.shape[0], *self.queries.shape) + self.queries.to(high.dtype)  # (B, K, Dv): no leaf view
         read = [attention(queries[:, k : k + 1], high)[0] for k, attention in enumerate(self.attentions)]  # (B, 1, Dv) each
         return self.mlp(torch.cat(read, dim=1))  # (B, K, Dt)

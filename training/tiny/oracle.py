@@ -6,8 +6,9 @@ are zeros); optionally also the cell's row and column one-hot, as a ViT's positi
 into its token, and the text's characters: a reader that cannot misread, either at the text's cell (one one-hot per
 character position, ``text="cell"``: one token holds the whole text, as a fused low-res token would) or as tokens of
 their own after the cells (``text="tokens"``: the k-th character's one-hot alone in block k of token CELLS + k, as
-when the crops' tokens are in the context). ``OracleVLM`` puts those vectors, through a trainable two-layer projector (LLaVA-1.5's), at the image
-placeholder positions of a causal LM, exactly where SparseCut's llava mode puts its projected tower features. What
+when the crops' tokens are in the context). ``OracleVLM`` puts those vectors, through a trainable two-layer
+projector (LLaVA-1.5's), at the image placeholder positions of a causal LM, exactly where SparseCut's llava mode puts
+its projected tower features. What
 such a model cannot learn in a budget, no vision tower would let the same LLM learn in that budget.
 """
 
