@@ -27,7 +27,7 @@ from sparsecut.benchmarking import write_json
 from sparsecut.config import ATTENTION_SCOPES, HIGH_RES_FUSIONS, MLP_TYPES
 from sparsecut.convert import from_backbones
 from training.data import IGNORE_INDEX, Collator, encode, supervised_positions
-from training.trainer import add_lora, apply_freezing
+from training.trainer import add_lora, apply_freezing, module_of
 from training.recipes import LORA_MODULES, load_recipe
 
 from sparsecut.evaluation.synthetic.dataset import DESCRIBE, image_for, scene_for
@@ -103,7 +103,7 @@ def with_lora(model, rank: int, modules: str = "all"):
     every other weight frozen."""
     model = add_lora(model, {"r": rank, "alpha": 2 * rank, "dropout": 0.0, "modules": modules})
     for name, param in model.named_parameters():  # peft froze all but the LoRA
-        param.requires_grad = "lora_" in name or any(part in name for part in (".projector.", ".adapters.", ".reading_adapter."))
+        param.requires_grad = "lora_" in name or ".projector." in name or module_of(name) == "adapters"
     return model
 
 
