@@ -23,7 +23,7 @@ from sparsecut.evaluation.synthetic.scenes import layout_named
 # adapter_attention (default True), high_res_fusion (default cross-attention), reading_tokens (default 0)
 FAMILY = {
     # the paper's cross-attention fusion ("high_res_fusion": "stack" trained worse in session 17: README, step (l))
-    "sparsecut-tiny": {"pattern": "sparse-uniform", "high_res": True, "reading_tokens": 3},
+    "sparsecut-tiny": {"pattern": "sparse-uniform", "high_res": True},
     "llava-tiny": {"pattern": "llava", "high_res": False, "adapter_attention": False},  # LLaVA's MLP projector only
     "sparsecut-tiny-lowres": {"pattern": "sparse-uniform", "high_res": False},
     "sparsecut-tiny-dense-bottom": {"pattern": "dense-bottom", "high_res": False},
