@@ -227,9 +227,13 @@ def _check_choice(name: str, value, allowed) -> None:
 
 
 def pattern_config(base: SparseCutConfig, **changes) -> SparseCutConfig:
-    """A copy of ``base`` with fields changed (e.g. ``pattern="llava", shortcuts=None``), re-validated."""
+    """A copy of ``base`` with fields changed (e.g. ``pattern="llava", shortcuts=None``), re-validated. A copy made
+    without high-res (``high_res=False``) also has no reading tokens unless ``changes`` name them: they read the
+    crops, and the model runs without them when a call asks for the low-res view only."""
     data = base.to_dict()
     for key in ("model_type", "transformers_version", "architectures"):
         data.pop(key, None)
+    if changes.get("high_res") is False and "reading_tokens" not in changes:
+        changes = {**changes, "reading_tokens": 0, "reading_layer": None}
     data.update(changes)
     return SparseCutConfig(**data)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from conftest import image_batch, make_model, make_processor, randomise_gates, sparsecut_config
+from conftest import image_batch, make_model, make_processor, one_torch_thread, randomise_gates, sparsecut_config
 from sparsecut import SparseCutForConditionalGeneration
+from sparsecut.config import pattern_config
 from sparsecut.model import CheckpointMismatchError
 from sparsecut.vision import vision_hidden_states
 from training.trainer import module_of
@@ -106,3 +109,38 @@ def test_a_reading_checkpoint_round_trips_trains_as_an_adapter_and_refuses_a_pla
     assert names and {module_of(n) for n in names} == {"adapters"}  # stage 1 and 2 train them with the adapters
     with pytest.raises(CheckpointMismatchError, match="reading_adapter"):
         SparseCutForConditionalGeneration.from_pretrained(tmp_path, config=sparsecut_config())
+
+
+def test_a_low_res_copy_of_the_config_has_no_reading_tokens_unless_asked():
+    config = sparsecut_config(reading_tokens=K)
+    low = pattern_config(config, high_res=False, high_res_grid=1)
+    assert (low.reading_tokens, low.reading_layer, low.tokens_per_image(False)) == (0, None, config.image_seq_length)
+    assert pattern_config(config, pattern="sparse-bottom").reading_tokens == K  # other changes keep them
+    with pytest.raises(ValueError, match="need high_res=True"):
+        pattern_config(config, high_res=False, high_res_grid=1, reading_tokens=K)
+
+
+@pytest.mark.parametrize("high_res", [None, False])
+def test_the_app_serves_a_reading_model_with_and_without_high_res_as_its_own_generate(tmp_path, high_res):
+    from app.engine import Engine
+    from app.request_checks import Decoding
+
+    model = _reading_model()
+    processor = make_processor(model.config)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    with one_torch_thread():
+        engine = Engine([str(tmp_path)])
+        name = engine.models[0]  # a folder is served under its own name
+        final = list(engine.answer(image, "What is written?", name, None, high_res, Decoding(max_new_tokens=4)))[-1]
+        use_high = high_res is None
+        batch = processor(images=[image], text=[processor.prompt("What is written?")], high_res=use_high)
+        out = model.eval().generate(**batch, high_res=use_high, max_new_tokens=4, do_sample=False,
+                                    pad_token_id=processor.tokenizer.pad_token_id)
+        contributions = engine.analyse("contributions", image, "What is written?", name, None, high_res,
+                                       max_new_tokens=2)
+    assert final.done and final.new_tokens == out.shape[1] - batch["input_ids"].shape[1]
+    assert final.visual_tokens == model.config.image_seq_length + (K if use_high else 0)
+    assert final.text == processor.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert len(contributions.table) == len(model.config.shortcut_pairs)
