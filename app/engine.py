@@ -154,7 +154,7 @@ class Engine:
         return self._loaded[name]
 
     def info(self, name: str) -> dict:
-        """What the UI shows about a model: its trained pattern, views, depths and heads."""
+        """What the UI shows about a model: its trained pattern, views (and reading tokens), depths and heads."""
         config = self.load(name).model.config
         return {
             "name": name,
@@ -164,6 +164,7 @@ class Engine:
             "shortcuts": format_pattern(config.shortcut_pairs),
             "high_res": config.high_res,
             "high_res_grid": config.high_res_grid if config.high_res else 1,
+            "reading_tokens": config.reading_tokens,
             "visual_tokens": config.num_image_tokens,
             "vision_layers": config.vision_config.num_hidden_layers,
             "llm_layers": config.text_config.num_hidden_layers,

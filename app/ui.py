@@ -209,6 +209,7 @@ def build_demo(engine, concurrency: int = 4) -> gr.Blocks:
         note = (f"**{info['name']}**: pattern `{info['pattern']}` ({info['mode']} mode), shortcuts `{info['shortcuts']}`; "
                 f"ViT {info['vision_layers']} layers, LLM {info['llm_layers']} layers; high-res "
                 + (f"{info['high_res_grid']}x{info['high_res_grid']} crops" if info["high_res"] else "not trained")
+                + (f" read by {info['reading_tokens']} reading tokens" if info["reading_tokens"] else "")
                 + f"; {info['visual_tokens']} visual tokens.")
         return (
             note,

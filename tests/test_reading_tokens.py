@@ -142,3 +142,4 @@ def test_the_app_serves_a_reading_model_with_and_without_high_res_as_its_own_gen
     assert final.visual_tokens == int((input_ids == model.config.image_token_id).sum())
     assert final.visual_tokens == model.config.image_seq_length + (K if high_res is None else 0)
     assert len(contributions.table) == len(model.config.shortcut_pairs)
+    assert engine.info(name)["reading_tokens"] == K
