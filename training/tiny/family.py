@@ -23,7 +23,7 @@ from sparsecut.evaluation.synthetic.scenes import layout_named
 # adapter_attention (default True), high_res_fusion (default cross-attention), reading_tokens (default 0)
 FAMILY = {
     # the paper's cross-attention fusion ("high_res_fusion": "stack" trained worse in session 17: README, step (l))
-    "sparsecut-tiny": {"pattern": "sparse-uniform", "high_res": True, "reading_tokens": 3},
+    "sparsecut-tiny": {"pattern": "sparse-uniform", "high_res": True},
     "llava-tiny": {"pattern": "llava", "high_res": False, "adapter_attention": False},  # LLaVA's MLP projector only
     "sparsecut-tiny-lowres": {"pattern": "sparse-uniform", "high_res": False},
     "sparsecut-tiny-dense-bottom": {"pattern": "dense-bottom", "high_res": False},
@@ -41,7 +41,7 @@ TOWER_SPELL = False  # whether the tower's dense labels also spell each text by 
 # a member ships as its adapters + LoRA, ~2.9 MB in fp16 (the family must add <= 30 MB to git): one-layer adapters
 # (7 x 140K parameters; LLaVA-1.5's two-layer MLP would be 7 x 470K) and a rank-4 LoRA on the attention projections
 ADAPTER_MLP = "linear"  # the adapters' MLP (sparsecut.config.MLP_TYPES)
-LORA_MODULES = "all"  # which LLM projections get a LoRA (training.recipes.LORA_MODULES)
+LORA_MODULES = "attention"  # which LLM projections get a LoRA (training.recipes.LORA_MODULES)
 
 
 @dataclass
