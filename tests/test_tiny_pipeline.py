@@ -41,6 +41,7 @@ def test_quick_pipeline_trains_ships_and_scores_two_members(quick_run):
     llava = SparseCutForConditionalGeneration.from_pretrained(run / "models" / "llava-tiny")
     assert sparse.config.high_res and sparse.config.pattern == "sparse-uniform" and len(sparse.config.shortcuts) == 7
     assert sparse.config.high_res_fusion == "cross-attention"  # the paper's (stack trained worse: README, step (l))
+    assert sparse.config.reading_tokens == 3 and llava.config.reading_tokens == 0  # README, step (n)
     assert llava.config.mode == "llava"  # pattern llava, no high-res, projector only
     assert sparse.config.vision_config.image_size == 48  # the cells-96 layout's low-res view
     table = (run / "results.md").read_text()
@@ -57,7 +58,8 @@ def test_quick_pipeline_trains_ships_and_scores_two_members(quick_run):
     assert json.loads((shipped / "results.json").read_text())["results"] == results["results"]
     card = (shipped / "MODEL_CARD.md").read_text()
     assert "python -m training.tiny --output" in card and "| sparsecut-tiny |" in card and results["run"]["jobs"] == 2
-    assert "| `sparsecut-tiny` | sparse-uniform | yes (cross-attention) |" in card and "spelled by position" not in card
+    assert "| `sparsecut-tiny` | sparse-uniform | yes (cross-attention, 3 reading tokens) |" in card
+    assert "spelled by position" not in card and "| rank 4 on q, k, v, o, lr 0.003 |" in card
     assert results["run"]["budget"] == {**QUICK.__dict__, "stage2_steps": 3} and "3 steps; batch 8" in card
     assert set(results["run"]["stage_seconds"]["llava-tiny"]) == {"stage1", "stage2"}
     assert results["run"]["threads"] == max(1, (os.cpu_count() or 1) // 2)  # the cores shared by the two jobs
@@ -93,8 +95,8 @@ def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_re
     shutil.copytree(run / "family", joined)
     more = run.parent / "more"
     argv = ["--output", str(more), "--quick", "--cpu", "--jobs", "1", "--models", "sparsecut-tiny-lowres",
-            "--budget", "stage2_steps=3", "--text", tiny_backbones["text"], "--mixed-precision", "no",
-            "--tower", str(joined), "--ship", str(joined)]
+            "--budget", "stage2_steps=3,lora_rank=2,lora_modules=all", "--text", tiny_backbones["text"],
+            "--mixed-precision", "no", "--tower", str(joined), "--ship", str(joined)]
     assert main(argv) == 0
     manifest = json.loads((joined / "family.json").read_text())
     assert list(manifest["models"]) == ["sparsecut-tiny", "llava-tiny", "sparsecut-tiny-lowres"]
@@ -106,7 +108,10 @@ def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_re
     assert "--tower" in results["members"]["sparsecut-tiny-lowres"]["command"]
     card = (joined / "MODEL_CARD.md").read_text()
     assert "1. `python -m training.tiny" in card and "2. `python -m training.tiny" in card and "--tower" in card
-    assert "| `sparsecut-tiny-lowres` | sparse-uniform | no |" in card
+    assert "| `sparsecut-tiny-lowres` | sparse-uniform | no |" in card and "trained with 2 different budgets**, differing in `lora_rank`, `lora_modules`" in card
+    assert "| rank 2 on q, k, v, o, gate, up, down, lr 0.003 |" in card and "| rank 4 on q, k, v, o, lr 0.003 |" in card
+    lora = json.loads((joined / "models" / "sparsecut-tiny-lowres" / "lora" / "adapter_config.json").read_text())
+    assert lora["r"] == 2 and "mlp" in json.dumps(lora["target_modules"])  # the LoRA the budget asked for, shipped
     vision = load_file(more / "backbones" / "vision" / "model.safetensors")
     stored = load_file(joined / "shared" / "vision.safetensors")
     assert vision.keys() == stored.keys() and all((vision[k].half() == stored[k]).all() for k in vision)
@@ -167,10 +172,11 @@ def test_progress_reports_steps_and_an_eta_from_measured_seconds(tmp_path):
 def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsys):
     longer = budget_with(Budget(), "stage2_steps=12000, stage2_lr=5e-4,instruct_images=60000")
     assert longer == Budget(stage2_steps=12000, stage2_lr=5e-4, instruct_images=60000)
+    assert budget_with(Budget(), "lora_rank=8,lora_modules=all") == Budget(lora_rank=8, lora_modules="all")
     assert budget_with(QUICK, "") == QUICK
     for bad, reason in [("steps=3", "FIELD one of pretrain_images"), ("stage2_steps", "use FIELD=VALUE"),
                         ("stage2_steps=1.5", "takes an integer"), ("stage2_lr=fast", "takes a number"),
-                        ("batch=0", "must be positive")]:
+                        ("batch=0", "must be positive"), ("lora_modules=mlp", "lora_modules is one of all, attention")]:
         with pytest.raises(ValueError, match=reason):
             budget_with(Budget(), bad)
     with pytest.raises(SystemExit):

@@ -54,6 +54,14 @@ def test_the_vision_tower_is_stored_once(family):
     assert (root / "shared" / "tokenizer.json").exists() and not (root / "models" / "tiny-a" / "tokenizer.json").exists()
 
 
+def test_a_re_exported_member_keeps_its_place_in_the_family(family):
+    root = family["root"] / "assets" / "tiny"
+    stayed = export_family({"tiny-a": family["tiny-a"]}, family["processor"], str(root))
+    assert stayed == ["tiny-b"] and list(zoo.manifest(str(root))["models"]) == ["tiny-a", "tiny-b"]
+    export_family({"tiny-c": family["tiny-a"]}, family["processor"], str(root))  # a new one joins at the end
+    assert list(zoo.manifest(str(root))["models"]) == ["tiny-a", "tiny-b", "tiny-c"]
+
+
 def test_resolve_caches_and_rejects_unknown_names(family):
     first = zoo.resolve("tiny-a")
     assert zoo.resolve("tiny-a") == first and os.path.isfile(os.path.join(first, "model.safetensors"))

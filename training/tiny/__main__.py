@@ -33,7 +33,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .family import (ADAPTER_MLP, BASE_TEXT, CHAT_TEMPLATE, FAMILY, LAYOUT, LORA_MODULES, Budget, backbone_dirs,
+from .family import (ADAPTER_MLP, BASE_TEXT, CHAT_TEMPLATE, FAMILY, LAYOUT, Budget, backbone_dirs,
                      budget_with, build_backbones, cpu_mixed_precision, write_data)
 from .progress import report, stage_dir, stage_done, stage_seconds, stage_steps
 
@@ -87,7 +87,7 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
                 "--max-steps", str(budget.stage1_steps), "--epochs", "1000", "--learning-rate", str(budget.stage1_lr),
                 *common], stage1 + ".log", threads)
     if not stage_done(final):
-        lora = {"r": budget.lora_rank, "alpha": 2 * budget.lora_rank, "dropout": 0.0, "modules": LORA_MODULES}
+        lora = {"r": budget.lora_rank, "alpha": 2 * budget.lora_rank, "dropout": 0.0, "modules": budget.lora_modules}
         _train(["--recipe", "stage2_lora", "--model", stage1, "--data", os.path.join(root, "data", "instruct.json"),
                 "--output", final, "--max-steps", str(budget.stage2_steps), "--epochs", "1000",
                 "--learning-rate", str(budget.stage2_lr), "--adapter-learning-rate", str(budget.adapter_lr),

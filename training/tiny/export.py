@@ -73,8 +73,8 @@ def export_family(models: dict, processor, out_dir: str, dtype: torch.dtype = to
     for name, tower in towers.items():
         if not _same_tensors(vision, tower):
             raise ValueError(f"{name}'s vision tower differs from the others'; a family shares one tower.")
-    staying, previous = _joinable(out_dir, vision, base)
-    staying = {name: path for name, path in staying.items() if name not in models}
+    joinable, previous = _joinable(out_dir, vision, base)
+    staying = {name: path for name, path in joinable.items() if name not in models}
     for name, path in previous.items():  # a replaced family's members go with it
         if name not in staying:
             shutil.rmtree(os.path.join(out_dir, path), ignore_errors=True)
@@ -104,8 +104,9 @@ def export_family(models: dict, processor, out_dir: str, dtype: torch.dtype = to
             _write_lora(lora, os.path.join(folder, LORA_DIR), dtype)
     processor.save_pretrained(shared)
     os.remove(os.path.join(shared, PROCESSOR_FILE))
-    entry = {"models": {**staying, **{name: os.path.join("models", name) for name in models}}, "shared": "shared",
-             "dtype": str(dtype)}
+    shipped = {**staying, **{name: os.path.join("models", name) for name in models}}
+    order = [name for name in joinable if name in shipped] + [name for name in shipped if name not in joinable]
+    entry = {"models": {name: shipped[name] for name in order}, "shared": "shared", "dtype": str(dtype)}  # a re-exported member keeps its place
     if base is not None:
         entry["base"] = base
     if tower_record is not None:

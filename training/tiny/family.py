@@ -16,14 +16,16 @@ from dataclasses import dataclass, fields, replace
 
 from .tower import tower_config, tower_image_processor
 from sparsecut.evaluation.synthetic.dataset import write_split
+from training.recipes import LORA_MODULES
 from .dense import DENSE_BATCH, DENSE_LR, DENSE_RECORD, pretrain_dense
 from sparsecut.evaluation.synthetic.scenes import layout_named
 
 # name -> how it differs; everything else (backbones, recipe, budget) is shared. Keys: pattern, high_res,
 # adapter_attention (default True), high_res_fusion (default cross-attention), reading_tokens (default 0)
 FAMILY = {
-    # the paper's cross-attention fusion ("high_res_fusion": "stack" trained worse in session 17: README, step (l))
-    "sparsecut-tiny": {"pattern": "sparse-uniform", "high_res": True},
+    # the paper's cross-attention fusion ("high_res_fusion": "stack" trained worse in session 17: README, step (l)),
+    # and three reading tokens (README, step (n))
+    "sparsecut-tiny": {"pattern": "sparse-uniform", "high_res": True, "reading_tokens": 3},
     "llava-tiny": {"pattern": "llava", "high_res": False, "adapter_attention": False},  # LLaVA's MLP projector only
     "sparsecut-tiny-lowres": {"pattern": "sparse-uniform", "high_res": False},
     "sparsecut-tiny-dense-bottom": {"pattern": "dense-bottom", "high_res": False},
@@ -38,10 +40,10 @@ BASE_TEXT = "smollm2-135m-instruct"  # the family's LLM (sparsecut.base_models)
 CHAT_TEMPLATE = "chatml"  # ChatML without SmolLM2's default system prompt
 LAYOUT = layout_named("cells-96")
 TOWER_SPELL = False  # whether the tower's dense labels also spell each text by position (dense.py; README, step (l))
-# a member ships as its adapters + LoRA, ~2.9 MB in fp16 (the family must add <= 30 MB to git): one-layer adapters
-# (7 x 140K parameters; LLaVA-1.5's two-layer MLP would be 7 x 470K) and a rank-4 LoRA on the attention projections
+# a member ships as its adapters + LoRA in fp16 (the family must add <= 30 MB to git): one-layer adapters (7 x 140K
+# parameters; LLaVA-1.5's two-layer MLP would be 7 x 470K) and a LoRA: rank 4 on the attention projections, ~2.9 MB
+# a member; rank 8 on every projection, ~7.2 MB, learns the look-ups much faster (README, step (n) 4)
 ADAPTER_MLP = "linear"  # the adapters' MLP (sparsecut.config.MLP_TYPES)
-LORA_MODULES = "attention"  # which LLM projections get a LoRA (training.recipes.LORA_MODULES)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Budget:
     stage2_lr: float = 3e-3  # the LoRA's
     adapter_lr: float = 1e-3  # the adapters' in stage 2
     lora_rank: int = 4  # alpha = 2 x rank
+    lora_modules: str = "attention"  # the LLM projections with a LoRA: attention (q, k, v, o) or all (+ the MLP's)
     turns: int = 6  # questions per stage-2 conversation
     batch: int = 16
     save_every: int = 25  # optimizer steps between checkpoints: what an interruption can lose
@@ -64,7 +67,8 @@ class Budget:
 
 def budget_with(base: Budget, overrides: str) -> Budget:
     """``base`` with ``"stage2_steps=6000,instruct_images=20000"``-style overrides (e.g. a longer run on a GPU).
-    An unknown field, a value of the wrong type or a value <= 0 raises ValueError naming it."""
+    An unknown field, a value of the wrong type, a number <= 0 or an unknown ``lora_modules`` raises ValueError
+    naming it."""
     names = [f.name for f in fields(Budget)]
     changes = {}
     for item in filter(None, (part.strip() for part in overrides.split(","))):
@@ -72,12 +76,15 @@ def budget_with(base: Budget, overrides: str) -> Budget:
         key = key.strip()
         if not sep or key not in names:
             raise ValueError(f"bad budget override {item!r}: use FIELD=VALUE with FIELD one of {', '.join(names)}.")
-        cast = type(getattr(base, key))  # int, or float for the learning rates
+        cast = type(getattr(base, key))  # int, float for the learning rates, str for lora_modules
         try:
             changes[key] = cast(value)
         except ValueError:
             raise ValueError(f"bad budget override {item!r}: {key} takes {'an integer' if cast is int else 'a number'}.") from None
-        if changes[key] <= 0:
+        if cast is str:
+            if changes[key] not in LORA_MODULES:
+                raise ValueError(f"bad budget override {item!r}: {key} is one of {', '.join(LORA_MODULES)}.")
+        elif changes[key] <= 0:
             raise ValueError(f"bad budget override {item!r}: {key} must be positive.")
     return replace(base, **changes)
 

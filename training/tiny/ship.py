@@ -28,7 +28,7 @@ from .family import BACKBONES, FAMILY, LAYOUT, Budget, backbone_dirs, split_seed
 from sparsecut.evaluation.synthetic.scenes import layout_named
 
 SUBSET = 200  # questions the tests rescore (the first ones of the held-out split)
-LORA_TARGETS = {"all": "every attention and MLP projection", "attention": "the attention projections (q, k, v, o)"}
+LORA_TARGETS = {"all": "q, k, v, o, gate, up, down", "attention": "q, k, v, o"}
 TEST_IMAGES = Budget().test_images
 
 
@@ -39,6 +39,7 @@ def export(root: str, records: dict[str, dict], out_dir: str) -> dict[str, dict]
     that stayed, from its ``results.json``, then ``records``)."""
     from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
     from sparsecut.base_models import BASE_MODELS, resolve_text_backbone, sha256_of
+    from sparsecut.zoo import manifest
     from training.trainer import LORA_DIR
 
     _, text = backbone_dirs(root)
@@ -52,7 +53,8 @@ def export(root: str, records: dict[str, dict], out_dir: str) -> dict[str, dict]
     loras = {name: os.path.join(folder, LORA_DIR) for name, folder in folders.items() if os.path.isdir(os.path.join(folder, LORA_DIR))}
     stayed = export_family(models, processor, out_dir, base={"text": text, "sha256": digest}, loras=loras,
                            sources=folders, tower_record=tower)
-    return {**previous_members(out_dir, stayed), **records}
+    shipped = {**previous_members(out_dir, stayed), **records}
+    return {name: shipped[name] for name in manifest(out_dir)["models"]}  # in the family's order
 
 
 def held_out(seed: int, images: int, folder: str, layout: str = LAYOUT.name) -> list[dict]:
@@ -190,6 +192,12 @@ def _sharing(record: dict) -> str:
     return f"{shared}, {threads} thread{'s' if threads > 1 else ''}{' each' if record['jobs'] > 1 else ''}"
 
 
+def _lora(budget: dict) -> str:
+    """A member's LoRA as its budget records it, e.g. "rank 4 on q, k, v, o, lr 0.003" (budgets recorded before
+    ``lora_modules`` existed are the attention LoRA, then the only one)."""
+    return f"rank {budget['lora_rank']} on {LORA_TARGETS[budget.get('lora_modules', 'attention')]}, lr {budget['stage2_lr']:g}"
+
+
 def _high_res(family_dir: str, member: str) -> str:
     """"no", or "yes" and how the shipped member fuses its crops, with its reading tokens if any (read from its
     config, as it was trained)."""
@@ -206,7 +214,7 @@ def write_card(out_dir: str, scored: dict) -> None:
     tower, data sizes, base model and its hash, recipe) and what it scores."""
     from sparsecut.zoo import manifest
 
-    from .family import ADAPTER_MLP, LORA_MODULES
+    from .family import ADAPTER_MLP
     from .progress import STAGES
 
     entry = manifest(out_dir)
@@ -214,12 +222,16 @@ def write_card(out_dir: str, scored: dict) -> None:
     commands = list(dict.fromkeys(record["command"] for record in members.values()))
     budgets = list({json.dumps(record["budget"], sort_keys=True): record["budget"] for record in members.values()}.values())
     budget = budgets[0]
+    known = [{**b, "lora_modules": b.get("lora_modules", "attention")} for b in budgets]  # without it: attention
+    differ = [key for key in known[0] if all(key in b for b in known) and len({json.dumps(b[key]) for b in known}) > 1]
     recipe = ("" if len(budgets) == 1 else
-              f"\n\n**The members were trained with {len(budgets)} different budgets**; the first: ")
+              f"\n\n**The members were trained with {len(budgets)} different budgets**, differing in "
+              + ", ".join(f"`{key}`" for key in differ) + " (per member in the table below; the values here are the "
+              "first member's).")
     rows = "\n".join(
         f"| `{name}` | {FAMILY[name]['pattern']} | {_high_res(out_dir, entry['models'][name])} | "
         + " | ".join(f"{record['stage_seconds'][stage] / 60:.1f}" for stage in STAGES)
-        + f" | {commands.index(record['command']) + 1} | {record['device']}, {record['mixed_precision']}, "
+        + f" | {_lora(record['budget'])} | {commands.index(record['command']) + 1} | {record['device']}, {record['mixed_precision']}, "
         + f"{_sharing(record)} |" for name, record in members.items())
     spelled = " (and each text spelled by position)" if tower.get("tower_spell") else ""
     listed = "\n".join(f"{number}. `{command}`" for number, command in enumerate(commands, 1))
@@ -246,13 +258,13 @@ family's shipped tower, so that they join it.){recipe}
   {budget["pretrain_images"]} captioned scenes, stage 2 {budget["instruct_images"]} scenes with {budget["turns"]}-question
   conversations, held-out {scored["images"]} scenes ({scored["questions"]} questions, generator seed {scored["seed"]}).
 - LLM: `{base["text"]}` (sha256 `{base["sha256"]}`), in ChatML without a default system prompt; frozen except for
-  a LoRA of rank {budget["lora_rank"]} (alpha {2 * budget["lora_rank"]}) on {LORA_TARGETS[LORA_MODULES]}.
+  a LoRA (alpha 2 x its rank; each member's rank, projections and learning rate in the table below).
 - vision tower: CLIP-style ViT (8 layers, width 128, 16-px patches, {LAYOUT.view}-px input) pretrained
   {tower["tower_steps"]} steps with dense per-patch labels{spelled} from {tower["tower_scenes"]} scenes of a separate split
   (`training/tiny/dense.py`; final loss {tower["tower_final_loss"]:.3f}; {tower["tower_seconds"] / 60:.1f} min), frozen
   afterwards.
 - every member: stage 1 (adapters only, {ADAPTER_MLP} MLP, lr {budget["stage1_lr"]}) {budget["stage1_steps"]}
-  steps on captions; stage 2 (adapters at lr {budget["adapter_lr"]} + the LoRA at lr {budget["stage2_lr"]})
+  steps on captions; stage 2 (adapters at lr {budget["adapter_lr"]} + the LoRA at its lr in the table below)
   {budget["stage2_steps"]} steps; batch {budget["batch"]}; through `python -m training`.
 - stored: the vision tower and tokenizer once in `shared/`, each member's adapters and LoRA in fp16; the LLM comes
   from the installed base (`sparsecut.zoo` assembles and caches an fp32 folder on first load).
@@ -260,8 +272,8 @@ family's shipped tower, so that they join it.){recipe}
 Measured training time per member (each stage's timed steps, from its log; minutes of one member's share of the
 CPU, so members trained side by side overlap in wall clock):
 
-| member | pattern | high-res | stage 1 min | stage 2 min | command | device, precision, jobs |
-|---|---|---|---|---|---|---|
+| member | pattern | high-res | stage 1 min | stage 2 min | LoRA | command | device, precision, jobs |
+|---|---|---|---|---|---|---|---|
 {rows}
 
 ## Scores (from these files, `python -m training.tiny.ship --score-only --to {out_dir}`)
