@@ -192,10 +192,14 @@ def _sharing(record: dict) -> str:
     return f"{shared}, {threads} thread{'s' if threads > 1 else ''}{' each' if record['jobs'] > 1 else ''}"
 
 
+def _recorded(budget: dict) -> dict:
+    """A member's recorded budget, complete: one recorded before ``lora_modules`` existed had the attention LoRA."""
+    return {**budget, "lora_modules": budget.get("lora_modules", "attention")}
+
+
 def _lora(budget: dict) -> str:
-    """A member's LoRA as its budget records it, e.g. "rank 4 on q, k, v, o, lr 0.003" (budgets recorded before
-    ``lora_modules`` existed are the attention LoRA, then the only one)."""
-    return f"rank {budget['lora_rank']} on {LORA_TARGETS[budget.get('lora_modules', 'attention')]}, lr {budget['stage2_lr']:g}"
+    """A member's LoRA as its budget records it, e.g. "rank 4 on q, k, v, o, lr 0.003"."""
+    return f"rank {budget['lora_rank']} on {LORA_TARGETS[_recorded(budget)['lora_modules']]}, lr {budget['stage2_lr']:g}"
 
 
 def _high_res(family_dir: str, member: str) -> str:
@@ -222,7 +226,7 @@ def write_card(out_dir: str, scored: dict) -> None:
     commands = list(dict.fromkeys(record["command"] for record in members.values()))
     budgets = list({json.dumps(record["budget"], sort_keys=True): record["budget"] for record in members.values()}.values())
     budget = budgets[0]
-    known = [{**b, "lora_modules": b.get("lora_modules", "attention")} for b in budgets]  # without it: attention
+    known = [_recorded(b) for b in budgets]
     differ = [key for key in known[0] if all(key in b for b in known) and len({json.dumps(b[key]) for b in known}) > 1]
     recipe = ("" if len(budgets) == 1 else
               f"\n\n**The members were trained with {len(budgets)} different budgets**, differing in "
