@@ -226,3 +226,36 @@ def test_the_spelling_drill_asks_one_character_of_a_legible_text_by_its_place_an
         asked.add((place, scene.text.text.isdigit()))
     assert asked == {(0, True), (1, True), (0, False), (1, False), (2, False)}  # numbers have two characters
     assert not set(DRILLS) & set(FAMILIES)  # the benchmark's eval split asks FAMILIES only
+
+
+def test_the_relation_drill_asks_left_of_or_above_about_two_objects_and_is_never_scored():
+    asked = set()
+    for index in range(200):
+        scene, rng = scene_for(11, index)
+        qa = ask(scene, "relation", rng)
+        if len(scene.shapes) < 2:
+            assert qa is None
+            continue
+        assert qa.family == "position" and qa.subtype in ("left-of", "above")
+        assert qa.answer == _expected(scene, qa.question)
+        asked.add((qa.subtype, qa.answer))
+    assert asked == {("left-of", "yes"), ("left-of", "no"), ("above", "yes"), ("above", "no")}
+    assert "relation" in DRILLS and "relation" not in FAMILIES
+
+
+def test_drills_add_turns_after_the_same_conversation_and_only_to_instruct_splits(tmp_path):
+    plain = json.loads(open(write_split(str(tmp_path / "a"), "train", seed=5, num_images=12, kind="instruct",
+                                        turns=6)).read())
+    drilled = json.loads(open(write_split(str(tmp_path / "b"), "train", seed=5, num_images=12, kind="instruct",
+                                          turns=6, drills=("relation", "relation"))).read())
+    for a, b in zip(plain, drilled):
+        n = len(a["conversations"])
+        assert b["conversations"][:n] == a["conversations"]  # the regular turns are untouched
+        extra = b["conversations"][n:]
+        assert len(extra) in (0, 4) and all(not turn["value"].startswith("<image>") for turn in extra)
+        for question in extra[::2]:
+            assert re.match(r"Is the \w+ \w+ (to the left of|above) the \w+ \w+\?", question["value"])
+    assert sum(len(b["conversations"]) > len(a["conversations"]) for a, b in zip(plain, drilled)) >= 6
+    for kind, drills in [("eval", ("relation",)), ("instruct", ("where",))]:
+        with pytest.raises(ValueError, match="drills are training-only families of instruct splits"):
+            write_split(str(tmp_path / "c"), "x", seed=5, num_images=1, kind=kind, drills=drills)

@@ -174,9 +174,11 @@ def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsy
     assert longer == Budget(stage2_steps=12000, stage2_lr=5e-4, instruct_images=60000)
     assert budget_with(Budget(), "lora_rank=8,lora_modules=all") == Budget(lora_rank=8, lora_modules="all")
     assert budget_with(QUICK, "") == QUICK
+    assert budget_with(Budget(relation_turns=2), "relation_turns=0") == Budget()  # a count that may be 0
     for bad, reason in [("steps=3", "FIELD one of pretrain_images"), ("stage2_steps", "use FIELD=VALUE"),
                         ("stage2_steps=1.5", "takes an integer"), ("stage2_lr=fast", "takes a number"),
-                        ("batch=0", "must be positive"), ("lora_modules=mlp", "lora_modules is one of all, attention")]:
+                        ("batch=0", "must be positive"), ("lora_modules=mlp", "lora_modules is one of all, attention"),
+                        ("relation_turns=-1", "relation_turns must be >= 0")]:
         with pytest.raises(ValueError, match=reason):
             budget_with(Budget(), bad)
     with pytest.raises(SystemExit):

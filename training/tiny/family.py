@@ -61,14 +61,18 @@ class Budget:
     lora_rank: int = 4  # alpha = 2 x rank
     lora_modules: str = "attention"  # the LLM projections with a LoRA: attention (q, k, v, o) or all (+ the MLP's)
     turns: int = 6  # questions per stage-2 conversation
+    relation_turns: int = 0  # more stage-2 turns per conversation, each a left-of / above question (the relation drill)
     batch: int = 16
     save_every: int = 25  # optimizer steps between checkpoints: what an interruption can lose
 
 
+MAY_BE_ZERO = ("relation_turns",)
+
+
 def budget_with(base: Budget, overrides: str) -> Budget:
     """``base`` with ``"stage2_steps=6000,instruct_images=20000"``-style overrides (e.g. a longer run on a GPU).
-    An unknown field, a value of the wrong type, a number <= 0 or an unknown ``lora_modules`` raises ValueError
-    naming it."""
+    An unknown field, a value of the wrong type, a number <= 0 (< 0 for a count that may be 0, e.g. ``relation_turns``)
+    or an unknown ``lora_modules`` raises ValueError naming it."""
     names = [f.name for f in fields(Budget)]
     changes = {}
     for item in filter(None, (part.strip() for part in overrides.split(","))):
@@ -84,8 +88,8 @@ def budget_with(base: Budget, overrides: str) -> Budget:
         if cast is str:
             if changes[key] not in LORA_MODULES:
                 raise ValueError(f"bad budget override {item!r}: {key} is one of {', '.join(LORA_MODULES)}.")
-        elif changes[key] <= 0:
-            raise ValueError(f"bad budget override {item!r}: {key} must be positive.")
+        elif changes[key] < 0 or (changes[key] == 0 and key not in MAY_BE_ZERO):
+            raise ValueError(f"bad budget override {item!r}: {key} must be {'>= 0' if key in MAY_BE_ZERO else 'positive'}.")
     return replace(base, **changes)
 
 
@@ -97,7 +101,7 @@ def write_data(root: str, budget: Budget, seed: int) -> None:
     data = os.path.join(root, "data")
     write_split(data, "pretrain", split_seed(seed, "pretrain"), budget.pretrain_images, "pretrain", layout=LAYOUT)
     write_split(data, "instruct", split_seed(seed, "instruct"), budget.instruct_images, "instruct", turns=budget.turns,
-                layout=LAYOUT)
+                layout=LAYOUT, drills=("relation",) * budget.relation_turns)
     write_split(data, "test", split_seed(seed, "test"), budget.test_images, "eval", layout=LAYOUT)
 
 

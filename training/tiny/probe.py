@@ -353,7 +353,7 @@ def main(argv=None) -> int:
     parser.add_argument("--run", required=True, help="a `python -m training.tiny --output` folder (its backbones/ are "
                         "used, or built there first)")
     parser.add_argument("--member", default="llava-tiny", choices=list(FAMILY), help="whose architecture to probe")
-    parser.add_argument("--families", default=",".join(PROBED), help=f"comma-separated subset of {', '.join(FAMILIES)}, and the training drill {', '.join(DRILLS)} (trained and "
+    parser.add_argument("--families", default=",".join(PROBED), help=f"comma-separated subset of {', '.join(FAMILIES)}, and the training drills {', '.join(DRILLS)} (trained and "
                         "scored like the others)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -193,8 +193,10 @@ def _sharing(record: dict) -> str:
 
 
 def _recorded(budget: dict) -> dict:
-    """A member's recorded budget, complete: one recorded before ``lora_modules`` existed had the attention LoRA."""
-    return {**budget, "lora_modules": budget.get("lora_modules", "attention")}
+    """A member's recorded budget, complete: one recorded before ``lora_modules`` existed had the attention LoRA, one
+    recorded before ``relation_turns`` no relation drill."""
+    return {**budget, "lora_modules": budget.get("lora_modules", "attention"),
+            "relation_turns": budget.get("relation_turns", 0)}
 
 
 def _lora(budget: dict) -> str:

@@ -13,7 +13,7 @@ from dataclasses import asdict
 import numpy as np
 from PIL import Image
 
-from .questions import FAMILIES, ask, caption
+from .questions import DRILLS, FAMILIES, ask, caption
 from .scenes import DEFAULT_LAYOUT, Layout, Scene, render, sample_scene
 
 DESCRIBE = "Describe the image briefly."
@@ -46,13 +46,19 @@ def _families(rng, weights: dict[str, int], k: int) -> list[str]:
 
 
 def write_split(root: str, name: str, seed: int, num_images: int, kind: str, turns: int = 3,
-                layout: Layout = DEFAULT_LAYOUT) -> str:
+                layout: Layout = DEFAULT_LAYOUT, drills: tuple[str, ...] = ()) -> str:
     """Write split ``name`` under ``root`` (scenes drawn in ``layout``): images in ``root/images/name/``, and
 
     - kind ``pretrain``: ``name.json``, one caption per image (stage 1);
-    - kind ``instruct``: ``name.json``, a ``turns``-turn conversation per image (stage 2);
+    - kind ``instruct``: ``name.json``, a ``turns``-turn conversation per image (stage 2), then one more turn per entry
+      of ``drills`` (training-only families, ``questions.DRILLS``) where the scene allows it; the first ``turns``
+      turns are the same with or without drills;
     - kind ``eval``: ``name.jsonl``, one question per family per image where the scene allows it.
     Returns the path of the written JSON/JSONL."""
+    unknown = [d for d in drills if d not in DRILLS]
+    if unknown or (drills and kind != "instruct"):
+        raise ValueError(f"drills are training-only families of instruct splits, one of {', '.join(DRILLS)}; got "
+                         f"{list(drills)} for a {kind} split.")
     folder = os.path.join(root, "images", name)
     os.makedirs(folder, exist_ok=True)
     records = []
@@ -72,6 +78,10 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
                 conversation += [{"from": "human", "value": prefix + qa.question}, {"from": "gpt", "value": qa.answer}]
                 if len(conversation) == 2 * turns:
                     break
+            for drill in drills:
+                qa = ask(scene, drill, rng)
+                if qa is not None:
+                    conversation += [{"from": "human", "value": qa.question}, {"from": "gpt", "value": qa.answer}]
             records.append({"id": f"{name}-{index}", "image": image, "conversations": conversation})
         elif kind == "eval":
             for family in FAMILIES:

@@ -10,8 +10,10 @@
 | unanswerable | VizWiz           | reading with no or illegible text; an absent object's colour | unanswerable       |
 | choice       | ScienceQA/MMBench| lettered options for attribute / count questions            | A..D                 |
 
-A training-only drill, never scored (``DRILLS``): ``spelling`` asks for one character of a legible text by its place
-("What is the second character of the text in the image?" -> 7), the skill a number's later digits need.
+Training-only drills, never scored as families of their own (``DRILLS``): ``spelling`` asks for one character of a
+legible text by its place ("What is the second character of the text in the image?" -> 7), the skill a number's later
+digits need; ``relation`` asks only the position family's left-of / above questions (``position`` asks them 40% of
+the time), for more of them per conversation.
 
 POPE negatives here: random = any absent (colour, shape); popular = an absent colour of a shape that is present;
 adversarial = an absent pairing of a colour and a shape that are both present on other objects.
@@ -26,7 +28,7 @@ import numpy as np
 from .scenes import COLOURS, SHAPES, Scene, position_name
 
 FAMILIES = ("attribute", "count", "position", "existence", "reading", "unanswerable", "choice")
-DRILLS = ("spelling",)  # asked in training data only: the benchmark scores FAMILIES
+DRILLS = ("spelling", "relation")  # asked in training data only: the benchmark scores FAMILIES
 ORDINALS = ("first", "second", "third")
 SHORT = "Answer the question using a single word or phrase."
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'. " + SHORT
@@ -75,17 +77,37 @@ def count(scene: Scene, rng) -> QA:
     return QA(f"How many shapes are there?\n{SHORT}", str(len(scene.shapes)), "count", "all")
 
 
+def _relation(target, other) -> QA | None:
+    """Is ``target`` left of ``other`` (when their columns differ), else above it (when their rows differ)."""
+    if target.cell[1] != other.cell[1]:
+        answer = "yes" if target.cell[1] < other.cell[1] else "no"
+        return QA(f"Is the {target.name} to the left of the {other.name}?\n{SHORT}", answer, "position", "left-of")
+    if target.cell[0] != other.cell[0]:
+        answer = "yes" if target.cell[0] < other.cell[0] else "no"
+        return QA(f"Is the {target.name} above the {other.name}?\n{SHORT}", answer, "position", "above")
+    return None
+
+
+def _other(scene: Scene, target, rng):
+    return [s for s in scene.shapes if s is not target][int(rng.integers(len(scene.shapes) - 1))]
+
+
 def position(scene: Scene, rng) -> QA:
     target = scene.shapes[int(rng.integers(len(scene.shapes)))]
     if len(scene.shapes) > 1 and rng.random() < 0.4:
-        other = [s for s in scene.shapes if s is not target][int(rng.integers(len(scene.shapes) - 1))]
-        if target.cell[1] != other.cell[1]:
-            answer = "yes" if target.cell[1] < other.cell[1] else "no"
-            return QA(f"Is the {target.name} to the left of the {other.name}?\n{SHORT}", answer, "position", "left-of")
-        if target.cell[0] != other.cell[0]:
-            answer = "yes" if target.cell[0] < other.cell[0] else "no"
-            return QA(f"Is the {target.name} above the {other.name}?\n{SHORT}", answer, "position", "above")
+        qa = _relation(target, _other(scene, target, rng))
+        if qa is not None:
+            return qa
     return QA(f"Where is the {target.name}?\n{SHORT}", position_name(target.cell), "position", "where")
+
+
+def relation(scene: Scene, rng) -> QA | None:
+    """A position family's left-of / above question about two objects drawn at random (a drill for the relations,
+    which ``position`` asks 40% of the time: see ``DRILLS``); None with fewer than two objects."""
+    if len(scene.shapes) < 2:
+        return None
+    target = scene.shapes[int(rng.integers(len(scene.shapes)))]
+    return _relation(target, _other(scene, target, rng))
 
 
 def existence(scene: Scene, rng, subtype: str | None = None) -> QA | None:
@@ -162,6 +184,7 @@ ASKERS = {
     "unanswerable": unanswerable,
     "choice": choice,
     "spelling": spelling,
+    "relation": relation,
 }
 
 
