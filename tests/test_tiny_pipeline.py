@@ -3,10 +3,11 @@ then the export in the zoo's delta format and the scoring of the exported checkp
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from sparsecut import SparseCutForConditionalGeneration
 from sparsecut.zoo import LLM_PREFIXES
@@ -84,8 +85,6 @@ def test_a_rerun_skips_finished_stages_and_resumes_an_interrupted_one(quick_run)
 
 
 def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_replaces_it(quick_run, tiny_backbones):
-    import shutil
-
     from training.tiny.family import build_backbones
     from training.tiny.export import export_family
     from sparsecut import SparseCutProcessor
@@ -142,6 +141,12 @@ def test_a_dense_tower_trained_as_the_run_would_is_reused_and_any_other_refused(
     assert record["tower_from"] == str(tower) and (record["tower_scenes"], record["tower_spell"]) == (QUICK.tower_images, False)
     built, made = (load_file(folder / "model.safetensors") for folder in (tmp_path / "run" / "backbones" / "vision", tower))
     assert built.keys() == made.keys() and all(torch.equal(built[k], made[k]) for k in made)
+    moved = tmp_path / "moved"
+    shutil.copytree(tower, moved)
+    build_backbones(str(tmp_path / "run"), QUICK, 0, tiny_backbones["text"], str(moved))  # the same tower, moved: resumed
+    save_file({k: v + 1 if i == 0 else v for i, (k, v) in enumerate(made.items())}, moved / "model.safetensors")
+    with pytest.raises(ValueError, match="was started with the tower of"):  # other weights at a known place: refused
+        build_backbones(str(tmp_path / "run"), QUICK, 0, tiny_backbones["text"], str(moved))
     with pytest.raises(ValueError, match=r"seed 3 \(this run: 1003\)"):  # another seed's run draws another split
         build_backbones(str(tmp_path / "seed-1"), QUICK, 1, tiny_backbones["text"], str(tower))
     other = tmp_path / "spelled"

@@ -130,7 +130,7 @@ def build_backbones(root: str, budget: Budget, seed: int, text: str | None = Non
         if text is not None and built["text"] != text:
             raise ValueError(f"{root} was started with LLM {built['text']!r}, not {text!r}: use another --output.")
         started_from = built.get("tower_from")
-        if tower_from is not None and started_from != os.path.abspath(tower_from):
+        if tower_from is not None and not _same_tower(built, tower_from):
             raise ValueError(f"{root} was started with the tower of {started_from or 'its own pretraining'}, not of "
                              f"{tower_from}: use another --output.")
         return
@@ -149,6 +149,35 @@ def build_backbones(root: str, budget: Budget, seed: int, text: str | None = Non
         tower = _tower_record(losses[-1], time.time() - started, seed, budget.tower_images, budget.tower_steps, TOWER_SPELL)
     with open(record, "w", encoding="utf-8") as handle:  # written last: its presence means the backbones are done
         json.dump({"text": text or BASE_TEXT, **tower}, handle, indent=2)
+
+
+def tower_weights(tower_from: str) -> str:
+    """The weights file of a ``--tower`` source: a dense-pretraining output's model, or a shipped family's stored tower."""
+    if os.path.isfile(os.path.join(tower_from, DENSE_RECORD)):
+        return os.path.join(tower_from, "model.safetensors")
+    from sparsecut.zoo import manifest
+
+    return os.path.join(tower_from, manifest(tower_from)["shared"], "vision.safetensors")
+
+
+def _tower_source(tower_from: str) -> dict:
+    """Where a run's tower came from: the folder, and its weights' sha256 (what a resumed run is checked against)."""
+    from sparsecut.base_models import sha256_of
+
+    return {"tower_from": os.path.abspath(tower_from), "tower_from_sha256": sha256_of(tower_weights(tower_from))}
+
+
+def _same_tower(built: dict, tower_from: str) -> bool:
+    """Whether ``tower_from`` holds the tower run record ``built`` started from: the same weights, wherever the folder
+    now is (a run recorded before the digest: the same folder)."""
+    if "tower_from" not in built:
+        return False
+    if "tower_from_sha256" not in built:
+        return built["tower_from"] == os.path.abspath(tower_from)
+    try:
+        return _tower_source(tower_from)["tower_from_sha256"] == built["tower_from_sha256"]
+    except (OSError, ValueError):
+        return False
 
 
 def dense_tower(tower_dir: str, folder: str, budget: Budget, seed: int) -> dict:
@@ -170,7 +199,7 @@ def dense_tower(tower_dir: str, folder: str, budget: Budget, seed: int) -> dict:
                          f"{' --spell' if TOWER_SPELL else ''}`, or drop --tower to train it in this run.")
     shutil.copytree(tower_dir, folder, dirs_exist_ok=True)
     return {**_tower_record(made["losses"][-1], made["seconds"], seed, made["scenes"], made["steps"], made["spell"]),
-            "tower_from": os.path.abspath(tower_dir)}
+            **_tower_source(tower_dir)}
 
 
 def _tower_record(final_loss: float, seconds: float, seed: int, scenes: int, steps: int, spell: bool) -> dict:
@@ -206,11 +235,11 @@ def shipped_tower(family_dir: str, folder: str, text: str, seed: int) -> dict:
                          f"{tower['tower_seed']} to add members to it.")
     member = os.path.join(family_dir, next(iter(entry["models"].values())))
     model = CLIPVisionModel(SparseCutConfig.from_pretrained(member).vision_config)
-    weights = load_file(os.path.join(family_dir, entry["shared"], "vision.safetensors"))
+    weights = load_file(tower_weights(family_dir))
     model.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()})  # strict: every tensor, no other
     model.save_pretrained(folder)
     tower_image_processor(LAYOUT.view).save_pretrained(folder)
-    return {**tower, "tower_from": os.path.abspath(family_dir)}
+    return {**tower, **_tower_source(family_dir)}
 
 
 def cpu_mixed_precision(root: str, budget: Budget, threads: int | None = None) -> tuple[str, float | None]:

@@ -44,7 +44,7 @@ def export(root: str, records: dict[str, dict], out_dir: str) -> dict[str, dict]
 
     _, text = backbone_dirs(root)
     with open(os.path.join(root, "backbones", BACKBONES), encoding="utf-8") as handle:
-        tower = {k: v for k, v in json.load(handle).items() if k not in ("text", "tower_from")}
+        tower = {k: v for k, v in json.load(handle).items() if k not in ("text", "tower_from", "tower_from_sha256")}
     names = list(records)
     folders = {name: os.path.join(root, "models", name) for name in names}
     models = {name: SparseCutForConditionalGeneration.from_pretrained(folder) for name, folder in folders.items()}
