@@ -9,7 +9,7 @@ import torch
 from training.data import Collator
 from training.tiny.__main__ import QUICK
 from sparsecut.evaluation.synthetic.dataset import scene_for
-from training.tiny.family import build_backbones
+from training.tiny.family import LAYOUT, build_backbones, split_seed
 from training.tiny.oracle import CELLS, FEATURES, OracleVLM, oracle_features
 from sparsecut.evaluation.synthetic.scenes import COLOURS, GRID, SHAPES, SIZES
 from training.tiny.probe import build_model, exact_match, main, probe, questions
@@ -380,3 +380,31 @@ def test_probe_with_reading_tokens_trains_them_with_the_adapters_and_records_the
     assert result["settings"]["reading_tokens"] == 2 and result["settings"]["reading_layer"] == model.config.reading_layer
     with pytest.raises(ValueError, match="reading tokens read a real tower's crops"):
         probe(run, "sparsecut-tiny", ["reading"], oracle_vision=True, reading_tokens=2, **SMALL)
+
+
+def test_init_continues_a_trained_member_and_scores_it_before_the_first_step(run, tmp_path):
+    model, processor = build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a "trained" member: adapters unlike the fresh ones build_model would make again
+        for name, weight in model.named_parameters():
+            if ".adapters." in name:
+                weight.add_(0.05 * torch.randn_like(weight))
+    model.save_pretrained(tmp_path / "member")
+    processor.save_pretrained(tmp_path / "member")
+    families = ["position", "relation"]
+    test, views = questions(processor, seed=split_seed(0, "test"), scenes=4, families=families, high_res=True,
+                            max_shapes=5, max_length=2048, layout=LAYOUT)  # the probe's held-out questions
+    expected = exact_match(model, test, views, Collator(processor.tokenizer.pad_token_id))
+    result = probe(None, "sparsecut-tiny", families, eval_every=1, init=str(tmp_path / "member"), lora_rank=2, **SMALL)
+    assert [point["step"] for point in result["curve"]] == [0, 1, 2]
+    assert result["curve"][0]["scores"] == expected  # the saved member, reloaded, before any step
+    assert set(expected) == {"position", "relation", "overall"} and result["settings"]["init"] == str(tmp_path / "member")
+    with pytest.raises(ValueError, match="drop oracle-vision, caption-steps"):
+        probe(None, "sparsecut-tiny", families, init=str(tmp_path / "member"), oracle_vision=True, caption_steps=1, **SMALL)
+
+
+def test_the_cli_needs_a_run_or_a_trained_member(capsys):
+    for argv in ([], ["--run", "x", "--init", "sparsecut-tiny"]):
+        with pytest.raises(SystemExit):
+            main(argv + ["--steps", "1"])
+        assert "give --run" in capsys.readouterr().err

@@ -7,10 +7,13 @@ by teacher-forced exact match of the answer tokens (no generation: fast, and the
 Training scenes come from the instruct split's seed, held-out scenes from the test split's. The README's "why the
 family falls short" probes are runs of it. ``--oracle-vision`` swaps the vision tower and adapters for perfect
 per-cell features read from each scene's specification (``oracle.py``): the member's LLM alone, given ideal inputs.
+``--init NAME`` starts from a trained member instead (a shipped one by name, or a checkpoint folder): what more
+training on a question mix adds to it, scored before the first step too.
 
     python -m training.tiny.probe --run runs/tiny --steps 600 --json probe.json
     python -m training.tiny.probe --run runs/tiny --families existence --max-shapes 2 --fresh-lm
     python -m training.tiny.probe --run runs/tiny --oracle-vision --steps 2400
+    python -m training.tiny.probe --init sparsecut-tiny --families position,relation --lora-rank 8 --steps 150
 """
 
 from __future__ import annotations
@@ -93,6 +96,21 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
         if oracle_text == "tokens":  # a placeholder per character place after the cells
             processor.image_seq_length = max(processor.image_seq_length, CELLS + TEXT_POSITIONS)
         return OracleVLM(language_model, model.config.image_token_id, processor.tokens_per_image(False), features), processor
+    apply_freezing(model, recipe or load_recipe("stage2"))
+    return model, processor
+
+
+INIT_EXCLUDES = ("fresh_lm", "oracle_vision", "text", "vision", "oracle_positions", "oracle_text", "attention_scope",
+                 "region_bias", "adapter_output_rms", "pattern", "reading_tokens", "reading_layer")  # what a checkpoint fixes
+
+
+def trained_model(init: str, recipe=None):
+    """(model, processor): a trained member, ``init`` a shipped family member's name (``sparsecut.zoo``, assembled
+    from the installed base) or a SparseCut checkpoint folder, fp32, frozen as ``recipe`` (default: stage 2)."""
+    from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
+
+    model = SparseCutForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
+    processor = SparseCutProcessor.from_pretrained(init)
     apply_freezing(model, recipe or load_recipe("stage2"))
     return model, processor
 
@@ -214,7 +232,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: str | None = None,
           region_bias: float | None = None, adapter_output_rms: float | str | None = None,
           pattern: str | None = None, high_res_fusion: str = "cross-attention", text_probability: float = 0.5,
-          reading_tokens: int = 0, reading_layer: int | None = None) -> dict:
+          reading_tokens: int = 0, reading_layer: int | None = None, init: str | None = None) -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
     ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
@@ -232,7 +250,9 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     ``concat`` (the crops' tokens in the context) or ``stack`` (along the channels); ``text_probability``: the share
     of scenes, training and held-out, that hold a text (the benchmark's 0.5 by default; 1.0 puts a reading or
     scribble question in every scene); ``reading_tokens``, ``reading_layer``: the member with that many reading tokens
-    (``sparsecut.reading``) read at that ViT layer."""
+    (``sparsecut.reading``) read at that ViT layer; ``init``: start from that trained member (``trained_model``; its
+    checkpoint fixes the architecture, so ``INIT_EXCLUDES`` are refused and ``run`` is not used) and score it before
+    the first step too."""
     if (reading_tokens or reading_layer is not None) and oracle_vision:
         raise ValueError("reading tokens read a real tower's crops, which oracle_vision replaces: use "
                          "oracle_text='tokens' for the oracle's characters in tokens of their own.")
@@ -258,9 +278,20 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         raise ValueError(f"per_sample must be >= 1 and caption_steps in 0..steps; got {per_sample} and {caption_steps}.")
     geometry = layout_named(layout)
     recipe = load_recipe("stage2")
-    model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision, oracle_positions,
-                                   adapter_mlp, attention_scope, oracle_text, region_bias, adapter_output_rms,
-                                   pattern, high_res_fusion, reading_tokens, reading_layer)
+    if init is not None:
+        given = {"fresh_lm": fresh_lm, "oracle_vision": oracle_vision, "text": text, "vision": vision,
+                 "oracle_positions": oracle_positions, "oracle_text": oracle_text, "attention_scope": attention_scope,
+                 "region_bias": region_bias, "adapter_output_rms": adapter_output_rms, "pattern": pattern,
+                 "reading_tokens": reading_tokens, "reading_layer": reading_layer}
+        fixed = [name for name in INIT_EXCLUDES if given[name]]
+        if fixed or caption_steps:
+            raise ValueError(f"init starts from a trained member, whose checkpoint fixes its architecture and stage 1: "
+                             f"drop {', '.join(n.replace('_', '-') for n in fixed + (['caption_steps'] if caption_steps else []))}.")
+        model, processor = trained_model(init, recipe)
+    else:
+        model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision,
+                                       oracle_positions, adapter_mlp, attention_scope, oracle_text, region_bias,
+                                       adapter_output_rms, pattern, high_res_fusion, reading_tokens, reading_layer)
     if not oracle_vision and model.config.vision_config.image_size != geometry.view:
         raise ValueError(f"the tower takes {model.config.vision_config.image_size}-px views but layout {layout} cuts "
                          f"{geometry.view}-px ones: pass --vision with a tower trained on that layout "
@@ -300,6 +331,11 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
                       flush=True)
 
     started = time.time()
+    if init is not None and eval_every:  # where the trained member starts
+        curve.append({"step": 0, "train_seconds": 0.0, "scores": exact_match(model, test, test_views, collate)})
+        scoring[0] += time.time() - started
+        if progress:
+            print("  step     0: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in curve[-1]["scores"].items()), flush=True)
     losses = fit(model, step_loss, steps, lr, seed, weight_decay=0.0, betas=(0.9, 0.999), warmup_ratio=0.03,
                  desc=f"probe {member}", progress=progress, param_groups=_groups(model, lr, llm_lr), after_step=after_step)
     train_seconds = time.time() - started - scoring[0]
@@ -309,7 +345,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     return {"scores": scores, "questions": len(test), "train_questions": len(train), "curve": curve,
             "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "train_seconds": train_seconds,
             "losses": losses[:: max(1, steps // 50)],
-            "settings": {"member": member, "families": list(families), "steps": steps, "lr": lr, "batch": batch,
+            "settings": {"member": member, "init": init, "families": list(families), "steps": steps, "lr": lr, "batch": batch,
                          "scenes": scenes, "test_scenes": test_scenes, "max_shapes": max_shapes, "fresh_lm": fresh_lm,
                          "oracle_vision": oracle_vision, "seed": seed, "text": text, "per_sample": per_sample,
                          "caption_steps": caption_steps, "llm_lr": llm_lr, "bf16": bf16, "vision": vision,
@@ -350,8 +386,11 @@ def _scale(value: str) -> float | str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.tiny.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="a `python -m training.tiny --output` folder (its backbones/ are "
-                        "used, or built there first)")
+    parser.add_argument("--run", default=None, help="a `python -m training.tiny --output` folder (its backbones/ are "
+                        "used, or built there first); required unless --init")
+    parser.add_argument("--init", default=None, help="start from this trained member instead of fresh adapters: a "
+                        "shipped one's name (e.g. sparsecut-tiny) or a SparseCut checkpoint folder; scored before "
+                        "the first step too (with --eval-every)")
     parser.add_argument("--member", default="llava-tiny", choices=list(FAMILY), help="whose architecture to probe")
     parser.add_argument("--families", default=",".join(PROBED), help=f"comma-separated subset of {', '.join(FAMILIES)}, and the training drills {', '.join(DRILLS)} (trained and "
                         "scored like the others)")
@@ -415,6 +454,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="write the result here")
     args = parser.parse_args(argv)
+    if (args.run is None) == (args.init is None):
+        parser.error("give --run (a member built on a pipeline run's backbones) or --init (a trained member), one of them")
     if args.threads:
         torch.set_num_threads(args.threads)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
@@ -429,11 +470,11 @@ def main(argv=None) -> int:
                        region_bias=args.region_bias, adapter_output_rms=args.adapter_output_rms,
                        pattern=args.pattern, high_res_fusion=args.high_res_fusion,
                        text_probability=args.text_probability, reading_tokens=args.reading_tokens,
-                       reading_layer=args.reading_layer)
+                       reading_layer=args.reading_layer, init=args.init)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""
-    print(f"{args.member}{vision}, {args.steps} steps, {result['questions']} held-out questions (teacher-forced exact match):")
+    print(f"{args.init or args.member}{vision}, {args.steps} steps, {result['questions']} held-out questions (teacher-forced exact match):")
     for family, score in result["scores"].items():
         print(f"  {family:<13} {100 * score:5.1f}%")
     write_json(args.json, result)
