@@ -399,8 +399,9 @@ def test_init_continues_a_trained_member_and_scores_it_before_the_first_step(run
     assert [point["step"] for point in result["curve"]] == [0, 1, 2]
     assert result["curve"][0]["scores"] == expected  # the saved member, reloaded, before any step
     assert set(expected) == {"position", "relation", "overall"} and result["settings"]["init"] == str(tmp_path / "member")
-    with pytest.raises(ValueError, match="drop oracle-vision, caption-steps"):
-        probe(None, "sparsecut-tiny", families, init=str(tmp_path / "member"), oracle_vision=True, caption_steps=1, **SMALL)
+    with pytest.raises(ValueError, match="drop oracle-vision, caption-steps, adapter-mlp"):
+        probe(None, "sparsecut-tiny", families, init=str(tmp_path / "member"), oracle_vision=True, caption_steps=1,
+              adapter_mlp="linear", **SMALL)
 
 
 def test_the_cli_needs_a_run_or_a_trained_member(capsys):

@@ -100,10 +100,6 @@ def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, o
     return model, processor
 
 
-INIT_EXCLUDES = ("fresh_lm", "oracle_vision", "text", "vision", "oracle_positions", "oracle_text", "attention_scope",
-                 "region_bias", "adapter_output_rms", "pattern", "reading_tokens", "reading_layer")  # what a checkpoint fixes
-
-
 def trained_model(init: str, recipe=None):
     """(model, processor): a trained member, ``init`` a shipped family member's name (``sparsecut.zoo``, assembled
     from the installed base) or a SparseCut checkpoint folder, fp32, frozen as ``recipe`` (default: stage 2)."""
@@ -251,8 +247,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     of scenes, training and held-out, that hold a text (the benchmark's 0.5 by default; 1.0 puts a reading or
     scribble question in every scene); ``reading_tokens``, ``reading_layer``: the member with that many reading tokens
     (``sparsecut.reading``) read at that ViT layer; ``init``: start from that trained member (``trained_model``; its
-    checkpoint fixes the architecture, so ``INIT_EXCLUDES`` are refused and ``run`` is not used) and score it before
-    the first step too."""
+    checkpoint fixes the architecture and stage 1, so the options that would change them are refused, and ``run`` is
+    not used) and score it before the first step too."""
     if (reading_tokens or reading_layer is not None) and oracle_vision:
         raise ValueError("reading tokens read a real tower's crops, which oracle_vision replaces: use "
                          "oracle_text='tokens' for the oracle's characters in tokens of their own.")
@@ -278,15 +274,15 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         raise ValueError(f"per_sample must be >= 1 and caption_steps in 0..steps; got {per_sample} and {caption_steps}.")
     geometry = layout_named(layout)
     recipe = load_recipe("stage2")
-    if init is not None:
-        given = {"fresh_lm": fresh_lm, "oracle_vision": oracle_vision, "text": text, "vision": vision,
-                 "oracle_positions": oracle_positions, "oracle_text": oracle_text, "attention_scope": attention_scope,
-                 "region_bias": region_bias, "adapter_output_rms": adapter_output_rms, "pattern": pattern,
-                 "reading_tokens": reading_tokens, "reading_layer": reading_layer}
-        fixed = [name for name in INIT_EXCLUDES if given[name]]
-        if fixed or caption_steps:
+    if init is not None:  # its checkpoint fixes the architecture and stage 1: any option that would change them is refused
+        given = {"fresh-lm": fresh_lm, "oracle-vision": oracle_vision, "text": text, "vision": vision,
+                 "oracle-positions": oracle_positions, "oracle-text": oracle_text, "attention-scope": attention_scope,
+                 "region-bias": region_bias, "adapter-output-rms": adapter_output_rms, "pattern": pattern,
+                 "reading-tokens": reading_tokens, "reading-layer": reading_layer, "caption-steps": caption_steps,
+                 "adapter-mlp": adapter_mlp != "mlp2x_gelu", "high-res-fusion": high_res_fusion != "cross-attention"}
+        if fixed := [flag for flag, value in given.items() if value]:
             raise ValueError(f"init starts from a trained member, whose checkpoint fixes its architecture and stage 1: "
-                             f"drop {', '.join(n.replace('_', '-') for n in fixed + (['caption_steps'] if caption_steps else []))}.")
+                             f"drop {', '.join(fixed)}.")
         model, processor = trained_model(init, recipe)
     else:
         model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision,
