@@ -126,6 +126,8 @@ def test_a_scene_that_poses_no_question_gives_no_multi_question_item(run):
 def test_bad_arguments_say_what_is_wrong(run, capsys):
     with pytest.raises(ValueError, match="unknown question families \\['colour'\\]"):
         probe(run, "llava-tiny", ["colour"], **SMALL)
+    with pytest.raises(ValueError, match="unknown question families \\['where'\\]"):
+        probe(run, "llava-tiny", ["count"], score_families=["count", "where"], **SMALL)
     with pytest.raises(ValueError, match="max_shapes must be 1..5"):
         probe(run, "llava-tiny", ["count"], max_shapes=9, **SMALL)
     with pytest.raises(ValueError, match="text_probability is a probability"):
@@ -399,6 +401,8 @@ def test_init_continues_a_trained_member_and_scores_it_before_the_first_step(run
     assert [point["step"] for point in result["curve"]] == [0, 1, 2]
     assert result["curve"][0]["scores"] == expected  # the saved member, reloaded, before any step
     assert set(expected) == {"position", "relation", "overall"} and result["settings"]["init"] == str(tmp_path / "member")
+    other = probe(None, "sparsecut-tiny", ["position"], init=str(tmp_path / "member"), score_families=families, **SMALL)
+    assert set(other["scores"]) == set(expected) and other["questions"] == len(test)  # scored on a family not trained on
     with pytest.raises(ValueError, match="drop oracle-vision, caption-steps, adapter-mlp"):
         probe(None, "sparsecut-tiny", families, init=str(tmp_path / "member"), oracle_vision=True, caption_steps=1,
               adapter_mlp="linear", **SMALL)

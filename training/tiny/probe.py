@@ -228,7 +228,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           adapter_mlp: str = "mlp2x_gelu", attention_scope: str | None = None, oracle_text: str | None = None,
           region_bias: float | None = None, adapter_output_rms: float | str | None = None,
           pattern: str | None = None, high_res_fusion: str = "cross-attention", text_probability: float = 0.5,
-          reading_tokens: int = 0, reading_layer: int | None = None, init: str | None = None) -> dict:
+          reading_tokens: int = 0, reading_layer: int | None = None, init: str | None = None,
+          score_families=None) -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
     ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
@@ -248,11 +249,13 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     scribble question in every scene); ``reading_tokens``, ``reading_layer``: the member with that many reading tokens
     (``sparsecut.reading``) read at that ViT layer; ``init``: start from that trained member (``trained_model``; its
     checkpoint fixes the architecture and stage 1, so the options that would change them are refused, and ``run`` is
-    not used) and score it before the first step too."""
+    not used) and score it before the first step too; ``score_families``: the held-out questions' families (default
+    ``families``), e.g. one not trained on, to see whether it moves."""
     if (reading_tokens or reading_layer is not None) and oracle_vision:
         raise ValueError("reading tokens read a real tower's crops, which oracle_vision replaces: use "
                          "oracle_text='tokens' for the oracle's characters in tokens of their own.")
-    unknown = [f for f in families if f not in FAMILIES + DRILLS]
+    score_families = list(score_families or families)
+    unknown = [f for f in dict.fromkeys([*families, *score_families]) if f not in FAMILIES + DRILLS]
     if unknown or not families:
         raise ValueError(f"unknown question families {unknown}; choose from {', '.join(FAMILIES + DRILLS)}.")
     if member not in FAMILY:
@@ -299,7 +302,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
                    oracle_positions=oracle_positions, layout=geometry, oracle_text=oracle_text,
                    text_probability=text_probability)
     train, train_views = questions(processor, split_seed(seed, "instruct"), scenes, **setting, per_sample=per_sample)
-    test, test_views = questions(processor, split_seed(seed, "test"), test_scenes, **setting)
+    test, test_views = questions(processor, split_seed(seed, "test"), test_scenes, **{**setting, "families": score_families})
     described = questions(processor, split_seed(seed, "pretrain"), scenes, **setting, captions=True) if caption_steps else None
     collate = Collator(processor.tokenizer.pad_token_id)
     done = [0]
@@ -341,7 +344,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     return {"scores": scores, "questions": len(test), "train_questions": len(train), "curve": curve,
             "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "train_seconds": train_seconds,
             "losses": losses[:: max(1, steps // 50)],
-            "settings": {"member": member, "init": init, "families": list(families), "steps": steps, "lr": lr, "batch": batch,
+            "settings": {"member": member, "init": init, "families": list(families), "score_families": score_families, "steps": steps, "lr": lr, "batch": batch,
                          "scenes": scenes, "test_scenes": test_scenes, "max_shapes": max_shapes, "fresh_lm": fresh_lm,
                          "oracle_vision": oracle_vision, "seed": seed, "text": text, "per_sample": per_sample,
                          "caption_steps": caption_steps, "llm_lr": llm_lr, "bf16": bf16, "vision": vision,
@@ -390,6 +393,8 @@ def main(argv=None) -> int:
     parser.add_argument("--member", default="llava-tiny", choices=list(FAMILY), help="whose architecture to probe")
     parser.add_argument("--families", default=",".join(PROBED), help=f"comma-separated subset of {', '.join(FAMILIES)}, and the training drills {', '.join(DRILLS)} (trained and "
                         "scored like the others)")
+    parser.add_argument("--score-families", default=None, help="the held-out questions' families, comma-separated "
+                        "(default: --families), e.g. one not trained on")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=32)
@@ -466,7 +471,9 @@ def main(argv=None) -> int:
                        region_bias=args.region_bias, adapter_output_rms=args.adapter_output_rms,
                        pattern=args.pattern, high_res_fusion=args.high_res_fusion,
                        text_probability=args.text_probability, reading_tokens=args.reading_tokens,
-                       reading_layer=args.reading_layer, init=args.init)
+                       reading_layer=args.reading_layer, init=args.init,
+                       score_families=[f.strip() for f in args.score_families.split(",") if f.strip()]
+                       if args.score_families else None)
     except ValueError as err:
         parser.error(str(err))
     vision = " with oracle vision" if args.oracle_vision else ""
