@@ -94,7 +94,7 @@ def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_re
     shutil.copytree(run / "family", joined)
     more = run.parent / "more"
     argv = ["--output", str(more), "--quick", "--cpu", "--jobs", "1", "--models", "sparsecut-tiny-lowres",
-            "--budget", "stage2_steps=3,lora_rank=2,lora_modules=all", "--text", tiny_backbones["text"],
+            "--budget", "stage2_steps=3,lora_rank=2,lora_modules=all,relation_turns=1", "--text", tiny_backbones["text"],
             "--mixed-precision", "no", "--tower", str(joined), "--ship", str(joined)]
     assert main(argv) == 0
     manifest = json.loads((joined / "family.json").read_text())
@@ -108,6 +108,10 @@ def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_re
     card = (joined / "MODEL_CARD.md").read_text()
     assert "1. `python -m training.tiny" in card and "2. `python -m training.tiny" in card and "--tower" in card
     assert "| `sparsecut-tiny-lowres` | sparse-uniform | no |" in card and "trained with 2 different budgets**, differing in `lora_rank`, `lora_modules`" in card
+    assert "`relation_turns` 0 for `sparsecut-tiny`, `llava-tiny`, 1 for `sparsecut-tiny-lowres`" in card
+    data = json.loads((more / "data" / "instruct.json").read_text())
+    assert any(" above the " in turn["value"] or " left of the " in turn["value"]  # the drill's turn, after the regular ones
+               for record in data for turn in record["conversations"][2 * QUICK.turns::2])
     assert "| rank 2 on q, k, v, o, gate, up, down, lr 0.003 |" in card and "| rank 4 on q, k, v, o, lr 0.003 |" in card
     lora = json.loads((joined / "models" / "sparsecut-tiny-lowres" / "lora" / "adapter_config.json").read_text())
     assert lora["r"] == 2 and "mlp" in json.dumps(lora["target_modules"])  # the LoRA the budget asked for, shipped

@@ -199,6 +199,23 @@ def _recorded(budget: dict) -> dict:
             "relation_turns": budget.get("relation_turns", 0)}
 
 
+TABLED = ("lora_rank", "lora_modules", "stage2_lr")  # budget fields the card's member table shows (its LoRA column)
+
+
+def _per_member(key: str, members: dict) -> str:
+    """e.g. "`relation_turns` 1 for `sparsecut-tiny`, 0 for `llava-tiny`, `sparsecut-tiny-lowres`"."""
+    by_value: dict[str, list[str]] = {}
+    for name, record in members.items():
+        by_value.setdefault(json.dumps(_recorded(record["budget"])[key]), []).append(f"`{name}`")
+    return f"`{key}` " + ", ".join(f"{value} for {', '.join(names)}" for value, names in by_value.items())
+
+
+def _drilled(budget: dict) -> str:
+    """The relation drill's turns a budget adds to each stage-2 conversation, as the card's data line says them."""
+    turns = _recorded(budget)["relation_turns"]
+    return f" and {turns} more left-of / above question{'s' if turns > 1 else ''} each (the relation drill)" if turns else ""
+
+
 def _lora(budget: dict) -> str:
     """A member's LoRA as its budget records it, e.g. "rank 4 on q, k, v, o, lr 0.003"."""
     return f"rank {budget['lora_rank']} on {LORA_TARGETS[_recorded(budget)['lora_modules']]}, lr {budget['stage2_lr']:g}"
@@ -232,8 +249,9 @@ def write_card(out_dir: str, scored: dict) -> None:
     differ = [key for key in known[0] if all(key in b for b in known) and len({json.dumps(b[key]) for b in known}) > 1]
     recipe = ("" if len(budgets) == 1 else
               f"\n\n**The members were trained with {len(budgets)} different budgets**, differing in "
-              + ", ".join(f"`{key}`" for key in differ) + " (per member in the table below; the values here are the "
-              "first member's).")
+              + ", ".join(f"`{key}`" for key in differ) + " (the LoRA's per member in the table below"
+              + "".join(f"; {_per_member(key, members)}" for key in differ if key not in TABLED)
+              + "; the values here are the first member's).")
     rows = "\n".join(
         f"| `{name}` | {FAMILY[name]['pattern']} | {_high_res(out_dir, entry['models'][name])} | "
         + " | ".join(f"{record['stage_seconds'][stage] / 60:.1f}" for stage in STAGES)
@@ -262,7 +280,7 @@ family's shipped tower, so that they join it.){recipe}
 
 - seed {tower["tower_seed"]}; data (generator splits never shared; layout `{tower["layout"]}`): stage 1
   {budget["pretrain_images"]} captioned scenes, stage 2 {budget["instruct_images"]} scenes with {budget["turns"]}-question
-  conversations, held-out {scored["images"]} scenes ({scored["questions"]} questions, generator seed {scored["seed"]}).
+  conversations{_drilled(budget)}, held-out {scored["images"]} scenes ({scored["questions"]} questions, generator seed {scored["seed"]}).
 - LLM: `{base["text"]}` (sha256 `{base["sha256"]}`), in ChatML without a default system prompt; frozen except for
   a LoRA (alpha 2 x its rank; each member's rank, projections and learning rate in the table below).
 - vision tower: CLIP-style ViT (8 layers, width 128, 16-px patches, {LAYOUT.view}-px input) pretrained
