@@ -319,22 +319,22 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
 
     curve, scoring = [], [0.0]
 
+    def score_now(step: int) -> None:  # a point of the learning curve, its scoring time kept out of training's
+        began = time.time()
+        curve.append({"step": step, "train_seconds": began - started - scoring[0],
+                      "scores": exact_match(model, test, test_views, collate)})
+        scoring[0] += time.time() - began
+        if progress:  # as it is measured, so that an interrupted run still tells its curve
+            print(f"\n  step {step:>5}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in curve[-1]["scores"].items()),
+                  flush=True)
+
     def after_step(step: int) -> None:
         if eval_every and step % eval_every == 0 and step < steps:
-            began = time.time()
-            curve.append({"step": step, "train_seconds": began - started - scoring[0],
-                          "scores": exact_match(model, test, test_views, collate)})
-            scoring[0] += time.time() - began
-            if progress:  # as it is measured, so that an interrupted run still tells its curve
-                print(f"\n  step {step:>5}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in curve[-1]["scores"].items()),
-                      flush=True)
+            score_now(step)
 
     started = time.time()
     if init is not None and eval_every:  # where the trained member starts
-        curve.append({"step": 0, "train_seconds": 0.0, "scores": exact_match(model, test, test_views, collate)})
-        scoring[0] += time.time() - started
-        if progress:
-            print("  step     0: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in curve[-1]["scores"].items()), flush=True)
+        score_now(0)
     losses = fit(model, step_loss, steps, lr, seed, weight_decay=0.0, betas=(0.9, 0.999), warmup_ratio=0.03,
                  desc=f"probe {member}", progress=progress, param_groups=_groups(model, lr, llm_lr), after_step=after_step)
     train_seconds = time.time() - started - scoring[0]
