@@ -77,38 +77,62 @@ def folder_files(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, n))]
 
 
-def resolve(name: str) -> str:
-    """A complete ``save_pretrained`` folder for shipped model ``name`` (assembled once, then cached)."""
+def _member_files(name: str) -> tuple[dict, str, str, str]:
+    """(family manifest, member folder, shared folder, the member's LoRA folder, which may be absent) of ``name``."""
     known = available()
     if name not in known:
         raise ValueError(f"Unknown model {name!r}; shipped models: {', '.join(sorted(known)) or 'none (assets/ is empty)'}.")
     family = known[name]
     entry = manifest(family)
     member = os.path.join(family, entry["models"][name])
-    shared = os.path.join(family, entry["shared"])
-    lora = os.path.join(member, LORA_DIR)
-    files = folder_files(shared) + folder_files(member)  # member files last: its processor_config.json wins
-    sources = files + (folder_files(lora) if os.path.isdir(lora) else [])
+    return entry, member, os.path.join(family, entry["shared"]), os.path.join(member, LORA_DIR)
+
+
+def content_key(name: str) -> str:
+    """``<name>-<digest>``: shipped model ``name`` identified by the content of its files, its family's shared ones and
+    its base (what its cached folder is named by; another key means other weights)."""
+    entry, member, shared, lora = _member_files(name)
+    sources = folder_files(shared) + folder_files(member) + (folder_files(lora) if os.path.isdir(lora) else [])
     base = entry.get("base")
     key = _digest(sources) if base is None else hashlib.sha256((_digest(sources) + json.dumps(base)).encode()).hexdigest()[:16]
-    target = os.path.join(cache_dir(), f"{name}-{key}")
+    return f"{name}-{key}"
+
+
+def resolve(name: str) -> str:
+    """A complete ``save_pretrained`` folder for shipped model ``name`` (assembled once, then cached)."""
+    target = os.path.join(cache_dir(), content_key(name))
     if os.path.isfile(os.path.join(target, "model.safetensors")):
         return target
     tmp = target + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for path in files:
-        if not path.endswith(".safetensors"):
-            shutil.copy2(path, tmp)
-    weights = load_file(os.path.join(member, "model.safetensors"))
-    weights.update({VISION_PREFIX + k: v for k, v in load_file(os.path.join(shared, "vision.safetensors")).items()})
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}  # fp32: fast and exact on CPUs
-    if base is not None:
-        weights = assemble(weights, base, tmp, lora if os.path.isdir(lora) else None)
-    save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    write_member(name, tmp)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target
+
+
+def write_member(name: str, folder: str, merge_lora: bool = True) -> None:
+    """Shipped model ``name`` as a ``save_pretrained`` folder (fp32) in the new folder ``folder``: its LoRA merged into
+    the LLM, or with ``merge_lora=False`` the base LLM as it is and the LoRA (fp32) in ``folder/lora``, e.g. to
+    continue training it (``python -m training.tiny --continue-from``)."""
+    entry, member, shared, lora = _member_files(name)
+    has_lora = os.path.isdir(lora)
+    os.makedirs(folder)
+    for path in folder_files(shared) + folder_files(member):  # member files last: its processor_config.json wins
+        if not path.endswith(".safetensors"):
+            shutil.copy2(path, folder)
+    weights = load_file(os.path.join(member, "model.safetensors"))
+    weights.update({VISION_PREFIX + k: v for k, v in load_file(os.path.join(shared, "vision.safetensors")).items()})
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}  # fp32: fast and exact on CPUs
+    base = entry.get("base")
+    if base is not None:
+        weights = assemble(weights, base, folder, lora if has_lora and merge_lora else None)
+    save_file(weights, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    if has_lora and not merge_lora:
+        os.makedirs(os.path.join(folder, LORA_DIR))
+        shutil.copy2(os.path.join(lora, "adapter_config.json"), os.path.join(folder, LORA_DIR))
+        delta = {k: v.float() for k, v in load_file(os.path.join(lora, "adapter_model.safetensors")).items()}
+        save_file(delta, os.path.join(folder, LORA_DIR, "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
 def base_weights(text: str, vocab_size: int) -> dict[str, torch.Tensor]:

@@ -102,7 +102,7 @@ def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_re
     results = json.loads((joined / "results.json").read_text())
     assert set(results["results"]) == set(results["members"]) == set(manifest["models"])
     first = json.loads((run / "results.json").read_text())
-    assert results["results"]["sparsecut-tiny"] == first["results"]["sparsecut-tiny"]  # the same files, rescored
+    assert results["results"]["sparsecut-tiny"] == first["results"]["sparsecut-tiny"]  # the same files: scores kept
     assert results["members"]["llava-tiny"] == first["members"]["llava-tiny"]  # how it was trained: kept
     assert "--tower" in results["members"]["sparsecut-tiny-lowres"]["command"]
     card = (joined / "MODEL_CARD.md").read_text()
@@ -131,6 +131,47 @@ def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_re
                            sources={"sparsecut-tiny-lowres": str(more / "models" / "sparsecut-tiny-lowres")})
     assert stayed == [] and list(json.loads((joined / "family.json").read_text())["models"]) == ["sparsecut-tiny-lowres"]
     assert sorted(os.listdir(joined / "models")) == ["sparsecut-tiny-lowres"]
+
+
+def test_a_continued_member_trains_its_shipped_lora_on_and_the_card_names_its_history(quick_run, tiny_backbones):
+    run, _ = quick_run
+    family = run.parent / "continued-family"
+    shutil.copytree(run / "family", family)
+    before = json.loads((family / "results.json").read_text())
+    shipped_lora = load_file(family / "models" / "sparsecut-tiny" / "lora" / "adapter_model.safetensors")
+    out = run.parent / "continued"
+    argv = ["--output", str(out), "--quick", "--cpu", "--jobs", "1", "--models", "sparsecut-tiny", "--text",
+            tiny_backbones["text"], "--mixed-precision", "no", "--budget", "stage2_steps=2,relation_turns=1,stage2_lr=1e-3",
+            "--continue-from", str(family), "--ship", str(family)]
+    assert main(argv) == 0
+    assert not (out / "models" / "sparsecut-tiny-stage1").exists()  # no stage 1: stage 2 from the shipped member
+    start = load_file(out / "models" / "sparsecut-tiny-start" / "lora" / "adapter_model.safetensors")
+    assert start.keys() == shipped_lora.keys() and all(torch.equal(start[k], shipped_lora[k].float()) for k in start)
+    trained = load_file(out / "models" / "sparsecut-tiny" / "lora" / "adapter_model.safetensors")
+    assert trained.keys() == start.keys() and any(not torch.equal(trained[k], start[k]) for k in start)  # trained on
+    assert stage_progress(str(out / "models" / "sparsecut-tiny"), 2)[0] == 2  # the continuation's own steps
+    after = json.loads((family / "results.json").read_text())
+    record = after["members"]["sparsecut-tiny"]
+    assert record["continued_from"] == before["members"]["sparsecut-tiny"] and record["budget"]["stage1_steps"] == 0
+    assert after["members"]["llava-tiny"] == before["members"]["llava-tiny"]  # the other member: as it was
+    assert after["results"]["llava-tiny"] == before["results"]["llava-tiny"]  # its files unchanged: not scored again
+    assert after["scored"]["llava-tiny"] == before["scored"]["llava-tiny"] != after["scored"]["sparsecut-tiny"]
+    kept = os.listdir(out / "predictions")  # the answers of the members this run scored: the continued one only
+    assert len(kept) == 1 and kept[0].startswith("sparsecut-tiny-")
+    card = (family / "MODEL_CARD.md").read_text()
+    assert "1. `python -m training.tiny" in card and "2. `python -m training.tiny" in card and "--continue-from" in card
+    assert "**`sparsecut-tiny` was trained further**" in card and "by command 2, 2 more stage-2 steps (LoRA lr 0.001" in card
+    assert "`relation_turns` 1 (was 0)" in card and "`stage2_lr` 0.001 (was 0.003)" in card
+    row = next(line for line in card.splitlines() if line.startswith("| `sparsecut-tiny` |"))
+    assert " + " in row.split("|")[5] and "| 1, then 2 |" in row and "; then cpu, no, alone" in row  # stage 2 minutes: both runs
+    assert "steps; batch 8" in card and f"stage 1 (adapters only, linear MLP, lr {QUICK.stage1_lr}) {QUICK.stage1_steps}" in card
+    with pytest.raises(ValueError, match="continues a shipped member"):  # its rerun must say --continue-from again
+        main([arg for arg in argv[:-4]])
+    with pytest.raises(SystemExit):  # a LoRA the shipped member does not have
+        main(["--output", str(run.parent / "other"), "--quick", "--cpu", "--models", "sparsecut-tiny", "--text",
+              tiny_backbones["text"], "--budget", "lora_rank=8", "--continue-from", str(family)])
+    with pytest.raises(SystemExit):  # the tower is the continued family's
+        main([*argv, "--tower", str(run / "family")])
 
 
 def test_a_dense_tower_trained_as_the_run_would_is_reused_and_any_other_refused(tmp_path, tiny_backbones):

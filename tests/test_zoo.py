@@ -105,6 +105,19 @@ def test_a_delta_family_rebuilds_each_member_from_its_base_and_lora(tmp_path, mo
     batch = image_batch(shipped, ["What?"])
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, merged(**batch).logits, atol=1e-5, rtol=1e-5)
+    unmerged = tmp_path / "unmerged"  # the start of a continued training: base LLM as it is, the LoRA beside it
+    zoo.write_member("delta", str(unmerged), merge_lora=False)
+    start = SparseCutForConditionalGeneration.from_pretrained(unmerged).eval()
+    key = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(start.state_dict()[key], zoo.base_weights(tiny_backbones["text"], start.config.text_config.vocab_size)[key])
+    continued = add_lora(start, {"r": 2, "alpha": 4, "dropout": 0.0, "modules": "attention", "init": str(unmerged / "lora")})
+    with torch.no_grad():
+        torch.testing.assert_close(continued(**batch).logits, loaded(**batch).logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="has r 2 \\(asked: 4\\), lora_alpha 4 \\(asked: 8\\)"):
+        add_lora(SparseCutForConditionalGeneration.from_pretrained(unmerged),
+                 {"r": 4, "alpha": 8, "modules": "attention", "init": str(unmerged / "lora")})
+    with pytest.raises(ValueError, match="is not a saved LoRA"):
+        add_lora(SparseCutForConditionalGeneration.from_pretrained(unmerged), {"r": 2, "alpha": 4, "init": str(unmerged)})
     with torch.no_grad():  # an LLM weight changed outside the LoRA cannot ship as a delta
         merged.model.language_model.norm.weight.add_(1.0)
     with pytest.raises(ValueError, match="cannot ship as a delta"):

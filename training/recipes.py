@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 RECIPE_DIR = os.path.join(os.path.dirname(__file__), "recipes")
 MODULES = ("adapters", "language_model", "vision_tower")
-LORA_KEYS = {"r", "alpha", "dropout", "modules"}
+LORA_KEYS = {"r", "alpha", "dropout", "modules", "init"}  # init: a saved LoRA (peft folder) to continue
 # LoRA "modules" -> which projections of each decoder layer get one
 LORA_MODULES = {"all": r"self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj", "attention": r"self_attn\.(q|k|v|o)_proj"}
 
@@ -34,7 +34,8 @@ class Recipe:
     mixed_precision: str = "bf16"  # no | fp16 | bf16 (autocast, fp32 master weights; bf16 also on CPUs with AVX-512 bf16/AMX)
     gradient_checkpointing: bool = False
     group_by_modality_length: bool = False
-    lora: dict | None = None  # {"r", "alpha", "dropout", "modules": "all" | "attention"} -> peft LoRA on the LLM's projections
+    lora: dict | None = None  # {"r", "alpha", "dropout", "modules": "all" | "attention", "init"} -> peft LoRA on the LLM's
+    # projections; "init": a saved LoRA (peft adapter folder) with the same r, alpha and projections, trained on from there
     save_every: int = 500  # optimizer steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2
     log_every: int = 10

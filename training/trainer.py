@@ -328,11 +328,13 @@ class Trainer:
 
 
 def add_lora(model, lora: dict):
-    """``model`` wrapped by peft with a LoRA (``lora``: r, alpha, dropout, modules) on the projections of its LLM's
-    decoder layers (``language_model.layers.N`` in a SparseCut model, ``language_model.model.layers.N`` where the LLM
-    is a whole causal LM): ``modules`` ``"all"`` (default: every attention and MLP projection) or ``"attention"``
-    (q, k, v, o only); peft freezes everything else: re-apply the recipe's freezing after."""
-    from peft import LoraConfig, get_peft_model
+    """``model`` wrapped by peft with a LoRA (``lora``: r, alpha, dropout, modules, init) on the projections of its
+    LLM's decoder layers (``language_model.layers.N`` in a SparseCut model, ``language_model.model.layers.N`` where
+    the LLM is a whole causal LM): ``modules`` ``"all"`` (default: every attention and MLP projection) or
+    ``"attention"`` (q, k, v, o only). ``init``: a saved LoRA (peft adapter folder, e.g. a stage-2 output's ``lora/``)
+    whose weights the LoRA starts from, to continue its training; it must have the same r, alpha and projections
+    (ValueError naming the differences). peft freezes everything else: re-apply the recipe's freezing after."""
+    from peft import LoraConfig, PeftModel, get_peft_model
 
     modules = lora.get("modules", "all")
     if modules not in LORA_MODULES:
@@ -343,7 +345,26 @@ def add_lora(model, lora: dict):
         lora_dropout=float(lora.get("dropout", 0.05)),
         target_modules=rf".*language_model\.(model\.)?layers\.\d+\.({LORA_MODULES[modules]})",
     )
-    return get_peft_model(model, config)
+    if not lora.get("init"):
+        return get_peft_model(model, config)
+    saved = saved_lora_config(lora["init"])
+    wrong = [f"{key} {saved[key]!r} (asked: {value!r})" for key, value in
+             (("r", config.r), ("lora_alpha", config.lora_alpha), ("target_modules", config.target_modules))
+             if saved.get(key) != value]
+    if wrong:
+        raise ValueError(f"The LoRA in {lora['init']} has {', '.join(wrong)}: it cannot be continued with these "
+                         "settings; ask for its own r, alpha and modules.")
+    return PeftModel.from_pretrained(model, lora["init"], is_trainable=True, config=config)  # its weights, this dropout
+
+
+def saved_lora_config(folder: str) -> dict:
+    """The ``adapter_config.json`` of a saved peft LoRA folder; ValueError if the folder holds none."""
+    path = os.path.join(folder, "adapter_config.json")
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(folder, "adapter_model.safetensors")):
+        raise ValueError(f"{folder} is not a saved LoRA (peft's adapter_config.json + adapter_model.safetensors); "
+                         "give the lora/ folder of a LoRA stage-2 output or of a shipped member.")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def _tensorboard(path: str):

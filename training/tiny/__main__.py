@@ -32,9 +32,12 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
+from training.trainer import LORA_DIR
 from .family import (ADAPTER_MLP, BASE_TEXT, CHAT_TEMPLATE, FAMILY, LAYOUT, Budget, backbone_dirs,
                      budget_with, build_backbones, cpu_mixed_precision, write_data)
+from .continued import START, check_continuable, continued_start, shipped_record
 from .progress import report, stage_dir, stage_done, stage_seconds, stage_steps
 
 QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, tower_images=24, tower_steps=2, stage1_steps=2, stage2_steps=2,
@@ -65,19 +68,32 @@ def started_by(root: str, name: str, record: dict) -> dict:
         return json.load(handle)
 
 
-def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: list[str], threads: int | None = None) -> str:
+def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: list[str], threads: int | None = None,
+                 continue_from: str | None = None) -> str:
     """Stage 1 then stage 2 for family member ``name`` (``threads``: the CPU threads it may use), each skipped when
-    finished and resumed from its last checkpoint when interrupted; returns the final model folder."""
+    finished and resumed from its last checkpoint when interrupted; returns the final model folder. With
+    ``continue_from`` (a shipped family) stage 1 is not trained: stage 2 starts from that family's ``name`` and trains
+    its LoRA on (``continued.py``)."""
     spec = FAMILY[name]
     vision, text = backbone_dirs(root)
     stage1, final = stage_dir(root, name, "stage1"), stage_dir(root, name, "stage2")
     os.makedirs(os.path.dirname(final), exist_ok=True)
+    started = os.path.isdir(stage1) or os.path.isdir(final)
+    continuing = os.path.isdir(os.path.join(root, "models", name + START))
+    if started and continue_from is None and continuing:
+        raise ValueError(f"{name} in {root} continues a shipped member: rerun with the --continue-from it started with.")
+    if started and continue_from is not None and not continuing:
+        raise ValueError(f"{name} in {root} was started from its own stage 1: rerun without --continue-from, or use "
+                         "another --output.")
     common = ["--images", os.path.join(root, "data", "images"), "--global-batch-size", str(budget.batch),
               "--per-device-batch-size", str(budget.batch), "--seed", str(seed),
               "--num-workers", "0",  # a worker forked from a 6.5 GB SmolLM2 run copies it (two members OOM in 24 GB)
               "--gradient-checkpointing", "false", "--save-every", str(budget.save_every), "--keep-checkpoints", "1",
               "--resume", *device_flags]
-    if not stage_done(stage1):
+    if continue_from is not None:
+        stage1 = continued_start(continue_from, name, root)
+        lora_init = {"init": os.path.join(stage1, LORA_DIR)}
+    elif not stage_done(stage1):
         _train(["--recipe", "stage1", "--vision", vision, "--text", text, "--chat-template", CHAT_TEMPLATE,
                 "--template", "auto", "--pattern", spec["pattern"], "--high-res" if spec["high_res"] else "--no-high-res",
                 "--adapter-attention" if spec.get("adapter_attention", True) else "--no-adapter-attention",
@@ -87,7 +103,8 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
                 "--max-steps", str(budget.stage1_steps), "--epochs", "1000", "--learning-rate", str(budget.stage1_lr),
                 *common], stage1 + ".log", threads)
     if not stage_done(final):
-        lora = {"r": budget.lora_rank, "alpha": 2 * budget.lora_rank, "dropout": 0.0, "modules": budget.lora_modules}
+        lora = {"r": budget.lora_rank, "alpha": 2 * budget.lora_rank, "dropout": 0.0, "modules": budget.lora_modules,
+                **(lora_init if continue_from is not None else {})}
         _train(["--recipe", "stage2_lora", "--model", stage1, "--data", os.path.join(root, "data", "instruct.json"),
                 "--output", final, "--max-steps", str(budget.stage2_steps), "--epochs", "1000",
                 "--learning-rate", str(budget.stage2_lr), "--adapter-learning-rate", str(budget.adapter_lr),
@@ -131,6 +148,10 @@ def main(argv=None) -> int:
                         "shipped family folder (e.g. assets/sparsecut-tiny), whose family its members can then join "
                         "when shipped into it, or a `python -m training.tiny.dense` output trained exactly as this run "
                         "would train its tower (same scenes, steps, seed and labels; checked)")
+    parser.add_argument("--continue-from", default=None, metavar="FAMILY", help="a shipped family folder (e.g. "
+                        "assets/sparsecut-tiny) whose members this run trains on: stage 2 starts from each shipped "
+                        "member (adapters + LoRA) for the budget's stage2_steps, with no stage 1, on the family's "
+                        "tower; the LoRA's rank and projections must be the shipped ones")
     parser.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     parser.add_argument("--ship", default=None, help="family folder to export to (default OUTPUT/family); "
                         "assets/sparsecut-tiny replaces the shipped family")
@@ -143,6 +164,15 @@ def main(argv=None) -> int:
         budget = budget_with(QUICK if args.quick else Budget(), args.budget)
     except ValueError as err:
         parser.error(str(err))
+    if args.continue_from is not None:
+        if args.tower is not None and os.path.abspath(args.tower) != os.path.abspath(args.continue_from):
+            parser.error("--continue-from trains on the tower of the family it continues: drop --tower.")
+        args.tower = args.continue_from
+        try:
+            check_continuable(args.continue_from, names, budget)
+        except ValueError as err:
+            parser.error(str(err))
+        budget = replace(budget, stage1_steps=0)  # recorded as it ran: no stage 1 in this run
     on_cpu = args.cpu or not _has_gpu()
     cores = os.cpu_count() or 1
     jobs = max(1, min(len(names), args.jobs or (cores if on_cpu else 1)))
@@ -167,8 +197,9 @@ def main(argv=None) -> int:
 
     def run(name: str) -> str:
         began = time.time()
-        started_by(args.output, name, {"command": _command(argv), "jobs": jobs, "threads": threads})
-        folder = train_member(name, args.output, budget, args.seed, device_flags, threads)
+        history = {"continued_from": shipped_record(args.continue_from, name)} if args.continue_from else {}
+        started_by(args.output, name, {"command": _command(argv), "jobs": jobs, "threads": threads, **history})
+        folder = train_member(name, args.output, budget, args.seed, device_flags, threads, args.continue_from)
         member_seconds[name] = time.time() - began
         print(f"[{time.time() - started:6.0f}s] trained {name} ({member_seconds[name] / 60:.1f} min in this process)", flush=True)
         return folder
@@ -180,16 +211,17 @@ def main(argv=None) -> int:
     finally:
         stop.set()
     trained = time.time() - started
-    from .ship import export, score_shipped, write_card, write_results
+    from .ship import export, score_shipped, shipped_results, write_card, write_results
 
     ship = args.ship or os.path.join(args.output, "family")
+    before = shipped_results(ship)  # the scores of members that stay as they were are kept
     device = "cpu" if on_cpu else "cuda"
     stage_times = stage_seconds(args.output, names, budget)
     members = export(args.output, {name: {**started_by(args.output, name, {}), "seed": args.seed, "budget": budget.__dict__,
                                           "device": device, "mixed_precision": precision,
                                           "stage_seconds": stage_times[name]} for name in names}, ship)
     scored = score_shipped(ship, list(members), args.seed, data_dir=os.path.join(args.output, "data"),  # the split written above
-                           predictions_dir=os.path.join(args.output, "predictions"))
+                           predictions_dir=os.path.join(args.output, "predictions"), reuse=before)
     scored["run"] = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "threads": threads, "train_seconds": trained,
                      "seconds": time.time() - started, "device": device, "command": _command(argv),
                      "mixed_precision": precision, "bf16_speedup": speedup, "backbones_seconds": backbones_seconds,

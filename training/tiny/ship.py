@@ -22,6 +22,7 @@ import time
 from contextlib import ExitStack, contextmanager
 
 from sparsecut.evaluation.synthetic.dataset import write_split
+from .continued import lineage
 from .evaluate import predict, read_eval, results_table, score
 from .export import export_family
 from .family import BACKBONES, FAMILY, LAYOUT, Budget, backbone_dirs, split_seed
@@ -79,12 +80,14 @@ def assets_at(family_dir: str):
 
 def score_shipped(family_dir: str, names: list[str], seed: int = 0, images: int = TEST_IMAGES,
                   subset: int | None = SUBSET, progress: bool = True, data_dir: str | None = None,
-                  layout: str = LAYOUT.name, predictions_dir: str | None = None) -> dict:
+                  layout: str = LAYOUT.name, predictions_dir: str | None = None, reuse: dict | None = None) -> dict:
     """Score the models ``names`` shipped in ``family_dir``, loaded by name through the zoo, on the held-out split:
-    {"seed", "questions", "images", "results", "subset"}. ``data_dir``: a folder that already holds the split
+    {"seed", "questions", "images", "results", "subset", "scored"}. ``data_dir``: a folder that already holds the split
     (``test.jsonl`` and ``images/``, as the pipeline's OUTPUT/data does); otherwise its first ``images`` scenes are
     written to a temporary folder, drawn in ``layout``. ``predictions_dir``: keep each model's answers there, keyed
-    by the shipped files and the questions, and reuse them (a rerun after an interruption scores only the rest)."""
+    by the shipped files and the questions, and reuse them (a rerun after an interruption scores only the rest).
+    ``reuse``: an earlier result of this function (a family's ``results.json``): a member whose shipped files and
+    questions are those it was scored on there (``scored``: name -> that key) keeps its scores, unscored again."""
     from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor, zoo
 
     with ExitStack() as stack:
@@ -94,10 +97,14 @@ def score_shipped(family_dir: str, names: list[str], seed: int = 0, images: int 
             records = held_out(seed, images, data_dir, layout)
         else:
             records = read_eval(os.path.join(data_dir, "test.jsonl"))
-        results, first = {}, {}
+        results, first, keys = {}, {}, {}
         asked = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
         for name in names:
-            kept = predictions_dir and os.path.join(predictions_dir, f"{os.path.basename(zoo.resolve(name))}-{asked}.json")
+            keys[name] = f"{zoo.content_key(name)}-{asked}"
+            if _scored_before(reuse, name, keys[name], subset):
+                results[name], first[name] = reuse["results"][name], reuse["subset"]["results"][name]
+                continue
+            kept = predictions_dir and os.path.join(predictions_dir, f"{keys[name]}.json")
             if kept and os.path.isfile(kept):
                 with open(kept, encoding="utf-8") as handle:
                     predictions = json.load(handle)
@@ -113,7 +120,23 @@ def score_shipped(family_dir: str, names: list[str], seed: int = 0, images: int 
             if subset:
                 first[name] = score(records[:subset], predictions[:subset])
     return {"seed": split_seed(seed, "test"), "questions": len(records), "images": len({r["scene"] for r in records}),
-            "results": results, "subset": {"questions": subset, "results": first}}
+            "results": results, "subset": {"questions": subset, "results": first}, "scored": keys}
+
+
+def _scored_before(reuse: dict | None, name: str, key: str, subset: int | None) -> bool:
+    """Whether ``reuse`` (an earlier ``score_shipped`` result) scored ``name`` with these files on these questions,
+    its first ``subset`` too."""
+    return (reuse is not None and reuse.get("scored", {}).get(name) == key and name in reuse["results"]
+            and reuse["subset"]["questions"] == subset and name in reuse["subset"]["results"])
+
+
+def shipped_results(family_dir: str) -> dict | None:
+    """A family folder's ``results.json`` (None where it has none yet)."""
+    path = os.path.join(family_dir, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 PATTERN_MEMBERS = [name for name, spec in FAMILY.items() if spec["pattern"] != "llava" and not spec["high_res"]]
@@ -170,14 +193,13 @@ def write_results(out_dir: str, scored: dict) -> str:
 
 def previous_members(family_dir: str, names: list[str]) -> dict[str, dict]:
     """How the members ``names`` already shipped in ``family_dir`` were trained (from its ``results.json``)."""
-    path = os.path.join(family_dir, "results.json")
-    if not names or not os.path.isfile(path):
+    shipped = shipped_results(family_dir)
+    if not names or shipped is None:
         return {}
-    with open(path, encoding="utf-8") as handle:
-        records = json.load(handle).get("members", {})
+    records = shipped.get("members", {})
     unknown = [name for name in names if name not in records]
     if unknown:
-        raise ValueError(f"{path} does not say how {', '.join(unknown)} were trained (a family shipped before "
+        raise ValueError(f"{os.path.join(family_dir, 'results.json')} does not say how {', '.join(unknown)} were trained (a family shipped before "
                          "per-member records): retrain them into it, or ship into an empty folder.")
     return {name: records[name] for name in names}
 
@@ -232,6 +254,24 @@ def _high_res(family_dir: str, member: str) -> str:
     return f"yes ({config.get('high_res_fusion', 'cross-attention')}{reading})"
 
 
+NOT_DIFFERENCES = ("stage1_steps", "stage2_steps", "save_every")  # a continuation's own steps, said apart
+
+
+def _continued(name: str, chain: list[dict], commands: list[str]) -> str:
+    """The card's sentence on a member trained further with ``--continue-from``: by which command, how many steps at
+    which learning rates, and what its budget changed (e.g. the relation drill)."""
+    parts = []
+    for before, after in zip(chain, chain[1:]):
+        old, new = _recorded(before["budget"]), _recorded(after["budget"])
+        changed = [f"`{key}` {json.dumps(new[key])} (was {json.dumps(old.get(key))})" for key in new
+                   if key not in NOT_DIFFERENCES and new[key] != old.get(key)]
+        parts.append(f"by command {commands.index(after['command']) + 1}, {new['stage2_steps']} more stage-2 steps (LoRA "
+                     f"lr {new['stage2_lr']:g}, adapters {new['adapter_lr']:g})"
+                     + (f" with {', '.join(changed)}" if changed else " with the same budget"))
+    return (f"\n\n**`{name}` was trained further** (`--continue-from`: stage 2 only, from the member as shipped, its "
+            f"fp16 adapters and LoRA, the same LoRA trained on): " + "; then ".join(parts) + ".")
+
+
 def write_card(out_dir: str, scored: dict) -> None:
     """``MODEL_CARD.md``: how the family was made (per member the command, seed, budget and minutes per stage; the
     tower, data sizes, base model and its hash, recipe) and what it scores."""
@@ -241,8 +281,11 @@ def write_card(out_dir: str, scored: dict) -> None:
     from .progress import STAGES
 
     entry = manifest(out_dir)
-    base, tower, members = entry["base"], entry["tower"], scored["members"]
-    commands = list(dict.fromkeys(record["command"] for record in members.values()))
+    base, tower = entry["base"], entry["tower"]
+    chains = {name: lineage(record) for name, record in scored["members"].items()}  # first training, then continuations
+    members = {name: chain[0] for name, chain in chains.items()}  # how each member was first trained
+    commands = list(dict.fromkeys([record["command"] for record in members.values()]  # first trainings, then the rest
+                                  + [record["command"] for chain in chains.values() for record in chain[1:]]))
     budgets = list({json.dumps(record["budget"], sort_keys=True): record["budget"] for record in members.values()}.values())
     budget = budgets[0]
     known = [_recorded(b) for b in budgets]
@@ -252,11 +295,14 @@ def write_card(out_dir: str, scored: dict) -> None:
               + ", ".join(f"`{key}`" for key in differ) + " (the LoRA's per member in the table below"
               + "".join(f"; {_per_member(key, members)}" for key in differ if key not in TABLED)
               + "; the values here are the first member's).")
+    recipe += "".join(_continued(name, chain, commands) for name, chain in chains.items() if len(chain) > 1)
     rows = "\n".join(
         f"| `{name}` | {FAMILY[name]['pattern']} | {_high_res(out_dir, entry['models'][name])} | "
-        + " | ".join(f"{record['stage_seconds'][stage] / 60:.1f}" for stage in STAGES)
-        + f" | {_lora(record['budget'])} | {commands.index(record['command']) + 1} | {record['device']}, {record['mixed_precision']}, "
-        + f"{_sharing(record)} |" for name, record in members.items())
+        + " | ".join(" + ".join(f"{record['stage_seconds'][stage] / 60:.1f}" for record in chain
+                                if record is chain[0] or record["stage_seconds"][stage]) for stage in STAGES)
+        + f" | {_lora(chain[0]['budget'])} | {', then '.join(str(commands.index(record['command']) + 1) for record in chain)} | "
+        + "; then ".join(f"{record['device']}, {record['mixed_precision']}, {_sharing(record)}" for record in chain)
+        + " |" for name, chain in chains.items())
     spelled = " (and each text spelled by position)" if tower.get("tower_spell") else ""
     listed = "\n".join(f"{number}. `{command}`" for number, command in enumerate(commands, 1))
     missing = [name for name in FAMILY if name not in members]
@@ -318,9 +364,10 @@ def main(argv=None) -> int:
     parser.add_argument("--score-only", action="store_true", help="rescore what is already shipped in --to")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
+    shipped_before = shipped_results(args.to)
     if args.score_only:
-        with open(os.path.join(args.to, "results.json"), encoding="utf-8") as handle:  # how its members were trained
-            shipped_before = json.load(handle)
+        if shipped_before is None:
+            parser.error(f"{args.to} has no results.json saying how its members were trained: ship them with --from")
         run, members = shipped_before["run"], shipped_before["members"]
     else:
         missing = [n for n in names if not args.source or not os.path.isdir(os.path.join(args.source, "models", n))]
@@ -339,7 +386,8 @@ def main(argv=None) -> int:
 
     started = time.time()
     entry = manifest(args.to)
-    scored = score_shipped(args.to, list(entry["models"]), args.seed, layout=entry["tower"]["layout"])
+    scored = score_shipped(args.to, list(entry["models"]), args.seed, layout=entry["tower"]["layout"],
+                           reuse=None if args.score_only else shipped_before)  # members shipped as they were: kept
     scored["run"], scored["members"] = run, members
     print(write_results(args.to, scored))
     write_card(args.to, scored)

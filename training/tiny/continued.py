@@ -1,0 +1,73 @@
+"""Continue shipped members: stage 2 trained on from a shipped family's member instead of from a new stage 1.
+
+``python -m training.tiny --continue-from assets/sparsecut-tiny`` starts each member's stage 2 from what the family
+ships for it (its adapters and its LoRA, fp16 there, fp32 here; the base LLM and the family's tower) and trains the
+same LoRA on for the budget's ``stage2_steps`` with the budget's data and learning rates, so that a member's training
+can go on in later runs (e.g. a new drill) and its delta keeps its size. The member's record keeps the record of the
+member it continued (``continued_from``), so the model card names every command in its history.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+START = "-start"  # models/<name>-start: the shipped member this run continues, unmerged (its LoRA in lora/)
+
+
+def check_continuable(family_dir: str, names: list[str], budget) -> None:
+    """Raise ValueError unless ``family_dir`` ships every member of ``names`` with a LoRA of the budget's rank and
+    projections (the LoRA a continuation trains on), saying what differs and how to ask for it."""
+    from sparsecut.zoo import LORA_DIR, manifest
+    from training.recipes import LORA_MODULES
+    from training.trainer import saved_lora_config
+
+    shipped = manifest(family_dir)["models"]
+    missing = [name for name in names if name not in shipped]
+    if missing:
+        raise ValueError(f"{family_dir} ships no {', '.join(missing)} to continue (it ships {', '.join(shipped)}).")
+    for name in names:
+        saved = saved_lora_config(os.path.join(family_dir, shipped[name], LORA_DIR))
+        modules = next((key for key, pattern in LORA_MODULES.items() if saved["target_modules"].endswith(f".({pattern})")), None)
+        if saved["r"] != budget.lora_rank or modules != budget.lora_modules:
+            raise ValueError(f"{name} in {family_dir} has a rank-{saved['r']} LoRA on {modules or saved['target_modules']}, "
+                             f"the budget asks rank {budget.lora_rank} on {budget.lora_modules}: continue it with "
+                             f"--budget lora_rank={saved['r']},lora_modules={modules}.")
+
+
+def continued_start(family_dir: str, name: str, root: str) -> str:
+    """``root/models/<name>-start``: member ``name`` of ``family_dir`` as a training start (the base LLM unmerged, its
+    LoRA in ``lora/``), written once (a rerun keeps it: the family may have been reshipped since)."""
+    from sparsecut.zoo import write_member
+
+    from .ship import assets_at
+
+    folder = os.path.join(root, "models", name + START)
+    if os.path.isfile(os.path.join(folder, "model.safetensors")):
+        return folder
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with assets_at(family_dir):
+        write_member(name, tmp, merge_lora=False)
+    os.replace(tmp, folder)
+    return folder
+
+
+def shipped_record(family_dir: str, name: str) -> dict:
+    """How member ``name`` shipped in ``family_dir`` was trained (its record in the family's ``results.json``)."""
+    from .ship import shipped_results
+
+    members = (shipped_results(family_dir) or {}).get("members", {})
+    if name not in members:
+        raise ValueError(f"{family_dir}/results.json does not say how {name} was trained: it cannot be continued "
+                         "with its history; retrain it instead.")
+    return members[name]
+
+
+def lineage(record: dict) -> list[dict]:
+    """A member's records from its first training to ``record`` (each continuation's ``continued_from`` before it)."""
+    chain = [record]
+    while "continued_from" in chain[0]:
+        chain.insert(0, chain[0]["continued_from"])
+    return chain
+
