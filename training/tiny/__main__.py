@@ -34,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from training.trainer import LORA_DIR
+from sparsecut.zoo import LORA_DIR
 from .family import (ADAPTER_MLP, BASE_TEXT, CHAT_TEMPLATE, FAMILY, LAYOUT, Budget, backbone_dirs,
                      budget_with, build_backbones, cpu_mixed_precision, write_data)
 from .continued import START, check_continuable, continued_start, shipped_record
@@ -90,9 +90,10 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
               "--num-workers", "0",  # a worker forked from a 6.5 GB SmolLM2 run copies it (two members OOM in 24 GB)
               "--gradient-checkpointing", "false", "--save-every", str(budget.save_every), "--keep-checkpoints", "1",
               "--resume", *device_flags]
+    init = {}  # the LoRA stage 2 starts from: a new one, or the continued member's
     if continue_from is not None:
         stage1 = continued_start(continue_from, name, root)
-        lora_init = {"init": os.path.join(stage1, LORA_DIR)}
+        init = {"init": os.path.join(stage1, LORA_DIR)}
     elif not stage_done(stage1):
         _train(["--recipe", "stage1", "--vision", vision, "--text", text, "--chat-template", CHAT_TEMPLATE,
                 "--template", "auto", "--pattern", spec["pattern"], "--high-res" if spec["high_res"] else "--no-high-res",
@@ -103,8 +104,7 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
                 "--max-steps", str(budget.stage1_steps), "--epochs", "1000", "--learning-rate", str(budget.stage1_lr),
                 *common], stage1 + ".log", threads)
     if not stage_done(final):
-        lora = {"r": budget.lora_rank, "alpha": 2 * budget.lora_rank, "dropout": 0.0, "modules": budget.lora_modules,
-                **(lora_init if continue_from is not None else {})}
+        lora = {"r": budget.lora_rank, "alpha": 2 * budget.lora_rank, "dropout": 0.0, "modules": budget.lora_modules, **init}
         _train(["--recipe", "stage2_lora", "--model", stage1, "--data", os.path.join(root, "data", "instruct.json"),
                 "--output", final, "--max-steps", str(budget.stage2_steps), "--epochs", "1000",
                 "--learning-rate", str(budget.stage2_lr), "--adapter-learning-rate", str(budget.adapter_lr),
