@@ -55,13 +55,13 @@ def continued_start(family_dir: str, name: str, root: str) -> str:
 
 def shipped_record(family_dir: str, name: str) -> dict:
     """How member ``name`` shipped in ``family_dir`` was trained (its record in the family's ``results.json``)."""
-    from .ship import shipped_results
+    from .ship import previous_members
 
-    members = (shipped_results(family_dir) or {}).get("members", {})
-    if name not in members:
-        raise ValueError(f"{family_dir}/results.json does not say how {name} was trained: it cannot be continued "
+    record = previous_members(family_dir, [name]).get(name)  # raises where results.json does not record it
+    if record is None:
+        raise ValueError(f"{family_dir} has no results.json saying how {name} was trained: it cannot be continued "
                          "with its history; retrain it instead.")
-    return members[name]
+    return record
 
 
 def lineage(record: dict) -> list[dict]:
