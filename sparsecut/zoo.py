@@ -103,18 +103,23 @@ def resolve(name: str) -> str:
     target = os.path.join(cache_dir(), content_key(name))
     if os.path.isfile(os.path.join(target, "model.safetensors")):
         return target
-    tmp = target + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_member(name, tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    write_member(name, target)
     return target
 
 
 def write_member(name: str, folder: str, merge_lora: bool = True) -> None:
-    """Shipped model ``name`` as a ``save_pretrained`` folder (fp32) in the new folder ``folder``: its LoRA merged into
-    the LLM, or with ``merge_lora=False`` the base LLM as it is and the LoRA (fp32) in ``folder/lora``, e.g. to
-    continue training it (``python -m training.tiny --continue-from``)."""
+    """Shipped model ``name`` as a ``save_pretrained`` folder (fp32) at ``folder`` (replaced; written beside it and
+    renamed at the end, so an interruption never leaves a partial one): its LoRA merged into the LLM, or with
+    ``merge_lora=False`` the base LLM as it is and the LoRA (fp32) in ``folder/lora``, e.g. to continue training it
+    (``python -m training.tiny --continue-from``)."""
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _write_member(name, tmp, merge_lora)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def _write_member(name: str, folder: str, merge_lora: bool) -> None:
     entry, member, shared, lora = _member_files(name)
     has_lora = os.path.isdir(lora)
     os.makedirs(folder)

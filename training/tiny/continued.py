@@ -10,7 +10,6 @@ member it continued (``continued_from``), so the model card names every command 
 from __future__ import annotations
 
 import os
-import shutil
 
 START = "-start"  # models/<name>-start: the shipped member this run continues, unmerged (its LoRA in lora/)
 
@@ -45,11 +44,8 @@ def continued_start(family_dir: str, name: str, root: str) -> str:
     folder = os.path.join(root, "models", name + START)
     if os.path.isfile(os.path.join(folder, "model.safetensors")):
         return folder
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     with assets_at(family_dir):
-        write_member(name, tmp, merge_lora=False)
-    os.replace(tmp, folder)
+        write_member(name, folder, merge_lora=False)
     return folder
 
 
