@@ -243,18 +243,39 @@ def test_the_relation_drill_asks_left_of_or_above_about_two_objects_and_is_never
     assert "relation" in DRILLS and "relation" not in FAMILIES
 
 
+def test_the_tally_drill_asks_counts_openly_or_with_four_lettered_numbers_and_is_never_scored():
+    asked = set()
+    for index in range(200):
+        scene, rng = scene_for(12, index)
+        qa = ask(scene, "tally", rng)
+        lines = qa.question.split("\n")
+        expected = _expected(scene, lines[0])
+        assert lines[0].startswith("How many ") and qa.subtype in ("shape", "colour", "all")
+        if qa.family == "choice":  # the count's answer among three other numbers, as a letter
+            options = [line[3:] for line in lines[1:5]]
+            assert [line[:3] for line in lines[1:5]] == [f"{letter}. " for letter in LETTERS]
+            assert len(set(options)) == 4 and set(options) <= {str(n) for n in range(6)}
+            assert options[LETTERS.index(qa.answer)] == expected
+        else:
+            assert qa.family == "count" and qa.answer == expected and len(lines) == 2
+        asked.add(qa.family)
+    assert asked == {"count", "choice"}
+    assert "tally" in DRILLS and "tally" not in FAMILIES
+
+
 def test_drills_add_turns_after_the_same_conversation_and_only_to_instruct_splits(tmp_path):
     plain = json.loads(open(write_split(str(tmp_path / "a"), "train", seed=5, num_images=12, kind="instruct",
                                         turns=6)).read())
     drilled = json.loads(open(write_split(str(tmp_path / "b"), "train", seed=5, num_images=12, kind="instruct",
-                                          turns=6, drills=("relation", "relation"))).read())
+                                          turns=6, drills=("relation", "relation", "tally"))).read())
     for a, b in zip(plain, drilled):
         n = len(a["conversations"])
         assert b["conversations"][:n] == a["conversations"]  # the regular turns are untouched
         extra = b["conversations"][n:]
-        assert len(extra) in (0, 4) and all(not turn["value"].startswith("<image>") for turn in extra)
-        for question in extra[::2]:
+        assert len(extra) in (2, 6) and all(not turn["value"].startswith("<image>") for turn in extra)
+        for question in extra[:-2:2]:  # the relation drill's turns, in the order given (none with one object)
             assert re.match(r"Is the \w+ \w+ (to the left of|above) the \w+ \w+\?", question["value"])
+        assert extra[-2]["value"].startswith("How many ")  # the tally drill's turn, last
     assert sum(len(b["conversations"]) > len(a["conversations"]) for a, b in zip(plain, drilled)) >= 6
     for kind, drills in [("eval", ("relation",)), ("instruct", ("where",))]:
         with pytest.raises(ValueError, match="drills are training-only families of instruct splits"):

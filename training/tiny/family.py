@@ -62,11 +62,12 @@ class Budget:
     lora_modules: str = "attention"  # the LLM projections with a LoRA: attention (q, k, v, o) or all (+ the MLP's)
     turns: int = 6  # questions per stage-2 conversation
     relation_turns: int = 0  # more stage-2 turns per conversation, each a left-of / above question (the relation drill)
+    tally_turns: int = 0  # more stage-2 turns after those, each a count question, half as a choice (the tally drill)
     batch: int = 16
     save_every: int = 25  # optimizer steps between checkpoints: what an interruption can lose
 
 
-MAY_BE_ZERO = ("relation_turns",)
+MAY_BE_ZERO = ("relation_turns", "tally_turns")
 
 
 def budget_with(base: Budget, overrides: str) -> Budget:
@@ -101,7 +102,7 @@ def write_data(root: str, budget: Budget, seed: int) -> None:
     data = os.path.join(root, "data")
     write_split(data, "pretrain", split_seed(seed, "pretrain"), budget.pretrain_images, "pretrain", layout=LAYOUT)
     write_split(data, "instruct", split_seed(seed, "instruct"), budget.instruct_images, "instruct", turns=budget.turns,
-                layout=LAYOUT, drills=("relation",) * budget.relation_turns)
+                layout=LAYOUT, drills=("relation",) * budget.relation_turns + ("tally",) * budget.tally_turns)
     write_split(data, "test", split_seed(seed, "test"), budget.test_images, "eval", layout=LAYOUT)
 
 

@@ -216,9 +216,9 @@ def _sharing(record: dict) -> str:
 
 def _recorded(budget: dict) -> dict:
     """A member's recorded budget, complete: one recorded before ``lora_modules`` existed had the attention LoRA, one
-    recorded before ``relation_turns`` no relation drill."""
+    recorded before ``relation_turns`` or ``tally_turns`` no such drill."""
     return {**budget, "lora_modules": budget.get("lora_modules", "attention"),
-            "relation_turns": budget.get("relation_turns", 0)}
+            "relation_turns": budget.get("relation_turns", 0), "tally_turns": budget.get("tally_turns", 0)}
 
 
 TABLED = ("lora_rank", "lora_modules", "stage2_lr")  # budget fields the card's member table shows (its LoRA column)
@@ -232,10 +232,15 @@ def _per_member(key: str, members: dict) -> str:
     return f"`{key}` " + ", ".join(f"{value} for {', '.join(names)}" for value, names in by_value.items())
 
 
+DRILL_TURNS = {"relation_turns": ("left-of / above question", "the relation drill"),
+               "tally_turns": ("count question", "the tally drill")}  # budget field: what each of its turns asks
+
+
 def _drilled(budget: dict) -> str:
-    """The relation drill's turns a budget adds to each stage-2 conversation, as the card's data line says them."""
-    turns = _recorded(budget)["relation_turns"]
-    return f" and {turns} more left-of / above question{'s' if turns > 1 else ''} each (the relation drill)" if turns else ""
+    """The drill turns a budget adds to each stage-2 conversation, as the card's data line says them."""
+    recorded = _recorded(budget)
+    return "".join(f" and {recorded[key]} more {asks}{'s' if recorded[key] > 1 else ''} each ({drill})"
+                   for key, (asks, drill) in DRILL_TURNS.items() if recorded[key])
 
 
 def _lora(budget: dict) -> str:

@@ -13,7 +13,8 @@
 Training-only drills, never scored as families of their own (``DRILLS``): ``spelling`` asks for one character of a
 legible text by its place ("What is the second character of the text in the image?" -> 7), the skill a number's later
 digits need; ``relation`` asks only the position family's left-of / above questions (``position`` asks them 40% of
-the time), for more of them per conversation.
+the time), for more of them per conversation; ``tally`` asks the count family's questions, half of them with four lettered
+numbers as options, for more counting per conversation.
 
 POPE negatives here: random = any absent (colour, shape); popular = an absent colour of a shape that is present;
 adversarial = an absent pairing of a colour and a shape that are both present on other objects.
@@ -28,12 +29,13 @@ import numpy as np
 from .scenes import COLOURS, SHAPES, Scene, position_name
 
 FAMILIES = ("attribute", "count", "position", "existence", "reading", "unanswerable", "choice")
-DRILLS = ("spelling", "relation")  # asked in training data only: the benchmark scores FAMILIES
+DRILLS = ("spelling", "relation", "tally")  # asked in training data only: the benchmark scores FAMILIES
 ORDINALS = ("first", "second", "third")
 SHORT = "Answer the question using a single word or phrase."
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'. " + SHORT
 CHOICE = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCD"
+NUMBERS = [str(n) for n in range(6)]  # a count's answers
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,13 @@ def choice(scene: Scene, rng) -> QA | None:
     base = attribute(scene, rng) if rng.random() < 0.7 else count(scene, rng)
     if base is None or base.subtype == "size":
         base = count(scene, rng)
-    pool = {"colour": list(COLOURS), "shape": list(SHAPES)}.get(base.subtype, [str(n) for n in range(6)])
+    # options by subtype, so a count by colour or by shape gets colour or shape distractors beside its one number (a
+    # flaw of the benchmark as scored so far, kept until every member is rescored: README, step (q))
+    return _lettered(base, rng, {"colour": list(COLOURS), "shape": list(SHAPES)}.get(base.subtype, NUMBERS))
+
+
+def _lettered(base: QA, rng, pool: list[str]) -> QA:
+    """``base`` asked with four lettered options: its answer and three distractors drawn from ``pool``."""
     distractors = [v for v in pool if v != base.answer]
     picks = [distractors[i] for i in rng.choice(len(distractors), size=3, replace=False)]
     options = picks + [base.answer]
@@ -173,6 +181,13 @@ def choice(scene: Scene, rng) -> QA | None:
     question = base.question.split("\n")[0]
     lines = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(options))
     return QA(f"{question}\n{lines}\n{CHOICE}", letter, "choice", base.subtype)
+
+
+def tally(scene: Scene, rng) -> QA:
+    """A count family's question, asked openly or, half of the time, with lettered options (a drill for counting:
+    see ``DRILLS``)."""
+    base = count(scene, rng)
+    return _lettered(base, rng, NUMBERS) if rng.random() < 0.5 else base
 
 
 ASKERS = {
@@ -185,6 +200,7 @@ ASKERS = {
     "choice": choice,
     "spelling": spelling,
     "relation": relation,
+    "tally": tally,
 }
 
 
