@@ -166,7 +166,7 @@ def choice(scene: Scene, rng) -> QA | None:
     if base is None or base.subtype == "size":
         base = count(scene, rng)
     # options by subtype, so a count by colour or by shape gets colour or shape distractors beside its one number (a
-    # flaw of the benchmark as scored so far, kept until every member is rescored: README, step (q))
+    # flaw of the benchmark as scored so far, kept until every member is rescored: README, "A known flaw of the choice family")
     return _lettered(base, rng, {"colour": list(COLOURS), "shape": list(SHAPES)}.get(base.subtype, NUMBERS))
 
 
