@@ -13,8 +13,8 @@
 Training-only drills, never scored as families of their own (``DRILLS``): ``spelling`` asks for one character of a
 legible text by its place ("What is the second character of the text in the image?" -> 7), the skill a number's later
 digits need; ``relation`` asks only the position family's left-of / above questions (``position`` asks them 40% of
-the time), for more of them per conversation; ``tally`` asks the count family's questions, half of them with four lettered
-numbers as options, for more counting per conversation.
+the time), for more of them per conversation; ``tally`` asks the count family's questions, half of them with four
+lettered numbers as options, for more counting per conversation.
 
 POPE negatives here: random = any absent (colour, shape); popular = an absent colour of a shape that is present;
 adversarial = an absent pairing of a colour and a shape that are both present on other objects.
@@ -165,8 +165,9 @@ def choice(scene: Scene, rng) -> QA | None:
     base = attribute(scene, rng) if rng.random() < 0.7 else count(scene, rng)
     if base is None or base.subtype == "size":
         base = count(scene, rng)
-    # options by subtype, so a count by colour or by shape gets colour or shape distractors beside its one number (a
-    # flaw of the benchmark as scored so far, kept until every member is rescored: README, "A known flaw of the choice family")
+    # options by subtype, so a count by colour or by shape gets colour or shape distractors beside its one number:
+    # a flaw of the benchmark as scored so far, kept until every member is rescored (README, "A known flaw of the
+    # choice family")
     return _lettered(base, rng, {"colour": list(COLOURS), "shape": list(SHAPES)}.get(base.subtype, NUMBERS))
 
 
