@@ -187,6 +187,9 @@ def test_existence_f1_per_kind_of_negative_and_unanswerable_precision():
     assert "| 1.000 / 0.500 / 0.800 |" in row and "| 1.000 / 0.500 |" in row
     old = {k: v for k, v in result.items() if k not in ("existence_f1_by_negatives", "unanswerable_precision")}
     assert "| - / - / - |" in results_table({"m": old})  # a table scored before the columns existed
+    assert result["subtypes"] == {"existence": {  # records without a subtype (reading, unanswerable here): none
+        "adversarial": {"accuracy": 0.0, "n": 1}, "popular": {"accuracy": 0.0, "n": 1},
+        "positive": {"accuracy": 5 / 6, "n": 6}, "random": {"accuracy": 1.0, "n": 1}}}
 
 
 def test_existence_questions_are_balanced_like_pope():

@@ -7,7 +7,8 @@ training.tiny`` writes ``OUTPUT/data/test.jsonl`` and ``OUTPUT/data/images/``). 
 Scores are fractions in [0, 1]: accuracy per family and overall (with a 95% bootstrap interval over scenes:
 the questions of one scene are resampled together), POPE-style F1 on ``existence`` (an answer starting with "yes" is
 a yes) over all its questions and per kind of negative (random / popular / adversarial, each with every third
-positive in order, so each is balanced as POPE's splits are), and the recall and precision of ``unanswerable``.
+positive in order, so each is balanced as POPE's splits are), the recall and precision of ``unanswerable``, and the
+accuracy per subtype of each family (e.g. count by shape / colour / all, position's where / left-of / above).
 """
 
 from __future__ import annotations
@@ -47,16 +48,19 @@ def _f1(said_yes: list[bool], truth: list[bool]) -> float:
 
 def score(records: list[dict], predictions: list[str]) -> dict:
     """{"overall", "overall_interval": [low, high], "families": {family: accuracy}, "existence_f1",
-    "existence_f1_by_negatives": {kind: F1}, "unanswerable_recall", "unanswerable_precision", "count"}."""
+    "existence_f1_by_negatives": {kind: F1}, "unanswerable_recall", "unanswerable_precision", "count",
+    "subtypes": {family: {subtype: {"accuracy", "n"}}} (records with a ``subtype``)}."""
     from ..metrics import bootstrap_interval
 
-    hits, every, scenes = defaultdict(list), [], []
+    hits, every, scenes, by_subtype = defaultdict(list), [], [], defaultdict(lambda: defaultdict(list))
     existence = []  # (said yes, truth, subtype)
     unanswerable_hits, said_unanswerable = [], []
     for number, (record, prediction) in enumerate(zip(records, predictions)):
         answer = normalise(prediction)
         correct = answer == normalise(record["answer"])
         hits[record["family"]].append(correct)
+        if record.get("subtype"):
+            by_subtype[record["family"]][record["subtype"]].append(correct)
         every.append(correct)
         scenes.append(record.get("scene", record.get("id", number)))  # one scene's questions are resampled together
         if record["family"] == "existence":
@@ -80,6 +84,8 @@ def score(records: list[dict], predictions: list[str]) -> dict:
         "unanswerable_recall": sum(unanswerable_hits) / len(unanswerable_hits) if unanswerable_hits else 0.0,
         "unanswerable_precision": sum(said_unanswerable) / len(said_unanswerable) if said_unanswerable else 0.0,
         "count": len(every),
+        "subtypes": {f: {kind: {"accuracy": sum(h) / len(h), "n": len(h)} for kind, h in sorted(by_subtype[f].items())}
+                     for f in FAMILIES if by_subtype[f]},
     }
 
 
