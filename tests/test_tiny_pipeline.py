@@ -141,7 +141,8 @@ def test_a_continued_member_trains_its_shipped_lora_on_and_the_card_names_its_hi
     shipped_lora = load_file(family / "models" / "sparsecut-tiny" / "lora" / "adapter_model.safetensors")
     out = run.parent / "continued"
     argv = ["--output", str(out), "--quick", "--cpu", "--jobs", "1", "--models", "sparsecut-tiny", "--text",
-            tiny_backbones["text"], "--mixed-precision", "no", "--budget", "stage2_steps=2,relation_turns=1,tally_turns=1,stage2_lr=1e-3",
+            tiny_backbones["text"], "--mixed-precision", "no", "--budget",
+            "stage2_steps=2,relation_turns=1,tally_turns=1,stage2_lr=1e-3",
             "--continue-from", str(family), "--ship", str(family)]
     assert main(argv) == 0
     assert not (out / "models" / "sparsecut-tiny-stage1").exists()  # no stage 1: stage 2 from the shipped member
@@ -161,7 +162,8 @@ def test_a_continued_member_trains_its_shipped_lora_on_and_the_card_names_its_hi
     card = (family / "MODEL_CARD.md").read_text()
     assert "1. `python -m training.tiny" in card and "2. `python -m training.tiny" in card and "--continue-from" in card
     assert "**`sparsecut-tiny` was trained further**" in card and "by command 2, 2 more stage-2 steps (LoRA lr 0.001" in card
-    assert "`relation_turns` 1 (was 0)" in card and "`tally_turns` 1 (was 0)" in card and "`stage2_lr` 0.001 (was 0.003)" in card
+    assert "`relation_turns` 1 (was 0)" in card and "`tally_turns` 1 (was 0)" in card
+    assert "`stage2_lr` 0.001 (was 0.003)" in card
     row = next(line for line in card.splitlines() if line.startswith("| `sparsecut-tiny` |"))
     assert " + " in row.split("|")[5] and "| 1, then 2 |" in row and "; then cpu, no, alone" in row  # stage 2 minutes: both runs
     assert "steps; batch 8" in card and f"stage 1 (adapters only, linear MLP, lr {QUICK.stage1_lr}) {QUICK.stage1_steps}" in card
@@ -223,8 +225,8 @@ def test_the_cards_data_line_names_each_drill_a_budget_adds():
     from training.tiny.ship import _drilled
 
     assert _drilled({}) == _drilled({"relation_turns": 0, "tally_turns": 0}) == ""  # recorded before the drills: none
-    assert _drilled({"relation_turns": 1, "tally_turns": 2}) == (
-        " and 1 more left-of / above question each (the relation drill) and 2 more count questions each (the tally drill)")
+    assert _drilled({"relation_turns": 1, "tally_turns": 2}) == (" and 1 more left-of / above question each (the "
+                                                                 "relation drill) and 2 more count questions each (the tally drill)")
 
 
 def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsys):
@@ -237,7 +239,8 @@ def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsy
     for bad, reason in [("steps=3", "FIELD one of pretrain_images"), ("stage2_steps", "use FIELD=VALUE"),
                         ("stage2_steps=1.5", "takes an integer"), ("stage2_lr=fast", "takes a number"),
                         ("batch=0", "must be positive"), ("lora_modules=mlp", "lora_modules is one of all, attention"),
-                        ("relation_turns=-1", "relation_turns must be >= 0"), ("tally_turns=-2", "tally_turns must be >= 0")]:
+                        ("relation_turns=-1", "relation_turns must be >= 0"),
+                        ("tally_turns=-2", "tally_turns must be >= 0")]:
         with pytest.raises(ValueError, match=reason):
             budget_with(Budget(), bad)
     with pytest.raises(SystemExit):
