@@ -67,7 +67,8 @@ class Budget:
     save_every: int = 25  # optimizer steps between checkpoints: what an interruption can lose
 
 
-MAY_BE_ZERO = ("relation_turns", "tally_turns")
+DRILL_FIELDS = {"relation_turns": "relation", "tally_turns": "tally"}  # budget field -> the drill (questions.DRILLS)
+MAY_BE_ZERO = tuple(DRILL_FIELDS)
 
 
 def budget_with(base: Budget, overrides: str) -> Budget:
@@ -94,6 +95,11 @@ def budget_with(base: Budget, overrides: str) -> Budget:
     return replace(base, **changes)
 
 
+def drills_of(budget: Budget) -> tuple[str, ...]:
+    """The drill turns ``budget`` adds to each stage-2 conversation, in order, e.g. ("relation", "tally", "tally")."""
+    return tuple(drill for field, drill in DRILL_FIELDS.items() for _ in range(getattr(budget, field)))
+
+
 def split_seed(seed: int, split: str) -> int:
     return 1000 * seed + SPLIT_SEEDS[split]
 
@@ -102,7 +108,7 @@ def write_data(root: str, budget: Budget, seed: int) -> None:
     data = os.path.join(root, "data")
     write_split(data, "pretrain", split_seed(seed, "pretrain"), budget.pretrain_images, "pretrain", layout=LAYOUT)
     write_split(data, "instruct", split_seed(seed, "instruct"), budget.instruct_images, "instruct", turns=budget.turns,
-                layout=LAYOUT, drills=("relation",) * budget.relation_turns + ("tally",) * budget.tally_turns)
+                layout=LAYOUT, drills=drills_of(budget))
     write_split(data, "test", split_seed(seed, "test"), budget.test_images, "eval", layout=LAYOUT)
 
 

@@ -25,7 +25,7 @@ from sparsecut.evaluation.synthetic.dataset import write_split
 from .continued import lineage
 from .evaluate import predict, read_eval, results_table, score
 from .export import export_family
-from .family import BACKBONES, FAMILY, LAYOUT, Budget, backbone_dirs, split_seed
+from .family import BACKBONES, DRILL_FIELDS, FAMILY, LAYOUT, Budget, backbone_dirs, split_seed
 from sparsecut.evaluation.synthetic.scenes import layout_named
 
 SUBSET = 200  # questions the tests rescore (the first ones of the held-out split)
@@ -218,7 +218,7 @@ def _recorded(budget: dict) -> dict:
     """A member's recorded budget, complete: one recorded before ``lora_modules`` existed had the attention LoRA, one
     recorded before ``relation_turns`` or ``tally_turns`` no such drill."""
     return {**budget, "lora_modules": budget.get("lora_modules", "attention"),
-            "relation_turns": budget.get("relation_turns", 0), "tally_turns": budget.get("tally_turns", 0)}
+            **{field: budget.get(field, 0) for field in DRILL_FIELDS}}
 
 
 TABLED = ("lora_rank", "lora_modules", "stage2_lr")  # budget fields the card's member table shows (its LoRA column)
@@ -232,15 +232,14 @@ def _per_member(key: str, members: dict) -> str:
     return f"`{key}` " + ", ".join(f"{value} for {', '.join(names)}" for value, names in by_value.items())
 
 
-DRILL_TURNS = {"relation_turns": ("left-of / above question", "the relation drill"),
-               "tally_turns": ("count question", "the tally drill")}  # budget field: what each of its turns asks
+DRILL_TURNS = {"relation": "left-of / above question", "tally": "count question"}  # what each drill's turns ask
 
 
 def _drilled(budget: dict) -> str:
     """The drill turns a budget adds to each stage-2 conversation, as the card's data line says them."""
     recorded = _recorded(budget)
-    return "".join(f" and {recorded[key]} more {asks}{'s' if recorded[key] > 1 else ''} each ({drill})"
-                   for key, (asks, drill) in DRILL_TURNS.items() if recorded[key])
+    return "".join(f" and {recorded[field]} more {DRILL_TURNS[drill]}{'s' if recorded[field] > 1 else ''} each (the "
+                   f"{drill} drill)" for field, drill in DRILL_FIELDS.items() if recorded[field])
 
 
 def _lora(budget: dict) -> str:
