@@ -10,7 +10,6 @@ question. The same seed always gives the same files. The app's gallery reads ``e
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from sparsecut.evaluation.benchmarks.synthetic import normalise
+from sparsecut.images import pixels_sha256
 
 from sparsecut.evaluation.synthetic.questions import ask
 from sparsecut.evaluation.synthetic.scenes import DEFAULT_LAYOUT, render, sample_scene
@@ -72,11 +72,6 @@ class CaseStudy:
     def is_right(self, answer: str) -> bool:
         """Whether ``answer`` is this case's right answer, compared as the synthetic benchmark scores answers."""
         return normalise(answer) == normalise(self.answer)
-
-
-def pixels_sha256(image: Image.Image) -> str:
-    image = image.convert("RGB")
-    return hashlib.sha256(image.tobytes() + f"{image.size}".encode()).hexdigest()
 
 
 def find_case(cases: list[CaseStudy], image: Image.Image, question: str) -> CaseStudy | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 
@@ -96,3 +97,9 @@ def load_image(source, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | 
     except (OSError, SyntaxError) as err:
         raise _corrupt(source, err, name) from err
     return _to_rgb(image)
+
+
+def pixels_sha256(image: Image.Image) -> str:
+    """sha256 of an image's decoded pixels (8-bit RGB bytes and size): the same picture whatever file carries it."""
+    image = image.convert("RGB")
+    return hashlib.sha256(image.tobytes() + f"{image.size}".encode()).hexdigest()

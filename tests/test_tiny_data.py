@@ -11,8 +11,12 @@ from conftest import make_processor, sparsecut_config
 from training.data import LlavaDataset, read_records
 from sparsecut.evaluation.synthetic.dataset import scene_for, write_split
 from sparsecut.evaluation.synthetic.font import CHARACTERS, draw_text, text_size
-from sparsecut.evaluation.synthetic.questions import DRILLS, FAMILIES, LETTERS, ORDINALS, ask, caption, existence
+from sparsecut.evaluation.synthetic.questions import (DRILLS, FAMILIES, LETTERS, ORDINALS, ask, ask_turns, caption,
+                                                      existence)
 from sparsecut.evaluation.synthetic.scenes import COLOURS, SHAPES, WORDS, position_name, render, sample_scene
+
+CHOICE_KINDS = {"How many": "number", "What color": "colour", "What shape": "shape"}  # a choice question's base: its options' kind
+OPTION_POOLS = {"number": [str(n) for n in range(6)], "colour": list(COLOURS), "shape": list(SHAPES)}
 
 
 def _digest(path) -> str:
@@ -78,11 +82,16 @@ def test_every_answer_checks_against_its_scene():
                 assert list(options) == list(LETTERS)
                 assert options[qa.answer] == _expected(scene, lines[0])
                 assert len(set(options.values())) == 4
+                kind = next(k for start, k in CHOICE_KINDS.items() if lines[0].startswith(start))
+                assert set(options.values()) <= set(OPTION_POOLS[kind]), qa  # distractors of the answer's kind
+                assert qa.subtype.split("-")[0] == ("count" if kind == "number" else "attribute"), qa
             else:
                 assert qa.answer == _expected(scene, qa.question), qa
     for needed in [("existence", t) for t in ("positive", "random", "popular", "adversarial")] + [
         ("unanswerable", t) for t in ("no-text", "illegible", "absent-object")
-    ] + [("reading", "digits"), ("reading", "word"), ("position", "where"), ("attribute", "colour")]:
+    ] + [("reading", "digits"), ("reading", "word"), ("position", "where"), ("attribute", "colour")] + [
+        ("choice", t) for t in ("attribute-colour", "attribute-shape", "count-shape", "count-colour", "count-all")
+    ]:
         assert needed in seen, needed
 
 
@@ -253,7 +262,7 @@ def test_the_tally_drill_asks_counts_openly_or_with_four_lettered_numbers_and_is
         qa = ask(scene, "tally", rng)
         lines = qa.question.split("\n")
         expected = _expected(scene, lines[0])
-        assert lines[0].startswith("How many ") and qa.subtype in ("shape", "colour", "all")
+        assert lines[0].startswith("How many ") and qa.subtype.removeprefix("count-") in ("shape", "colour", "all")
         if qa.family == "choice":  # the count's answer among three other numbers, as a letter
             options = [line[3:] for line in lines[1:5]]
             assert [line[:3] for line in lines[1:5]] == [f"{letter}. " for letter in LETTERS]
@@ -266,19 +275,38 @@ def test_the_tally_drill_asks_counts_openly_or_with_four_lettered_numbers_and_is
     assert "tally" in DRILLS and "tally" not in FAMILIES
 
 
+def test_the_recount_drill_asks_a_count_openly_then_the_same_count_with_four_lettered_numbers():
+    for index in range(100):
+        scene, rng = scene_for(13, index)
+        opened, lettered = ask_turns(scene, "recount", rng)
+        lines = lettered.question.split("\n")
+        assert opened.family == "count" and opened.answer == _expected(scene, opened.question)
+        assert lines[0] == opened.question.split("\n")[0] and lettered.family == "choice"  # the same question, lettered
+        options = [line[3:] for line in lines[1:5]]
+        assert len(set(options)) == 4 and set(options) <= set(OPTION_POOLS["number"])
+        assert options[LETTERS.index(lettered.answer)] == opened.answer
+    assert "recount" in DRILLS and "recount" not in FAMILIES
+    with pytest.raises(ValueError, match="use ask_turns"):
+        ask(scene, "recount", rng)
+    assert [qa.question for qa in ask_turns(scene, "count", np.random.default_rng(1))] == [
+        ask(scene, "count", np.random.default_rng(1)).question]  # one turn of any other family
+
+
 def test_drills_add_turns_after_the_same_conversation_and_only_to_instruct_splits(tmp_path):
     plain = json.loads(open(write_split(str(tmp_path / "a"), "train", seed=5, num_images=12, kind="instruct",
                                         turns=6)).read())
     drilled = json.loads(open(write_split(str(tmp_path / "b"), "train", seed=5, num_images=12, kind="instruct",
-                                          turns=6, drills=("relation", "relation", "tally"))).read())
+                                          turns=6, drills=("relation", "relation", "tally", "recount"))).read())
     for a, b in zip(plain, drilled):
         n = len(a["conversations"])
         assert b["conversations"][:n] == a["conversations"]  # the regular turns are untouched
         extra = b["conversations"][n:]
-        assert len(extra) in (2, 6) and all(not turn["value"].startswith("<image>") for turn in extra)
-        for question in extra[:-2:2]:  # the relation drill's turns, in the order given (none with one object)
+        assert len(extra) in (6, 10) and all(not turn["value"].startswith("<image>") for turn in extra)
+        for question in extra[:-6:2]:  # the relation drill's turns, in the order given (none with one object)
             assert re.match(r"Is the \w+ \w+ (to the left of|above) the \w+ \w+\?", question["value"])
-        assert extra[-2]["value"].startswith("How many ")  # the tally drill's turn, last
+        assert extra[-6]["value"].startswith("How many ")  # the tally drill's turn
+        assert extra[-2]["value"].split("\n")[0] == extra[-4]["value"].split("\n")[0]  # the recount drill's two, last:
+        assert extra[-3]["value"].isdigit() and extra[-1]["value"] in LETTERS              # open, then lettered
     assert sum(len(b["conversations"]) > len(a["conversations"]) for a, b in zip(plain, drilled)) >= 6
     for kind, drills in [("eval", ("relation",)), ("instruct", ("where",))]:
         with pytest.raises(ValueError, match="drills are training-only families of instruct splits"):

@@ -77,11 +77,39 @@ def test_a_rerun_skips_finished_stages_and_resumes_an_interrupted_one(quick_run)
     assert "Resumed from" in log and log.count("Resumed from") == 1  # stage 2 only, from its checkpoint
     after = load_file(run / "models" / "llava-tiny" / "model.safetensors")
     assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
-    kept = sorted(os.listdir(run / "predictions"))  # each shipped member's answers, reused by the rerun's scoring
-    assert len(kept) == 2 and all(name.startswith(("sparsecut-tiny-", "llava-tiny-")) for name in kept)
+    kept = sorted(os.listdir(run / "family" / "answers"))  # each shipped member's answers, reused by the rerun's scoring
+    assert kept == ["llava-tiny.json", "sparsecut-tiny.json"]
     trained_by = json.loads((run / "results.json").read_text())["members"]["llava-tiny"]
     assert trained_by["command"] == "python -m training.tiny " + " ".join(argv)  # who began it, and how
     assert trained_by["jobs"] == 2 and trained_by["threads"] == max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_a_rescore_generates_only_the_answers_a_changed_question_or_a_reshipped_member_needs(quick_run, monkeypatch):
+    from training.tiny import ship
+
+    run, _ = quick_run
+    family, data = run.parent / "rescored-family", run.parent / "rescored-data"
+    shutil.copytree(run / "family", family)
+    data.mkdir()
+    (data / "images").symlink_to(run / "data" / "images")
+    records = [json.loads(line) for line in (run / "data" / "test.jsonl").read_text().splitlines()]
+    records[1]["question"] = records[1]["question"].replace("?", " in this picture?", 1)  # one question changed
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    asked = []
+    real_predict = ship.predict
+    monkeypatch.setattr(ship, "predict", lambda model, processor, chunk, *args, **kwargs:
+                        asked.append(chunk) or real_predict(model, processor, chunk, *args, **kwargs))
+    names = ["sparsecut-tiny", "llava-tiny"]
+    ship.score_shipped(str(family), names, data_dir=str(data), progress=False, answers_dir=str(family / "answers"))
+    assert [[r["question"] for r in chunk] for chunk in asked] == [[records[1]["question"]]] * 2  # one answer each
+    (family / "answers" / "llava-tiny.json").write_text(json.dumps({"files": "other-weights", "answers": {}}))
+    asked.clear()
+    scored = ship.score_shipped(str(family), names, data_dir=str(data), progress=False, answers_dir=str(family / "answers"))
+    assert [len(chunk) for chunk in asked] == [len(records)]  # llava-tiny's kept answers were for other files: all again
+    kept = json.loads((family / "answers" / "llava-tiny.json").read_text())
+    assert list(kept["answers"]) == ship.question_keys(records, str(data / "images")) and kept["files"] != "other-weights"
+    assert scored["results"] == ship.score_shipped(str(family), names, data_dir=str(data), progress=False,
+                                                   answers_dir=str(family / "answers"))["results"] and len(asked) == 1
 
 
 def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_replaces_it(quick_run, tiny_backbones):
@@ -131,6 +159,7 @@ def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_re
                            sources={"sparsecut-tiny-lowres": str(more / "models" / "sparsecut-tiny-lowres")})
     assert stayed == [] and list(json.loads((joined / "family.json").read_text())["models"]) == ["sparsecut-tiny-lowres"]
     assert sorted(os.listdir(joined / "models")) == ["sparsecut-tiny-lowres"]
+    assert sorted(os.listdir(joined / "answers")) == ["sparsecut-tiny-lowres.json"]  # the departed members' answers: gone
 
 
 def test_a_continued_member_trains_its_shipped_lora_on_and_the_card_names_its_history(quick_run, tiny_backbones):
@@ -142,7 +171,7 @@ def test_a_continued_member_trains_its_shipped_lora_on_and_the_card_names_its_hi
     out = run.parent / "continued"
     argv = ["--output", str(out), "--quick", "--cpu", "--jobs", "1", "--models", "sparsecut-tiny", "--text",
             tiny_backbones["text"], "--mixed-precision", "no", "--budget",
-            "stage2_steps=2,relation_turns=1,tally_turns=1,stage2_lr=1e-3",
+            "stage2_steps=2,relation_turns=1,tally_turns=1,recount_turns=1,stage2_lr=1e-3",
             "--continue-from", str(family), "--ship", str(family)]
     assert main(argv) == 0
     assert not (out / "models" / "sparsecut-tiny-stage1").exists()  # no stage 1: stage 2 from the shipped member
@@ -157,12 +186,13 @@ def test_a_continued_member_trains_its_shipped_lora_on_and_the_card_names_its_hi
     assert after["members"]["llava-tiny"] == before["members"]["llava-tiny"]  # the other member: as it was
     assert after["results"]["llava-tiny"] == before["results"]["llava-tiny"]  # its files unchanged: not scored again
     assert after["scored"]["llava-tiny"] == before["scored"]["llava-tiny"] != after["scored"]["sparsecut-tiny"]
-    kept = os.listdir(out / "predictions")  # the answers of the members this run scored: the continued one only
-    assert len(kept) == 1 and kept[0].startswith("sparsecut-tiny-")
+    assert (family / "answers" / "llava-tiny.json").read_bytes() == (run / "family" / "answers" / "llava-tiny.json").read_bytes()
+    answers = json.loads((family / "answers" / "sparsecut-tiny.json").read_text())  # the continued member's: new
+    assert answers["files"] == after["scored"]["sparsecut-tiny"].rsplit("-", 1)[0] and len(answers["answers"]) == after["questions"]
     card = (family / "MODEL_CARD.md").read_text()
     assert "1. `python -m training.tiny" in card and "2. `python -m training.tiny" in card and "--continue-from" in card
     assert "**`sparsecut-tiny` was trained further**" in card and "by command 2, 2 more stage-2 steps (LoRA lr 0.001" in card
-    assert "`relation_turns` 1 (was 0)" in card and "`tally_turns` 1 (was 0)" in card
+    assert "`relation_turns` 1 (was 0)" in card and "`tally_turns` 1 (was 0)" in card and "`recount_turns` 1 (was 0)" in card
     assert "`stage2_lr` 0.001 (was 0.003)" in card
     row = next(line for line in card.splitlines() if line.startswith("| `sparsecut-tiny` |"))
     assert " + " in row.split("|")[5] and "| 1, then 2 |" in row and "; then cpu, no, alone" in row  # stage 2 minutes: both runs
@@ -227,6 +257,8 @@ def test_the_cards_data_line_names_each_drill_a_budget_adds():
     assert _drilled({}) == _drilled({"relation_turns": 0, "tally_turns": 0}) == ""  # recorded before the drills: none
     assert _drilled({"relation_turns": 1, "tally_turns": 2}) == (" and 1 more left-of / above question each (the "
                                                                  "relation drill) and 2 more count questions each (the tally drill)")
+    assert _drilled({"recount_turns": 1}) == (" and 1 more count question asked openly, then with lettered numbers each "
+                                              "(the recount drill)")
 
 
 def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsys):

@@ -211,17 +211,17 @@ def main(argv=None) -> int:
     finally:
         stop.set()
     trained = time.time() - started
-    from .ship import export, score_shipped, shipped_results, write_card, write_results
+    from .answers import ANSWERS
+    from .ship import export, score_shipped, write_card, write_results
 
     ship = args.ship or os.path.join(args.output, "family")
-    before = shipped_results(ship)  # the scores of members that stay as they were are kept
     device = "cpu" if on_cpu else "cuda"
     stage_times = stage_seconds(args.output, names, budget)
     members = export(args.output, {name: {**started_by(args.output, name, {}), "seed": args.seed, "budget": budget.__dict__,
                                           "device": device, "mixed_precision": precision,
                                           "stage_seconds": stage_times[name]} for name in names}, ship)
     scored = score_shipped(ship, list(members), args.seed, data_dir=os.path.join(args.output, "data"),  # the split written above
-                           predictions_dir=os.path.join(args.output, "predictions"), reuse=before)
+                           answers_dir=os.path.join(ship, ANSWERS))
     scored["run"] = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "threads": threads, "train_seconds": trained,
                      "seconds": time.time() - started, "device": device, "command": _command(argv),
                      "mixed_precision": precision, "bf16_speedup": speedup, "backbones_seconds": backbones_seconds,

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sparsecut.zoo import LLM_PREFIXES, LORA_DIR, MANIFEST, VISION_PREFIX, assemble, folder_files, manifest
+from .answers import ANSWERS
 
 PROCESSOR_FILE = "processor_config.json"
 MEMBER_FILES = (PROCESSOR_FILE, "config.json", "model.safetensors", "generation_config.json")
@@ -75,9 +76,11 @@ def export_family(models: dict, processor, out_dir: str, dtype: torch.dtype = to
             raise ValueError(f"{name}'s vision tower differs from the others'; a family shares one tower.")
     joinable, previous = _joinable(out_dir, vision, base)
     staying = {name: path for name, path in joinable.items() if name not in models}
-    for name, path in previous.items():  # a replaced family's members go with it
+    for name, path in previous.items():  # a replaced family's members go with it, and their kept answers
         if name not in staying:
             shutil.rmtree(os.path.join(out_dir, path), ignore_errors=True)
+            if name not in models and os.path.isfile(answers := os.path.join(out_dir, ANSWERS, f"{name}.json")):
+                os.remove(answers)
     if previous and not staying:  # and its shared files (stale ones would be assembled into every member)
         shutil.rmtree(shared, ignore_errors=True)
     os.makedirs(shared, exist_ok=True)

@@ -63,11 +63,12 @@ class Budget:
     turns: int = 6  # questions per stage-2 conversation
     relation_turns: int = 0  # more stage-2 turns per conversation, each a left-of / above question (the relation drill)
     tally_turns: int = 0  # more stage-2 turns after those, each a count question, half as a choice (the tally drill)
+    recount_turns: int = 0  # then this many pairs of turns: a count asked openly, then lettered (the recount drill)
     batch: int = 16
     save_every: int = 25  # optimizer steps between checkpoints: what an interruption can lose
 
 
-DRILL_FIELDS = {"relation_turns": "relation", "tally_turns": "tally"}  # budget field -> the drill (questions.DRILLS)
+DRILL_FIELDS = {"relation_turns": "relation", "tally_turns": "tally", "recount_turns": "recount"}  # budget field -> the drill (questions.DRILLS)
 MAY_BE_ZERO = tuple(DRILL_FIELDS)
 
 

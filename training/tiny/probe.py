@@ -37,7 +37,7 @@ from sparsecut.evaluation.synthetic.dataset import DESCRIBE, image_for, scene_fo
 from .family import CHAT_TEMPLATE, FAMILY, LAYOUT, Budget, backbone_dirs, build_backbones, split_seed
 from .loop import fit
 from .oracle import CELLS, FEATURES, POSITION_FEATURES, TEXT_FEATURES, TEXT_PLACES, TEXT_POSITIONS, OracleVLM, oracle_features
-from sparsecut.evaluation.synthetic.questions import DRILLS, FAMILIES, ask, caption
+from sparsecut.evaluation.synthetic.questions import DRILLS, FAMILIES, ask_turns, caption
 from sparsecut.evaluation.synthetic.scenes import DEFAULT_LAYOUT, LAYOUTS, Layout, layout_named
 
 PROBED = ("existence", "attribute", "count", "position")
@@ -155,17 +155,19 @@ def questions(processor, seed: int, scenes: int, families: list[str], high_res: 
         if captions:
             items.append(_item(processor, [(DESCRIBE, caption(scene))], index, "caption", high_res, max_length))
             continue
-        asked = [(family, qa) for family in families if (qa := ask(scene, family, rng)) is not None]
-        if per_sample == 1:
-            items += [_item(processor, [(qa.question, qa.answer)], index, family, high_res, max_length) for family, qa in asked]
+        asked = [(family, turns) for family in families if (turns := ask_turns(scene, family, rng))]
+        if per_sample == 1:  # one item per family (a drill of several turns: one item holding them all)
+            items += [_item(processor, [(qa.question, qa.answer) for qa in turns], index, family, high_res, max_length)
+                      for family, turns in asked]
             continue
         turns, tries, first = [], 0, int(rng.integers(len(families)))  # families in turn from a random one
         while len(turns) < per_sample and tries < 4 * per_sample:
             family = families[(first + tries) % len(families)]
             tries += 1
-            qa = ask(scene, family, rng)
-            if qa is not None and all(qa.question != q for q, _ in turns):
-                turns.append((qa.question, qa.answer))
+            new = [(qa.question, qa.answer) for qa in ask_turns(scene, family, rng)]
+            asked_before = {question for question, _ in turns}
+            if new and len(turns) + len(new) <= per_sample and not asked_before & {question for question, _ in new}:
+                turns += new
         if turns:  # a scene that poses none of the families' questions (a scribble, for reading) gives no item
             items.append(_item(processor, turns, index, "mixed", high_res, max_length))
     return items, torch.stack(views)

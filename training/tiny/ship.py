@@ -7,7 +7,8 @@ Export writes the zoo's compact format (``export.py``: the vision tower and toke
 adapters and its LoRA as a delta over the base LLM, which the zoo takes from the installed base). The results table is then made from the *shipped* checkpoints, loaded by name
 through the zoo as a user would, on the held-out split (its own seed, regenerated here from the generator), and
 saved as ``results.md`` + ``results.json`` beside them; ``results.json`` also keeps the scores of the first
-``SUBSET`` questions, which the tests reproduce.
+``SUBSET`` questions, which the tests reproduce. Each member's answers are kept beside them, one per question
+(``answers.py``): a rescore generates only the answers a member's files or a changed benchmark invalidated.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from contextlib import ExitStack, contextmanager
 
 from sparsecut.evaluation.synthetic.dataset import write_split
 from .continued import lineage
+from .answers import ANSWERS, AnswerStore, question_keys
 from .evaluate import predict, read_eval, results_table, score
 from .export import export_family
 from .family import BACKBONES, DRILL_FIELDS, FAMILY, LAYOUT, Budget, backbone_dirs, split_seed
@@ -80,14 +82,13 @@ def assets_at(family_dir: str):
 
 def score_shipped(family_dir: str, names: list[str], seed: int = 0, images: int = TEST_IMAGES,
                   subset: int | None = SUBSET, progress: bool = True, data_dir: str | None = None,
-                  layout: str = LAYOUT.name, predictions_dir: str | None = None, reuse: dict | None = None) -> dict:
+                  layout: str = LAYOUT.name, answers_dir: str | None = None) -> dict:
     """Score the models ``names`` shipped in ``family_dir``, loaded by name through the zoo, on the held-out split:
     {"seed", "questions", "images", "results", "subset", "scored"}. ``data_dir``: a folder that already holds the split
     (``test.jsonl`` and ``images/``, as the pipeline's OUTPUT/data does); otherwise its first ``images`` scenes are
-    written to a temporary folder, drawn in ``layout``. ``predictions_dir``: keep each model's answers there, keyed
-    by the shipped files and the questions, and reuse them (a rerun after an interruption scores only the rest).
-    ``reuse``: an earlier result of this function (a family's ``results.json``): a member whose shipped files and
-    questions are those it was scored on there (``scored``: name -> that key) keeps its scores, unscored again."""
+    written to a temporary folder, drawn in ``layout``. ``answers_dir``: keep each model's answers there, one per
+    question (``answers.py``), and generate only those it lacks: a member reshipped as it was, or a benchmark that
+    changed some questions, costs only the new answers. ``scored``: name -> the shipped files and the questions."""
     from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor, zoo
 
     with ExitStack() as stack:
@@ -97,37 +98,27 @@ def score_shipped(family_dir: str, names: list[str], seed: int = 0, images: int 
             records = held_out(seed, images, data_dir, layout)
         else:
             records = read_eval(os.path.join(data_dir, "test.jsonl"))
-        results, first, keys = {}, {}, {}
-        asked = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
+        image_root = os.path.join(data_dir, "images")
+        keys = question_keys(records, image_root)
+        asked = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
+        results, first, scored = {}, {}, {}
         for name in names:
-            keys[name] = f"{zoo.content_key(name)}-{asked}"
-            if _scored_before(reuse, name, keys[name], subset):
-                results[name], first[name] = reuse["results"][name], reuse["subset"]["results"][name]
-                continue
-            kept = predictions_dir and os.path.join(predictions_dir, f"{keys[name]}.json")
-            if kept and os.path.isfile(kept):
-                with open(kept, encoding="utf-8") as handle:
-                    predictions = json.load(handle)
-            else:
+            files = zoo.content_key(name)
+            scored[name] = f"{files}-{asked}"
+            store = AnswerStore(answers_dir, name, files)
+            missing = [i for i, key in enumerate(keys) if key not in store]
+            if missing:
                 model = SparseCutForConditionalGeneration.from_pretrained(name).eval()
-                predictions = predict(model, SparseCutProcessor.from_pretrained(name), records,
-                                      os.path.join(data_dir, "images"), progress=progress)
-                if kept:
-                    os.makedirs(predictions_dir, exist_ok=True)
-                    with open(kept, "w", encoding="utf-8") as handle:
-                        json.dump(predictions, handle)
+                new = predict(model, SparseCutProcessor.from_pretrained(name), [records[i] for i in missing],
+                              image_root, progress=progress)
+                store.update({keys[i]: answer for i, answer in zip(missing, new)})
+            predictions = [store[key] for key in keys]
+            store.save(keys)
             results[name] = score(records, predictions)
             if subset:
                 first[name] = score(records[:subset], predictions[:subset])
     return {"seed": split_seed(seed, "test"), "questions": len(records), "images": len({r["scene"] for r in records}),
-            "results": results, "subset": {"questions": subset, "results": first}, "scored": keys}
-
-
-def _scored_before(reuse: dict | None, name: str, key: str, subset: int | None) -> bool:
-    """Whether ``reuse`` (an earlier ``score_shipped`` result) scored ``name`` with these files on these questions,
-    its first ``subset`` too."""
-    return (reuse is not None and reuse.get("scored", {}).get(name) == key and name in reuse["results"]
-            and reuse["subset"]["questions"] == subset and name in reuse["subset"]["results"])
+            "results": results, "subset": {"questions": subset, "results": first}, "scored": scored}
 
 
 def shipped_results(family_dir: str) -> dict | None:
@@ -216,7 +207,7 @@ def _sharing(record: dict) -> str:
 
 def _recorded(budget: dict) -> dict:
     """A member's recorded budget, complete: one recorded before ``lora_modules`` existed had the attention LoRA, one
-    recorded before ``relation_turns`` or ``tally_turns`` no such drill."""
+    recorded before a drill's budget field (``DRILL_FIELDS``) no such drill."""
     return {**budget, "lora_modules": budget.get("lora_modules", "attention"),
             **{field: budget.get(field, 0) for field in DRILL_FIELDS}}
 
@@ -232,14 +223,17 @@ def _per_member(key: str, members: dict) -> str:
     return f"`{key}` " + ", ".join(f"{value} for {', '.join(names)}" for value, names in by_value.items())
 
 
-DRILL_TURNS = {"relation": "left-of / above question", "tally": "count question"}  # what each drill's turns ask
+DRILL_TURNS = {"relation": ("left-of / above question", "left-of / above questions"),  # what a drill's turns ask:
+               "tally": ("count question", "count questions"),                        # one, several
+               "recount": ("count question asked openly, then with lettered numbers",
+                           "count questions each asked openly, then with lettered numbers")}
 
 
 def _drilled(budget: dict) -> str:
     """The drill turns a budget adds to each stage-2 conversation, as the card's data line says them."""
     recorded = _recorded(budget)
-    return "".join(f" and {recorded[field]} more {DRILL_TURNS[drill]}{'s' if recorded[field] > 1 else ''} each (the "
-                   f"{drill} drill)" for field, drill in DRILL_FIELDS.items() if recorded[field])
+    return "".join(f" and {recorded[field]} more {DRILL_TURNS[drill][recorded[field] > 1]} each (the {drill} drill)"
+                   for field, drill in DRILL_FIELDS.items() if recorded[field])
 
 
 def _lora(budget: dict) -> str:
@@ -352,6 +346,9 @@ CPU, so members trained side by side overlap in wall clock):
 
 ## Scores (from these files, `python -m training.tiny.ship --score-only --to {out_dir}`)
 
+Each member's greedy answer to every held-out question is kept in `{ANSWERS}/<member>.json` (keyed by a hash of the
+question's image pixels and text); the scores below are computed from them.
+
 {results_table(scored["results"])}{paper_tables(scored["results"])}"""
     with open(os.path.join(out_dir, "MODEL_CARD.md"), "w", encoding="utf-8") as handle:
         handle.write(card)
@@ -365,7 +362,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(FAMILY), help="the members of --from to ship (they join the "
                         "family in --to when it has the same tower and base; every member shipped there is scored)")
     parser.add_argument("--seed", type=int, default=0, help="the seed the family was trained with (picks the held-out split)")
-    parser.add_argument("--score-only", action="store_true", help="rescore what is already shipped in --to")
+    parser.add_argument("--score-only", action="store_true", help="rescore what is already shipped in --to "
+                        "(with the answers kept in its answers/ folder; delete a member's file there to generate all again)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     shipped_before = shipped_results(args.to)
@@ -391,7 +389,7 @@ def main(argv=None) -> int:
     started = time.time()
     entry = manifest(args.to)
     scored = score_shipped(args.to, list(entry["models"]), args.seed, layout=entry["tower"]["layout"],
-                           reuse=None if args.score_only else shipped_before)  # members shipped as they were: kept
+                           answers_dir=os.path.join(args.to, ANSWERS))
     scored["run"], scored["members"] = run, members
     print(write_results(args.to, scored))
     write_card(args.to, scored)

@@ -13,7 +13,7 @@ from dataclasses import asdict
 import numpy as np
 from PIL import Image
 
-from .questions import DRILLS, FAMILIES, ask, caption
+from .questions import DRILLS, FAMILIES, ask, ask_turns, caption
 from .scenes import DEFAULT_LAYOUT, Layout, Scene, render, sample_scene
 
 DESCRIBE = "Describe the image briefly."
@@ -79,8 +79,7 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
                 if len(conversation) == 2 * turns:
                     break
             for drill in drills:
-                qa = ask(scene, drill, rng)
-                if qa is not None:
+                for qa in ask_turns(scene, drill, rng):
                     conversation += [{"from": "human", "value": qa.question}, {"from": "gpt", "value": qa.answer}]
             records.append({"id": f"{name}-{index}", "image": image, "conversations": conversation})
         elif kind == "eval":

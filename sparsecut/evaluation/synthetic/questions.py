@@ -14,7 +14,9 @@ Training-only drills, never scored as families of their own (``DRILLS``): ``spel
 legible text by its place ("What is the second character of the text in the image?" -> 7), the skill a number's later
 digits need; ``relation`` asks only the position family's left-of / above questions (``position`` asks them 40% of
 the time), for more of them per conversation; ``tally`` asks the count family's questions, half of them with four
-lettered numbers as options, for more counting per conversation.
+lettered numbers as options, for more counting per conversation; ``recount`` asks a count question openly and then
+again with four lettered numbers, two turns (``ask_turns``), so the lettered answer's look-up of the count among the
+options is learned with the count already in context.
 
 POPE negatives here: random = any absent (colour, shape); popular = an absent colour of a shape that is present;
 adversarial = an absent pairing of a colour and a shape that are both present on other objects.
@@ -29,7 +31,7 @@ import numpy as np
 from .scenes import COLOURS, SHAPES, Scene, position_name
 
 FAMILIES = ("attribute", "count", "position", "existence", "reading", "unanswerable", "choice")
-DRILLS = ("spelling", "relation", "tally")  # asked in training data only: the benchmark scores FAMILIES
+DRILLS = ("spelling", "relation", "tally", "recount")  # asked in training data only: the benchmark scores FAMILIES
 ORDINALS = ("first", "second", "third")
 SHORT = "Answer the question using a single word or phrase."
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'. " + SHORT
@@ -162,17 +164,19 @@ def unanswerable(scene: Scene, rng) -> QA | None:
 
 
 def choice(scene: Scene, rng) -> QA | None:
+    """An attribute (70%) or count question with four lettered options of the answer's kind: three other colours,
+    shapes or numbers. Its subtype names the base question's family and subtype (``count-colour``: how many red
+    objects, asked with four numbers)."""
     base = attribute(scene, rng) if rng.random() < 0.7 else count(scene, rng)
     if base is None or base.subtype == "size":
         base = count(scene, rng)
-    # options by subtype, so a count by colour or by shape gets colour or shape distractors beside its one number:
-    # a flaw of the benchmark as scored so far, kept until every member is rescored (README, "A known flaw of the
-    # choice family")
-    return _lettered(base, rng, {"colour": list(COLOURS), "shape": list(SHAPES)}.get(base.subtype, NUMBERS))
+    pool = NUMBERS if base.family == "count" else {"colour": list(COLOURS), "shape": list(SHAPES)}[base.subtype]
+    return _lettered(base, rng, pool)
 
 
 def _lettered(base: QA, rng, pool: list[str]) -> QA:
-    """``base`` asked with four lettered options: its answer and three distractors drawn from ``pool``."""
+    """``base`` asked with four lettered options: its answer and three distractors drawn from ``pool``; subtype
+    ``<base family>-<base subtype>``."""
     distractors = [v for v in pool if v != base.answer]
     picks = [distractors[i] for i in rng.choice(len(distractors), size=3, replace=False)]
     options = picks + [base.answer]
@@ -181,7 +185,7 @@ def _lettered(base: QA, rng, pool: list[str]) -> QA:
     letter = LETTERS[options.index(base.answer)]
     question = base.question.split("\n")[0]
     lines = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(options))
-    return QA(f"{question}\n{lines}\n{CHOICE}", letter, "choice", base.subtype)
+    return QA(f"{question}\n{lines}\n{CHOICE}", letter, "choice", f"{base.family}-{base.subtype}")
 
 
 def tally(scene: Scene, rng) -> QA:
@@ -189,6 +193,13 @@ def tally(scene: Scene, rng) -> QA:
     see ``DRILLS``)."""
     base = count(scene, rng)
     return _lettered(base, rng, NUMBERS) if rng.random() < 0.5 else base
+
+
+def recount(scene: Scene, rng) -> tuple[QA, QA]:
+    """A count family's question asked openly, then the same question with four lettered numbers (a drill of two
+    turns for the letter step of lettered counts: see ``DRILLS``)."""
+    base = count(scene, rng)
+    return base, _lettered(base, rng, NUMBERS)
 
 
 ASKERS = {
@@ -205,9 +216,23 @@ ASKERS = {
 }
 
 
+TURN_DRILLS = {"recount": recount}  # drills that ask several turns at once
+
+
 def ask(scene: Scene, family: str, rng: np.random.Generator) -> QA | None:
     """A question of ``family`` about ``scene``, or None when the scene cannot pose one (e.g. reading without text)."""
+    if family in TURN_DRILLS:
+        raise ValueError(f"the {family} drill asks several turns at once: use ask_turns.")
     return ASKERS[family](scene, rng)
+
+
+def ask_turns(scene: Scene, family: str, rng: np.random.Generator) -> list[QA]:
+    """The turns ``family`` asks about ``scene``, in order: one question, none where the scene cannot pose one, or
+    each turn of a drill of several (``TURN_DRILLS``)."""
+    if family in TURN_DRILLS:
+        return list(TURN_DRILLS[family](scene, rng))
+    qa = ask(scene, family, rng)
+    return [] if qa is None else [qa]
 
 
 def caption(scene: Scene) -> str:

@@ -1,0 +1,66 @@
+"""A shipped member's greedy answers on the held-out split, kept one per question beside the family.
+
+``<family>/answers/<member>.json`` holds {"files": the member's shipped-files key (``sparsecut.zoo.content_key``),
+"answers": {question key: answer}}. A question's key is a hash of its image's decoded pixels and its text, so a
+benchmark change that rewrites some questions invalidates only those, and reshipping a member (new files) all of its
+answers. Scoring reads the answers from here, so every number in ``results.json`` can be traced to the answers
+behind it; delete a member's file to generate its answers again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from PIL import Image
+
+from sparsecut.images import pixels_sha256
+
+ANSWERS = "answers"  # the folder in a family folder
+
+
+def question_keys(records: list[dict], image_root: str) -> list[str]:
+    """One key per record (``image`` under ``image_root``, ``question``): 16 hex digits of sha256 over the image's
+    pixels and the question."""
+    pixels = {}
+    for image in {r["image"] for r in records}:
+        with Image.open(os.path.join(image_root, image)) as picture:
+            pixels[image] = pixels_sha256(picture)
+    return [hashlib.sha256(f"{pixels[r['image']]}\n{r['question']}".encode()).hexdigest()[:16] for r in records]
+
+
+class AnswerStore:
+    """The answers of member ``name`` (shipped files ``files``) kept in ``folder``; with ``folder`` None, in memory
+    only. Answers kept for other files are dropped."""
+
+    def __init__(self, folder: str | None, name: str, files: str):
+        self.path = folder and os.path.join(folder, f"{name}.json")
+        self.files = files
+        self.answers: dict[str, str] = {}
+        if self.path and os.path.isfile(self.path):
+            with open(self.path, encoding="utf-8") as handle:
+                kept = json.load(handle)
+            if kept.get("files") == files:
+                self.answers = kept["answers"]
+        self.saved = dict(self.answers)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.answers
+
+    def __getitem__(self, key: str) -> str:
+        return self.answers[key]
+
+    def update(self, answers: dict[str, str]) -> None:
+        self.answers.update(answers)
+
+    def save(self, keys: list[str]) -> None:
+        """Keep the answers to ``keys`` (in that order) and nothing else; the file is rewritten only if that changes it."""
+        current = {key: self.answers[key] for key in keys}
+        if not self.path or current == self.saved:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path, "w", encoding="utf-8") as handle:
+            json.dump({"files": self.files, "answers": current}, handle, indent=0)
+            handle.write("\n")
+        self.saved = current
