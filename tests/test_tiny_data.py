@@ -15,7 +15,7 @@ from sparsecut.evaluation.synthetic.questions import (DRILLS, FAMILIES, LETTERS,
                                                       existence)
 from sparsecut.evaluation.synthetic.scenes import COLOURS, SHAPES, WORDS, position_name, render, sample_scene
 
-CHOICE_KINDS = {"How many": "number", "What color": "colour", "What shape": "shape"}  # a choice question's base: its options' kind
+CHOICE_KINDS = {"How many": "number", "What color": "colour", "What shape": "shape"}  # a choice's base -> options' kind
 OPTION_POOLS = {"number": [str(n) for n in range(6)], "colour": list(COLOURS), "shape": list(SHAPES)}
 
 

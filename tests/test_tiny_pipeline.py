@@ -77,7 +77,7 @@ def test_a_rerun_skips_finished_stages_and_resumes_an_interrupted_one(quick_run)
     assert "Resumed from" in log and log.count("Resumed from") == 1  # stage 2 only, from its checkpoint
     after = load_file(run / "models" / "llava-tiny" / "model.safetensors")
     assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
-    kept = sorted(os.listdir(run / "family" / "answers"))  # each shipped member's answers, reused by the rerun's scoring
+    kept = sorted(os.listdir(run / "family" / "answers"))  # each shipped member's answers, reused by the rerun
     assert kept == ["llava-tiny.json", "sparsecut-tiny.json"]
     trained_by = json.loads((run / "results.json").read_text())["members"]["llava-tiny"]
     assert trained_by["command"] == "python -m training.tiny " + " ".join(argv)  # who began it, and how
@@ -87,7 +87,7 @@ def test_a_rerun_skips_finished_stages_and_resumes_an_interrupted_one(quick_run)
 def test_a_rescore_generates_only_the_answers_a_changed_question_or_a_reshipped_member_needs(quick_run, monkeypatch):
     from training.tiny import ship
 
-    run, _ = quick_run
+    run, argv = quick_run
     family, data = run.parent / "rescored-family", run.parent / "rescored-data"
     shutil.copytree(run / "family", family)
     data.mkdir()
@@ -104,12 +104,19 @@ def test_a_rescore_generates_only_the_answers_a_changed_question_or_a_reshipped_
     assert [[r["question"] for r in chunk] for chunk in asked] == [[records[1]["question"]]] * 2  # one answer each
     (family / "answers" / "llava-tiny.json").write_text(json.dumps({"files": "other-weights", "answers": {}}))
     asked.clear()
-    scored = ship.score_shipped(str(family), names, data_dir=str(data), progress=False, answers_dir=str(family / "answers"))
-    assert [len(chunk) for chunk in asked] == [len(records)]  # llava-tiny's kept answers were for other files: all again
+    scored = ship.score_shipped(str(family), names, data_dir=str(data), progress=False,
+                                answers_dir=str(family / "answers"))
+    assert [len(chunk) for chunk in asked] == [len(records)]  # llava-tiny's answers were for other files: all again
     kept = json.loads((family / "answers" / "llava-tiny.json").read_text())
-    assert list(kept["answers"]) == ship.question_keys(records, str(data / "images")) and kept["files"] != "other-weights"
+    assert list(kept["answers"]) == ship.question_keys(records, str(data / "images"))
+    assert kept["files"] != "other-weights"
     assert scored["results"] == ship.score_shipped(str(family), names, data_dir=str(data), progress=False,
                                                    answers_dir=str(family / "answers"))["results"] and len(asked) == 1
+    elsewhere = run.parent / "shipped-elsewhere"  # the run shipped again, to another folder: its own answers reused
+    assert main([*argv, "--ship", str(elsewhere)]) == 0
+    assert len(asked) == 1 and sorted(os.listdir(elsewhere / "answers")) == ["llava-tiny.json", "sparsecut-tiny.json"]
+    scores = [json.loads((folder / "results.json").read_text())["results"] for folder in (elsewhere, run)]
+    assert scores[0] == scores[1]
 
 
 def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_replaces_it(quick_run, tiny_backbones):
@@ -159,7 +166,7 @@ def test_members_trained_on_a_shipped_tower_join_its_family_and_another_tower_re
                            sources={"sparsecut-tiny-lowres": str(more / "models" / "sparsecut-tiny-lowres")})
     assert stayed == [] and list(json.loads((joined / "family.json").read_text())["models"]) == ["sparsecut-tiny-lowres"]
     assert sorted(os.listdir(joined / "models")) == ["sparsecut-tiny-lowres"]
-    assert sorted(os.listdir(joined / "answers")) == ["sparsecut-tiny-lowres.json"]  # the departed members' answers: gone
+    assert sorted(os.listdir(joined / "answers")) == ["sparsecut-tiny-lowres.json"]  # the departed members': gone
 
 
 def test_a_continued_member_trains_its_shipped_lora_on_and_the_card_names_its_history(quick_run, tiny_backbones):
@@ -186,13 +193,15 @@ def test_a_continued_member_trains_its_shipped_lora_on_and_the_card_names_its_hi
     assert after["members"]["llava-tiny"] == before["members"]["llava-tiny"]  # the other member: as it was
     assert after["results"]["llava-tiny"] == before["results"]["llava-tiny"]  # its files unchanged: not scored again
     assert after["scored"]["llava-tiny"] == before["scored"]["llava-tiny"] != after["scored"]["sparsecut-tiny"]
-    assert (family / "answers" / "llava-tiny.json").read_bytes() == (run / "family" / "answers" / "llava-tiny.json").read_bytes()
+    unscored = [(folder / "answers" / "llava-tiny.json").read_bytes() for folder in (family, run / "family")]
+    assert unscored[0] == unscored[1]
     answers = json.loads((family / "answers" / "sparsecut-tiny.json").read_text())  # the continued member's: new
-    assert answers["files"] == after["scored"]["sparsecut-tiny"].rsplit("-", 1)[0] and len(answers["answers"]) == after["questions"]
+    assert answers["files"] == after["scored"]["sparsecut-tiny"].rsplit("-", 1)[0]
+    assert len(answers["answers"]) == after["questions"]
     card = (family / "MODEL_CARD.md").read_text()
     assert "1. `python -m training.tiny" in card and "2. `python -m training.tiny" in card and "--continue-from" in card
     assert "**`sparsecut-tiny` was trained further**" in card and "by command 2, 2 more stage-2 steps (LoRA lr 0.001" in card
-    assert "`relation_turns` 1 (was 0)" in card and "`tally_turns` 1 (was 0)" in card and "`recount_turns` 1 (was 0)" in card
+    assert all(f"`{field}` 1 (was 0)" in card for field in ("relation_turns", "tally_turns", "recount_turns"))
     assert "`stage2_lr` 0.001 (was 0.003)" in card
     row = next(line for line in card.splitlines() if line.startswith("| `sparsecut-tiny` |"))
     assert " + " in row.split("|")[5] and "| 1, then 2 |" in row and "; then cpu, no, alone" in row  # stage 2 minutes: both runs
@@ -257,8 +266,8 @@ def test_the_cards_data_line_names_each_drill_a_budget_adds():
     assert _drilled({}) == _drilled({"relation_turns": 0, "tally_turns": 0}) == ""  # recorded before the drills: none
     assert _drilled({"relation_turns": 1, "tally_turns": 2}) == (" and 1 more left-of / above question each (the "
                                                                  "relation drill) and 2 more count questions each (the tally drill)")
-    assert _drilled({"recount_turns": 1}) == (" and 1 more count question asked openly, then with lettered numbers each "
-                                              "(the recount drill)")
+    assert _drilled({"recount_turns": 1}) == (" and 1 more count question asked openly, then with lettered numbers "
+                                              "each (the recount drill)")
 
 
 def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsys):

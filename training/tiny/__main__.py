@@ -221,7 +221,8 @@ def main(argv=None) -> int:
                                           "device": device, "mixed_precision": precision,
                                           "stage_seconds": stage_times[name]} for name in names}, ship)
     scored = score_shipped(ship, list(members), args.seed, data_dir=os.path.join(args.output, "data"),  # the split written above
-                           answers_dir=os.path.join(ship, ANSWERS))
+                           answers_dir=os.path.join(ship, ANSWERS),  # and those the run's own family kept, when
+                           earlier_answers=os.path.join(args.output, "family", ANSWERS))  # it ships elsewhere now
     scored["run"] = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "threads": threads, "train_seconds": trained,
                      "seconds": time.time() - started, "device": device, "command": _command(argv),
                      "mixed_precision": precision, "bf16_speedup": speedup, "backbones_seconds": backbones_seconds,

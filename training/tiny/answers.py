@@ -30,20 +30,26 @@ def question_keys(records: list[dict], image_root: str) -> list[str]:
     return [hashlib.sha256(f"{pixels[r['image']]}\n{r['question']}".encode()).hexdigest()[:16] for r in records]
 
 
+def _kept(folder: str | None, name: str, files: str) -> dict[str, str]:
+    """The answers kept for ``name`` in ``folder`` if they are those of shipped files ``files``, else none."""
+    path = folder and os.path.join(folder, f"{name}.json")
+    if not path or not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        kept = json.load(handle)
+    return kept["answers"] if kept.get("files") == files else {}
+
+
 class AnswerStore:
     """The answers of member ``name`` (shipped files ``files``) kept in ``folder``; with ``folder`` None, in memory
-    only. Answers kept for other files are dropped."""
+    only. Answers kept for other files are dropped. ``earlier``: another folder whose answers for the same files are
+    reused too (a run's own family folder, when the run then ships the same member elsewhere)."""
 
-    def __init__(self, folder: str | None, name: str, files: str):
+    def __init__(self, folder: str | None, name: str, files: str, earlier: str | None = None):
         self.path = folder and os.path.join(folder, f"{name}.json")
         self.files = files
-        self.answers: dict[str, str] = {}
-        if self.path and os.path.isfile(self.path):
-            with open(self.path, encoding="utf-8") as handle:
-                kept = json.load(handle)
-            if kept.get("files") == files:
-                self.answers = kept["answers"]
-        self.saved = dict(self.answers)
+        self.saved = _kept(folder, name, files)
+        self.answers = {**_kept(earlier, name, files), **self.saved}
 
     def __contains__(self, key: str) -> bool:
         return key in self.answers
@@ -55,7 +61,8 @@ class AnswerStore:
         self.answers.update(answers)
 
     def save(self, keys: list[str]) -> None:
-        """Keep the answers to ``keys`` (in that order) and nothing else; the file is rewritten only if that changes it."""
+        """Keep the answers to ``keys`` (in that order) and nothing else; the file is rewritten only if that changes
+        it."""
         current = {key: self.answers[key] for key in keys}
         if not self.path or current == self.saved:
             return

@@ -82,13 +82,15 @@ def assets_at(family_dir: str):
 
 def score_shipped(family_dir: str, names: list[str], seed: int = 0, images: int = TEST_IMAGES,
                   subset: int | None = SUBSET, progress: bool = True, data_dir: str | None = None,
-                  layout: str = LAYOUT.name, answers_dir: str | None = None) -> dict:
+                  layout: str = LAYOUT.name, answers_dir: str | None = None,
+                  earlier_answers: str | None = None) -> dict:
     """Score the models ``names`` shipped in ``family_dir``, loaded by name through the zoo, on the held-out split:
     {"seed", "questions", "images", "results", "subset", "scored"}. ``data_dir``: a folder that already holds the split
     (``test.jsonl`` and ``images/``, as the pipeline's OUTPUT/data does); otherwise its first ``images`` scenes are
     written to a temporary folder, drawn in ``layout``. ``answers_dir``: keep each model's answers there, one per
     question (``answers.py``), and generate only those it lacks: a member reshipped as it was, or a benchmark that
-    changed some questions, costs only the new answers. ``scored``: name -> the shipped files and the questions."""
+    changed some questions, costs only the new answers; ``earlier_answers``: another such folder to reuse answers
+    from (for the same files). ``scored``: name -> the shipped files and the questions."""
     from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor, zoo
 
     with ExitStack() as stack:
@@ -105,7 +107,7 @@ def score_shipped(family_dir: str, names: list[str], seed: int = 0, images: int 
         for name in names:
             files = zoo.content_key(name)
             scored[name] = f"{files}-{asked}"
-            store = AnswerStore(answers_dir, name, files)
+            store = AnswerStore(answers_dir, name, files, earlier_answers)
             missing = [i for i, key in enumerate(keys) if key not in store]
             if missing:
                 model = SparseCutForConditionalGeneration.from_pretrained(name).eval()
@@ -362,8 +364,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(FAMILY), help="the members of --from to ship (they join the "
                         "family in --to when it has the same tower and base; every member shipped there is scored)")
     parser.add_argument("--seed", type=int, default=0, help="the seed the family was trained with (picks the held-out split)")
-    parser.add_argument("--score-only", action="store_true", help="rescore what is already shipped in --to "
-                        "(with the answers kept in its answers/ folder; delete a member's file there to generate all again)")
+    parser.add_argument("--score-only", action="store_true", help="rescore what is already shipped in --to (with "
+                        "the answers kept in its answers/ folder; delete a member's file there to generate all again)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     shipped_before = shipped_results(args.to)
