@@ -68,7 +68,8 @@ class Budget:
     save_every: int = 25  # optimizer steps between checkpoints: what an interruption can lose
 
 
-DRILL_FIELDS = {"relation_turns": "relation", "tally_turns": "tally", "recount_turns": "recount"}  # budget field -> the drill (questions.DRILLS)
+# budget field -> the drill it adds (questions.DRILLS)
+DRILL_FIELDS = {"relation_turns": "relation", "tally_turns": "tally", "recount_turns": "recount"}
 MAY_BE_ZERO = tuple(DRILL_FIELDS)
 
 
