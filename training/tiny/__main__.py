@@ -214,7 +214,8 @@ def main(argv=None) -> int:
     from .answers import ANSWERS
     from .ship import export, score_shipped, write_card, write_results
 
-    ship = args.ship or os.path.join(args.output, "family")
+    own_family = os.path.join(args.output, "family")
+    ship = args.ship or own_family
     device = "cpu" if on_cpu else "cuda"
     stage_times = stage_seconds(args.output, names, budget)
     members = export(args.output, {name: {**started_by(args.output, name, {}), "seed": args.seed, "budget": budget.__dict__,
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
                                           "stage_seconds": stage_times[name]} for name in names}, ship)
     scored = score_shipped(ship, list(members), args.seed, data_dir=os.path.join(args.output, "data"),  # the split written above
                            answers_dir=os.path.join(ship, ANSWERS),  # and those the run's own family kept, when
-                           earlier_answers=os.path.join(args.output, "family", ANSWERS))  # it ships elsewhere now
+                           earlier_answers=os.path.join(own_family, ANSWERS))  # it ships elsewhere now
     scored["run"] = {"seed": args.seed, "budget": budget.__dict__, "jobs": jobs, "threads": threads, "train_seconds": trained,
                      "seconds": time.time() - started, "device": device, "command": _command(argv),
                      "mixed_precision": precision, "bf16_speedup": speedup, "backbones_seconds": backbones_seconds,

@@ -20,6 +20,18 @@ from sparsecut.images import pixels_sha256
 ANSWERS = "answers"  # the folder in a family folder
 
 
+def answers_file(folder: str, name: str) -> str:
+    """Where member ``name``'s answers are kept in an answers ``folder``."""
+    return os.path.join(folder, f"{name}.json")
+
+
+def drop_answers(family_dir: str, name: str) -> None:
+    """Remove the answers kept for member ``name`` in family folder ``family_dir`` (a member that left it)."""
+    path = answers_file(os.path.join(family_dir, ANSWERS), name)
+    if os.path.isfile(path):
+        os.remove(path)
+
+
 def question_keys(records: list[dict], image_root: str) -> list[str]:
     """One key per record (``image`` under ``image_root``, ``question``): 16 hex digits of sha256 over the image's
     pixels and the question."""
@@ -32,7 +44,7 @@ def question_keys(records: list[dict], image_root: str) -> list[str]:
 
 def _kept(folder: str | None, name: str, files: str) -> dict[str, str]:
     """The answers kept for ``name`` in ``folder`` if they are those of shipped files ``files``, else none."""
-    path = folder and os.path.join(folder, f"{name}.json")
+    path = folder and answers_file(folder, name)
     if not path or not os.path.isfile(path):
         return {}
     with open(path, encoding="utf-8") as handle:
@@ -46,7 +58,7 @@ class AnswerStore:
     reused too (a run's own family folder, when the run then ships the same member elsewhere)."""
 
     def __init__(self, folder: str | None, name: str, files: str, earlier: str | None = None):
-        self.path = folder and os.path.join(folder, f"{name}.json")
+        self.path = folder and answers_file(folder, name)
         self.files = files
         self.saved = _kept(folder, name, files)
         self.answers = {**_kept(earlier, name, files), **self.saved}

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sparsecut.zoo import LLM_PREFIXES, LORA_DIR, MANIFEST, VISION_PREFIX, assemble, folder_files, manifest
-from .answers import ANSWERS
+from .answers import drop_answers
 
 PROCESSOR_FILE = "processor_config.json"
 MEMBER_FILES = (PROCESSOR_FILE, "config.json", "model.safetensors", "generation_config.json")
@@ -79,8 +79,8 @@ def export_family(models: dict, processor, out_dir: str, dtype: torch.dtype = to
     for name, path in previous.items():  # a replaced family's members go with it, and their kept answers
         if name not in staying:
             shutil.rmtree(os.path.join(out_dir, path), ignore_errors=True)
-            if name not in models and os.path.isfile(answers := os.path.join(out_dir, ANSWERS, f"{name}.json")):
-                os.remove(answers)
+            if name not in models:
+                drop_answers(out_dir, name)
     if previous and not staying:  # and its shared files (stale ones would be assembled into every member)
         shutil.rmtree(shared, ignore_errors=True)
     os.makedirs(shared, exist_ok=True)
