@@ -69,6 +69,10 @@ class SparseCutConfig(PretrainedConfig):
             not learn to spell several characters out of one fused token in a CPU budget, but copies characters that
             arrive one per position (README "Step (m)").
         reading_layer: the ViT layer the reading queries look at (default: the input shortcut's, ``primary_shortcut``).
+        reading_tower: the reading queries look at the crops through a vision tower of their own (the same
+            ``vision_config``, ``model.reading_adapter.vision_tower``; not the paper's) instead of the shortcuts'
+            tower: one pretrained to spell each text (``training.tiny.dense --spell``) reads, and one pretrained for
+            places keeps the look-ups, and neither does both at this scale (README "Step (n)", "Step (s)").
         image_token_id, image_token: the placeholder token id / string in ``input_ids`` / prompts.
         image_seq_length: M_v, the visual tokens per view (derived from the vision config when omitted).
         vision_feature_select_strategy: ``"default"`` drops CLS (CLIP), ``"full"`` keeps every token (SigLIP).
@@ -100,6 +104,7 @@ class SparseCutConfig(PretrainedConfig):
     zero_init_extra_shortcuts: bool = True
     reading_tokens: int = 0
     reading_layer: int | None = None
+    reading_tower: bool = False
     image_token_id: int = 32000
     image_token: str = "<image>"
     image_seq_length: int | None = None
@@ -166,9 +171,12 @@ class SparseCutConfig(PretrainedConfig):
         """Validate ``reading_tokens`` / ``reading_layer`` (the layer defaults to the input shortcut's)."""
         if not isinstance(self.reading_tokens, int) or isinstance(self.reading_tokens, bool) or self.reading_tokens < 0:
             raise ValueError(f"reading_tokens must be an integer >= 0 (0: none, the paper's); got {self.reading_tokens!r}.")
+        if not isinstance(self.reading_tower, bool):
+            raise ValueError(f"reading_tower is True or False; got {self.reading_tower!r}.")
         if not self.reading_tokens:
-            if self.reading_layer is not None:
-                raise ValueError("reading_layer says where the reading queries look: it needs reading_tokens > 0.")
+            if self.reading_layer is not None or self.reading_tower:
+                raise ValueError("reading_layer and reading_tower say where the reading queries look: they need "
+                                 "reading_tokens > 0.")
             return
         if not self.high_res or self.high_res_fusion == "concat":
             raise ValueError("reading_tokens read the high-res crops into the context: they need high_res=True and a "
@@ -234,6 +242,6 @@ def pattern_config(base: SparseCutConfig, **changes) -> SparseCutConfig:
     for key in ("model_type", "transformers_version", "architectures"):
         data.pop(key, None)
     if changes.get("high_res") is False and "reading_tokens" not in changes:
-        changes = {**changes, "reading_tokens": 0, "reading_layer": None}
+        changes = {**changes, "reading_tokens": 0, "reading_layer": None, "reading_tower": False}
     data.update(changes)
     return SparseCutConfig(**data)

@@ -238,3 +238,35 @@ def from_backbones(
     model.generation_config = lm.generation_config
     processor = SparseCutProcessor.from_model_config(config, image_processor, tokenizer)
     return model, processor
+
+
+TOWER_SHAPE = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "image_size", "patch_size", "num_channels")  # what a reading tower must share with the model's
+
+
+def with_reading_tower(model, vision, dtype: torch.dtype | str = torch.float32):
+    """``model`` (a SparseCut model with ``reading_tokens``) whose reading queries look at the crops through a vision
+    tower of their own: ``vision``, a CLIP/SigLIP checkpoint path (or an already loaded vision model) of the same
+    shape as the model's tower, e.g. one pretrained to spell each text (``python -m training.tiny.dense --spell``).
+    Sets ``config.reading_tower`` and replaces the reading adapter with a fresh one around that tower (the old one
+    was trained on the other tower's tokens). Returns ``model``, changed in place."""
+    from .reading import ReadingAdapter
+
+    config = model.config
+    if not config.reading_tokens:
+        raise ValueError("this model has no reading tokens (config.reading_tokens = 0): a reading tower is what they "
+                         "look through; build the model with reading_tokens=K first.")
+    tower = _load_vision_tower(vision, dtype) if isinstance(vision, (str, os.PathLike)) else vision
+    differs = [f"{key} {getattr(tower.config, key, None)!r} (the model's {getattr(config.vision_config, key, None)!r})"
+               for key in TOWER_SHAPE if getattr(tower.config, key, None) != getattr(config.vision_config, key, None)]
+    if differs:
+        raise ValueError(f"the reading tower does not have the shape of the model's vision tower: {', '.join(differs)}. "
+                         "Pretrain it with the model's vision config (python -m training.tiny.dense).")
+    config.reading_tower = True
+    adapter = ReadingAdapter(config, tower.to(model.dtype))
+    tower_modules = set(tower.modules())
+    for module in adapter.modules():  # the tower's weights are kept; the queries, attentions and MLP start fresh
+        if module not in tower_modules:
+            model._init_weights(module)
+    model.model.reading_adapter = adapter
+    return model

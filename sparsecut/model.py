@@ -246,15 +246,20 @@ class SparseCutModel(SparseCutPreTrainedModel):
         if not active and not reading:
             return {}, None, attentions
         views = pixel_values.shape[1]
-        hidden = vision_hidden_states(
-            self.vision_tower,
-            pixel_values.flatten(0, 1),  # (I * N, 3, H, W): every view in one pass
-            {i for i, _ in active} | ({self.config.reading_layer} if reading else set()),
-            drop_cls=self.config.vision_feature_select_strategy == "default",
-        )
+        drop_cls = self.config.vision_feature_select_strategy == "default"
+        own_tower = reading and self.config.reading_tower  # the reading queries look through a tower of their own
+        layers = {i for i, _ in active} | ({self.config.reading_layer} if reading and not own_tower else set())
+        hidden = {}
+        if layers:  # (I * N, 3, H, W): every view in one pass
+            hidden = vision_hidden_states(self.vision_tower, pixel_values.flatten(0, 1), layers, drop_cls)
         read = None
         if reading:
-            crops = hidden[self.config.reading_layer].unflatten(0, (num_images, views))[:, 1:]  # (I, g*g, M, Dv)
+            if own_tower:  # the crops only: (I * g*g, M, Dv)
+                layer = vision_hidden_states(self.reading_adapter.vision_tower, pixel_values[:, 1:].flatten(0, 1),
+                                             [self.config.reading_layer], drop_cls)[self.config.reading_layer]
+                crops = layer.unflatten(0, (num_images, views - 1))  # (I, g*g, M, Dv)
+            else:
+                crops = hidden[self.config.reading_layer].unflatten(0, (num_images, views))[:, 1:]  # (I, g*g, M, Dv)
             read = self.reading_adapter(crops.flatten(1, 2))  # (I, K, Dt)
         concat = use_high and self.config.high_res_fusion == "concat"
         features: dict[Shortcut, torch.Tensor] = {}

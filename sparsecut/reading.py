@@ -10,21 +10,35 @@ tokens give each character place a position of its own at K tokens of context, w
 (Fig. 3a) costs g^2 * M_v. Each query has its own attention block, so token k can look for, and pull out, the k-th
 character (a tower whose glyph tokens spell their whole text, ``training.tiny.dense --spell``, makes that a linear
 read-out). The attention output projections start at zero, so an untrained reading token is MLP(q_k): constant.
+
+With ``config.reading_tower`` the adapter owns a vision tower of its own (``vision_tower``, the model's
+``vision_config``) and reads the crops through it; the shortcuts keep the model's tower. A tower that spells does not
+keep the look-ups of the questions about objects at this scale, and one that keeps them does not spell (README
+"Step (n)"): each path then gets the tower it needs, at the cost of one more tower pass over the crops.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import AutoModel
 
 from .adapter import AdapterAttention, AdapterMLP
 
 
 class ReadingAdapter(nn.Module):
-    """``forward(high (B, K_high, D_v))``: the crops' tokens of each image -> its reading tokens (B, K, D_t)."""
+    """``forward(high (B, K_high, D_v))``: the crops' tokens of each image -> its reading tokens (B, K, D_t); with
+    ``config.reading_tower`` those tokens come from ``vision_tower`` (``sparsecut.model`` runs it over the crops)."""
 
-    def __init__(self, config):
+    def __init__(self, config, vision_tower: nn.Module | None = None):
+        """``vision_tower``: the reading tower already loaded (with ``config.reading_tower``; default: built from
+        ``config.vision_config``, its weights to be loaded)."""
         super().__init__()
+        if vision_tower is not None and not config.reading_tower:
+            raise ValueError("a reading vision tower was given, but config.reading_tower is False.")
+        self.vision_tower = None
+        if config.reading_tower:
+            self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
         v_dim, t_dim = config.vision_config.hidden_size, config.text_config.hidden_size
         eps = getattr(config.vision_config, "layer_norm_eps", 1e-5)
         self.queries = nn.Parameter(torch.empty(config.reading_tokens, v_dim))  # SparseCutPreTrainedModel inits it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -48,7 +50,7 @@ def test_the_config_counts_the_reading_tokens_with_high_res_only_and_checks_them
     for bad, message in [(dict(reading_tokens=-1), "reading_tokens must be an integer >= 0"),
                          (dict(reading_tokens=K, high_res=False, high_res_grid=1), "need high_res=True"),
                          (dict(reading_tokens=K, high_res_fusion="concat"), "concat already puts"),
-                         (dict(reading_layer=2), "needs reading_tokens > 0"),
+                         (dict(reading_layer=2), "need reading_tokens > 0"),
                          (dict(reading_tokens=K, reading_layer=99), "reading_layer must be a ViT layer in 1..6")]:
         with pytest.raises(ValueError, match=message):
             sparsecut_config(**bad)
@@ -143,3 +145,81 @@ def test_the_app_serves_a_reading_model_with_and_without_high_res_as_its_own_gen
     assert final.visual_tokens == model.config.image_seq_length + (K if high_res is None else 0)
     assert len(contributions.table) == len(model.config.shortcut_pairs)
     assert engine.info(name)["reading_tokens"] == K
+
+
+def _own_tower_model(seed: int = 0):
+    """A reading model whose reading queries look through a tower of their own (other weights than the shortcuts')."""
+    from sparsecut.convert import with_reading_tower
+
+    model = _reading_model(seed)
+    tower = copy.deepcopy(model.model.vision_tower)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for param in tower.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=gen))
+    with_reading_tower(model, tower)
+    with torch.no_grad():  # open the fresh queries' attention, as _reading_model does
+        for attention in model.model.reading_adapter.attentions:
+            attention.o_proj.weight.copy_(0.2 * torch.randn(attention.o_proj.weight.shape, generator=gen))
+    return model
+
+
+def test_a_reading_tower_feeds_the_reading_tokens_and_the_shortcuts_keep_theirs():
+    plain = _reading_model()
+    model = _own_tower_model()
+    config, processor = model.config, make_processor(model.config)
+    assert config.reading_tower and model.model.reading_adapter.vision_tower is not None
+    batch = image_batch(processor, ["what is written?", "and here?"])
+    embeds = _inputs_embeds(model, batch)
+    placed = embeds[batch["input_ids"] == config.image_token_id].view(2, config.image_seq_length + K, -1)
+    inner = model.model
+    with torch.no_grad():
+        crops = batch["pixel_values"][:, 1:].flatten(0, 1)  # the crops alone go through the reading tower
+        hidden = vision_hidden_states(inner.reading_adapter.vision_tower, crops, {config.reading_layer},
+                                      drop_cls=True)[config.reading_layer]
+        expected = inner.reading_adapter(hidden.unflatten(0, (2, config.num_views - 1)).flatten(1, 2))
+        shared = vision_hidden_states(inner.vision_tower, batch["pixel_values"].flatten(0, 1), {config.reading_layer},
+                                      drop_cls=True)[config.reading_layer]
+        through_shared = inner.reading_adapter(shared.unflatten(0, (2, config.num_views))[:, 1:].flatten(1, 2))
+    assert torch.allclose(placed[:, config.image_seq_length:], expected, atol=1e-6)
+    assert not torch.allclose(expected, through_shared, atol=1e-3)  # not the shortcuts' tower
+    plain_embeds = _inputs_embeds(plain, batch)  # the fused tokens: the same model before the reading tower came
+    plain_placed = plain_embeds[batch["input_ids"] == config.image_token_id].view(2, config.image_seq_length + K, -1)
+    assert torch.equal(placed[:, : config.image_seq_length], plain_placed[:, : config.image_seq_length])
+
+
+def test_a_reading_tower_is_frozen_as_a_tower_round_trips_and_a_config_without_it_refuses_its_checkpoint(tmp_path):
+    model = _own_tower_model()
+    batch = image_batch(make_processor(model.config), ["what is written?"])
+    tower_names = [n for n, _ in model.named_parameters() if ".reading_adapter.vision_tower." in n]
+    assert tower_names and {module_of(n) for n in tower_names} == {"vision_tower"}  # frozen with the tower
+    assert {module_of(n) for n, _ in model.named_parameters()
+            if ".reading_adapter." in n and n not in tower_names} == {"adapters"}
+    model.save_pretrained(tmp_path)
+    loaded = SparseCutForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.config.reading_tower
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in loaded.state_dict().items())
+    with torch.no_grad():  # the same weights; the copied tower's memory layout may change the last bit
+        assert torch.allclose(loaded(**batch).logits, model(**batch).logits, atol=1e-6)
+    with pytest.raises(CheckpointMismatchError, match="reading_adapter.vision_tower"):
+        SparseCutForConditionalGeneration.from_pretrained(tmp_path, config=sparsecut_config(reading_tokens=K))
+
+
+def test_a_reading_tower_needs_reading_tokens_and_the_models_tower_shape():
+    from sparsecut.convert import with_reading_tower
+
+    with pytest.raises(ValueError, match="need reading_tokens > 0"):
+        sparsecut_config(reading_tower=True)
+    with pytest.raises(ValueError, match="reading_tower is True or False"):
+        sparsecut_config(reading_tokens=K, reading_tower="yes")
+    plain = make_model()
+    with pytest.raises(ValueError, match="has no reading tokens"):
+        with_reading_tower(plain, plain.model.vision_tower)
+    model = _reading_model()
+    wider = copy.deepcopy(model.model.vision_tower)
+    wider.config = copy.deepcopy(wider.config)
+    wider.config.num_hidden_layers += 1
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        with_reading_tower(model, wider)
+    low = pattern_config(_own_tower_model().config, high_res=False, high_res_grid=1)
+    assert (low.reading_tokens, low.reading_tower) == (0, False)

@@ -9,7 +9,8 @@ import torch
 from training.data import Collator
 from training.tiny.__main__ import QUICK
 from sparsecut.evaluation.synthetic.dataset import scene_for
-from training.tiny.family import LAYOUT, build_backbones, split_seed
+from sparsecut.convert import with_reading_tower
+from training.tiny.family import LAYOUT, backbone_dirs, build_backbones, split_seed
 from training.tiny.oracle import CELLS, FEATURES, OracleVLM, oracle_features
 from sparsecut.evaluation.synthetic.scenes import COLOURS, GRID, SHAPES, SIZES
 from training.tiny.probe import build_model, exact_match, main, probe, questions
@@ -406,6 +407,27 @@ def test_init_continues_a_trained_member_and_scores_it_before_the_first_step(run
     with pytest.raises(ValueError, match="drop oracle-vision, caption-steps, adapter-mlp"):
         probe(None, "sparsecut-tiny", families, init=str(tmp_path / "member"), oracle_vision=True, caption_steps=1,
               adapter_mlp="linear", **SMALL)
+
+
+def test_a_reading_tower_with_trained_reading_trains_the_fresh_reading_adapter_alone(run, tmp_path):
+    model, processor = build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0, reading_tokens=2)
+    model.save_pretrained(tmp_path / "member")
+    processor.save_pretrained(tmp_path / "member")
+    tower = backbone_dirs(run)[0]
+    result = probe(None, "sparsecut-tiny", ["reading"], init=str(tmp_path / "member"), reading_tower=tower,
+                   trained="reading", text_probability=1.0, **SMALL)
+    with_tower, _ = build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0, reading_tokens=2)
+    with_reading_tower(with_tower, tower)
+    adapter = with_tower.model.reading_adapter
+    own = sum(p.numel() for n, p in adapter.named_parameters() if not n.startswith("vision_tower."))
+    assert result["settings"]["trainable_params"] == own  # not its tower, the shortcuts' adapters or the LLM
+    assert result["settings"]["reading_tower"] and result["settings"]["trained"] == "reading"
+    with pytest.raises(ValueError, match="drop lora_rank and llm_lr"):
+        probe(None, "sparsecut-tiny", ["reading"], init=str(tmp_path / "member"), trained="reading", lora_rank=2, **SMALL)
+    with pytest.raises(ValueError, match="the member needs reading tokens"):
+        probe(run, "sparsecut-tiny", ["reading"], trained="reading", **SMALL)
+    with pytest.raises(ValueError, match="has no reading tokens"):
+        probe(run, "sparsecut-tiny", ["reading"], reading_tower=tower, **SMALL)
 
 
 def test_the_cli_needs_a_run_or_a_trained_member(capsys):

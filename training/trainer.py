@@ -46,9 +46,9 @@ class TrainState:
 
 
 def module_of(name: str) -> str:
-    """Top-level part a parameter belongs to: adapters (the reading adapter too), vision_tower, or language_model
-    (LLM + head)."""
-    for part, module in (("adapters", "adapters"), ("reading_adapter", "adapters"), ("vision_tower", "vision_tower")):
+    """Top-level part a parameter belongs to: adapters (the reading adapter too), vision_tower (the reading adapter's
+    own tower too, ``config.reading_tower``), or language_model (LLM + head)."""
+    for part, module in (("vision_tower", "vision_tower"), ("adapters", "adapters"), ("reading_adapter", "adapters")):
         if f".{part}." in f".{name}":
             return module
     return "language_model"

@@ -14,6 +14,8 @@ training on a question mix adds to it, scored before the first step too.
     python -m training.tiny.probe --run runs/tiny --families existence --max-shapes 2 --fresh-lm
     python -m training.tiny.probe --run runs/tiny --oracle-vision --steps 2400
     python -m training.tiny.probe --init sparsecut-tiny --families position,relation --lora-rank 8 --steps 150
+    python -m training.tiny.probe --init sparsecut-tiny --reading-tower runs/tower-spell-6k --trained reading \
+        --families reading,unanswerable --text-probability 1.0
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from transformers import AutoModelForCausalLM
 
 from sparsecut.benchmarking import write_json
 from sparsecut.config import ATTENTION_SCOPES, HIGH_RES_FUSIONS, MLP_TYPES
-from sparsecut.convert import from_backbones
+from sparsecut.convert import from_backbones, with_reading_tower
 from training.data import IGNORE_INDEX, Collator, encode, supervised_positions
 from training.trainer import add_lora, apply_freezing, module_of
 from training.recipes import LORA_MODULES, load_recipe
@@ -41,6 +43,7 @@ from sparsecut.evaluation.synthetic.questions import DRILLS, FAMILIES, ask_turns
 from sparsecut.evaluation.synthetic.scenes import DEFAULT_LAYOUT, LAYOUTS, Layout, layout_named
 
 PROBED = ("existence", "attribute", "count", "position")
+TRAINED = ("member", "reading")  # --trained: the member's recipe, or its reading adapter alone
 
 
 def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False,
@@ -231,7 +234,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
           region_bias: float | None = None, adapter_output_rms: float | str | None = None,
           pattern: str | None = None, high_res_fusion: str = "cross-attention", text_probability: float = 0.5,
           reading_tokens: int = 0, reading_layer: int | None = None, init: str | None = None,
-          score_families=None) -> dict:
+          score_families=None, reading_tower: str | None = None, trained: str = "member") -> dict:
     """Train ``member`` for ``steps`` on ``families`` and score it; returns the scores, losses and settings.
 
     ``text``: a base LLM instead of the run's (``smollm2-135m-instruct``); ``vision``: another tower; ``per_sample``: questions per training
@@ -252,7 +255,10 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     (``sparsecut.reading``) read at that ViT layer; ``init``: start from that trained member (``trained_model``; its
     checkpoint fixes the architecture and stage 1, so the options that would change them are refused, and ``run`` is
     not used) and score it before the first step too; ``score_families``: the held-out questions' families (default
-    ``families``), e.g. one not trained on, to see whether it moves."""
+    ``families``), e.g. one not trained on, to see whether it moves; ``reading_tower``: a tower folder the member's
+    reading tokens look through instead of its own tower (``sparsecut.convert.with_reading_tower``: a fresh reading
+    adapter around it); ``trained``: what trains, ``member`` (its recipe: adapters and LLM or LoRA) or ``reading``
+    (the reading adapter alone: every other weight frozen, so only what the reading tokens say can change)."""
     if (reading_tokens or reading_layer is not None) and oracle_vision:
         raise ValueError("reading tokens read a real tower's crops, which oracle_vision replaces: use "
                          "oracle_text='tokens' for the oracle's characters in tokens of their own.")
@@ -275,6 +281,10 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         raise ValueError(f"lora_rank must be >= 0 (0: the full LLM is trained); got {lora_rank}.")
     if not 0.0 <= text_probability <= 1.0:
         raise ValueError(f"text_probability is a probability (0..1); got {text_probability}.")
+    if trained not in TRAINED:
+        raise ValueError(f"trained is one of {', '.join(TRAINED)}; got {trained!r}.")
+    if trained == "reading" and (lora_rank or llm_lr is not None):
+        raise ValueError("trained='reading' trains the reading adapter alone: drop lora_rank and llm_lr.")
     if per_sample < 1 or caption_steps < 0 or caption_steps > steps:
         raise ValueError(f"per_sample must be >= 1 and caption_steps in 0..steps; got {per_sample} and {caption_steps}.")
     geometry = layout_named(layout)
@@ -293,6 +303,17 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         model, processor = build_model(run, member, fresh_lm, seed, recipe, oracle_vision, text, vision,
                                        oracle_positions, adapter_mlp, attention_scope, oracle_text, region_bias,
                                        adapter_output_rms, pattern, high_res_fusion, reading_tokens, reading_layer)
+    if reading_tower is not None:
+        if oracle_vision:
+            raise ValueError("a reading tower reads a real tower's crops, which oracle_vision replaces.")
+        with_reading_tower(model, reading_tower)
+        apply_freezing(model, recipe)  # the new tower frozen as the member's, its fresh adapter trained
+    if trained == "reading":
+        if oracle_vision or not model.config.reading_tokens:
+            raise ValueError("trained='reading' trains the reading adapter: the member needs reading tokens "
+                             "(reading_tokens, or a trained member that has them).")
+        for name, param in model.named_parameters():
+            param.requires_grad = ".reading_adapter." in name and module_of(name) == "adapters"
     if not oracle_vision and model.config.vision_config.image_size != geometry.view:
         raise ValueError(f"the tower takes {model.config.vision_config.image_size}-px views but layout {layout} cuts "
                          f"{geometry.view}-px ones: pass --vision with a tower trained on that layout "
@@ -351,7 +372,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
                          "oracle_vision": oracle_vision, "seed": seed, "text": text, "per_sample": per_sample,
                          "caption_steps": caption_steps, "llm_lr": llm_lr, "bf16": bf16, "vision": vision,
                          "eval_every": eval_every, "oracle_positions": oracle_positions, "oracle_text": oracle_text,
-                         "layout": layout, "text_probability": text_probability,
+                         "layout": layout, "text_probability": text_probability, "trained": trained,
                          "lora_rank": lora_rank, "lora_modules": lora_modules, "adapter_mlp": adapter_mlp,
                          **_adapter_settings(None if oracle_vision else model.config),
                          "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}}
@@ -361,7 +382,7 @@ def _adapter_settings(config) -> dict:
     """What the probed model's config says of its shortcuts and adapters (all None for the oracle: ``config`` None)."""
     fields = {"attention_scope": "adapter_attention_scope", "region_bias": "adapter_region_bias",
               "adapter_output_rms": "adapter_output_rms", "shortcuts": "shortcuts", "high_res_fusion": "high_res_fusion",
-              "reading_tokens": "reading_tokens", "reading_layer": "reading_layer"}
+              "reading_tokens": "reading_tokens", "reading_layer": "reading_layer", "reading_tower": "reading_tower"}
     return {key: None if config is None else getattr(config, field) for key, field in fields.items()}
 
 
@@ -451,6 +472,11 @@ def main(argv=None) -> int:
                         "characters in positions of their own, at K tokens of context (default 0: none)")
     parser.add_argument("--reading-layer", type=int, default=None, help="with --reading-tokens: the ViT layer the "
                         "queries read (default: the input shortcut's)")
+    parser.add_argument("--reading-tower", default=None, metavar="DIR", help="the member's reading tokens look at the "
+                        "crops through this tower (e.g. python -m training.tiny.dense --spell's output) with a fresh "
+                        "reading adapter; its shortcuts keep the member's tower")
+    parser.add_argument("--trained", default="member", choices=list(TRAINED), help="what trains: member (its recipe: "
+                        "adapters, and the LLM or its LoRA) or reading (the reading adapter alone, all else frozen)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every N steps (the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
@@ -473,7 +499,8 @@ def main(argv=None) -> int:
                        region_bias=args.region_bias, adapter_output_rms=args.adapter_output_rms,
                        pattern=args.pattern, high_res_fusion=args.high_res_fusion,
                        text_probability=args.text_probability, reading_tokens=args.reading_tokens,
-                       reading_layer=args.reading_layer, init=args.init,
+                       reading_layer=args.reading_layer, init=args.init, reading_tower=args.reading_tower,
+                       trained=args.trained,
                        score_families=[f.strip() for f in args.score_families.split(",") if f.strip()]
                        if args.score_families else None)
     except ValueError as err:
