@@ -59,7 +59,7 @@ def mode_config(config: SparseCutConfig, mode: str) -> SparseCutConfig:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
     llava = dict(shortcuts=[config.llava_shortcut], pattern="llava", num_shortcuts=None, adapter_attention=False,
-                 reading_tokens=0, reading_layer=None)
+                 reading_tokens=0, reading_layer=None, reading_tower=False)
     if mode == "llava":
         return pattern_config(config, high_res=False, **llava)
     if mode == "concat":

@@ -14,7 +14,8 @@ from sparsecut import SparseCutForConditionalGeneration
 from sparsecut.config import pattern_config
 from sparsecut.model import CheckpointMismatchError
 from sparsecut.vision import vision_hidden_states
-from training.trainer import module_of
+from training.recipes import Recipe
+from training.trainer import apply_freezing, module_of
 
 K = 3
 
@@ -108,7 +109,12 @@ def test_a_reading_checkpoint_round_trips_trains_as_an_adapter_and_refuses_a_pla
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits, model(**batch).logits)
     names = [n for n, _ in model.named_parameters() if ".reading_adapter." in n]
-    assert names and {module_of(n) for n in names} == {"adapters"}  # stage 1 and 2 train them with the adapters
+    assert names and {module_of(n) for n in names} == {"reading_adapter"}
+    for recipe, trained in ((Recipe(train_modules=["adapters"]), True), (Recipe(train_modules=["reading_adapter"]), True),
+                            (Recipe(train_modules=["language_model"]), False)):
+        apply_freezing(model, recipe)  # stages 1 and 2 train them with the adapters; a reading stage alone
+        assert {p.requires_grad for n, p in model.named_parameters() if n in names} == {trained}
+        assert any(p.requires_grad for n, p in model.named_parameters() if ".adapters." in n) == ("adapters" in recipe.train_modules)
     with pytest.raises(CheckpointMismatchError, match="reading_adapter"):
         SparseCutForConditionalGeneration.from_pretrained(tmp_path, config=sparsecut_config())
 
@@ -194,7 +200,7 @@ def test_a_reading_tower_is_frozen_as_a_tower_round_trips_and_a_config_without_i
     tower_names = [n for n, _ in model.named_parameters() if ".reading_adapter.vision_tower." in n]
     assert tower_names and {module_of(n) for n in tower_names} == {"vision_tower"}  # frozen with the tower
     assert {module_of(n) for n, _ in model.named_parameters()
-            if ".reading_adapter." in n and n not in tower_names} == {"adapters"}
+            if ".reading_adapter." in n and n not in tower_names} == {"reading_adapter"}
     model.save_pretrained(tmp_path)
     loaded = SparseCutForConditionalGeneration.from_pretrained(tmp_path)
     assert loaded.config.reading_tower

@@ -215,6 +215,54 @@ def test_a_continued_member_trains_its_shipped_lora_on_and_the_card_names_its_hi
         main([*argv, "--tower", str(run / "family")])
 
 
+def test_a_reading_stage_gives_a_continued_members_reading_tokens_a_tower_and_trains_their_adapter_alone(
+        quick_run, tiny_backbones, tmp_path):
+    from sparsecut.zoo import VISION_PREFIX
+    from training.tiny.continued import READING_PREFIX
+    from training.tiny.dense import main as train_tower
+    from training.tiny.ship import assets_at
+
+    run, _ = quick_run
+    family = tmp_path / "family"
+    shutil.copytree(run / "family", family)
+    tower = tmp_path / "tower"
+    assert train_tower(["--output", str(tower), "--layout", "cells-96", "--scenes", "8", "--steps", "2", "--seed", "5",
+                        "--spell"]) == 0  # any dense tower of the layout: a reading tower is not the run's tower
+    out = tmp_path / "read"
+    argv = ["--output", str(out), "--quick", "--cpu", "--jobs", "1", "--models", "sparsecut-tiny", "--text",
+            tiny_backbones["text"], "--mixed-precision", "no", "--budget", "stage2_steps=1,reading_steps=2",
+            "--continue-from", str(family), "--reading-tower", str(tower), "--ship", str(family)]
+    assert main(argv) == 0
+    models = out / "models"
+    merged, read = (load_file(models / name / "model.safetensors") for name in ("sparsecut-tiny-start-merged", "sparsecut-tiny-reading"))
+    own = {k: v for k, v in read.items() if k.startswith(READING_PREFIX + "vision_tower.")}
+    assert own and all(torch.equal(v, load_file(tower / "model.safetensors")[k[len(READING_PREFIX + "vision_tower."):]])
+                       for k, v in own.items())  # the reading tower, frozen
+    assert all(torch.equal(v, merged[k]) for k, v in read.items() if not k.startswith(READING_PREFIX))  # all else too
+    assert stage_progress(str(models / "sparsecut-tiny-reading"), 2)[0] == 2
+    start, grafted = (load_file(models / name / "model.safetensors") for name in ("sparsecut-tiny-start", "sparsecut-tiny-start-read"))
+    assert all(torch.equal(v, read[k] if k.startswith(READING_PREFIX) else start[k]) for k, v in grafted.items())
+    assert set(grafted) == {k for k in start if not k.startswith(READING_PREFIX)} | {k for k in read if k.startswith(READING_PREFIX)}
+    assert json.loads((family / "models" / "sparsecut-tiny" / "config.json").read_text())["reading_tower"]
+    shipped = load_file(family / "models" / "sparsecut-tiny" / "model.safetensors")  # the reading tower in the delta
+    assert any(k.startswith(READING_PREFIX + "vision_tower.") for k in shipped) and not any(k.startswith(VISION_PREFIX) for k in shipped)
+    with assets_at(str(family)):
+        model = SparseCutForConditionalGeneration.from_pretrained("sparsecut-tiny")
+    assert model.config.reading_tower and model.model.reading_adapter.vision_tower is not None
+    record = json.loads((family / "results.json").read_text())["members"]["sparsecut-tiny"]
+    assert record["reading_tower"]["from"] == str(tower) and record["reading_tower"]["spell"]
+    assert record["budget"]["reading_steps"] == 2 and record["stage_seconds"]["reading"] > 0
+    card = (family / "MODEL_CARD.md").read_text()
+    assert "after a reading stage of 2 steps (24 scenes, lr 0.001; the reading adapter alone" in card
+    assert "--scenes 8 --steps 2 --seed 5 --spell`" in card and "3 reading tokens through a tower of their own" in card
+    at = argv.index("--continue-from")
+    for bad in (argv[:at] + argv[at + 2:],  # a reading tower without --continue-from
+                [a for a in argv if a != str(tower) and a != "--reading-tower"],  # reading_steps without a tower
+                [a.replace("sparsecut-tiny", "llava-tiny") if a == "sparsecut-tiny" else a for a in argv]):  # no reading tokens
+        with pytest.raises(SystemExit):
+            main(bad)
+
+
 def test_a_dense_tower_trained_as_the_run_would_is_reused_and_any_other_refused(tmp_path, tiny_backbones):
     from training.tiny.dense import main as train_tower
     from training.tiny.family import build_backbones

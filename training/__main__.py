@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--reading-layer", type=int, default=None, metavar="I",
                         help="with --reading-tokens: the ViT layer the reading queries look at (default: the input "
                         "shortcut's)")
+    source.add_argument("--reading-tower", default=None, metavar="DIR",
+                        help="the model's reading tokens look at the crops through this vision tower of their own "
+                        "(e.g. python -m training.tiny.dense --spell's output), with a fresh reading adapter "
+                        "(sparsecut.convert.with_reading_tower); its shortcuts keep the model's tower")
     source.add_argument("--adapter-region-bias", type=float, default=None, metavar="B",
                         help="with --adapter-attention-scope local: a learned per-head bias for each place of the "
                         "region, starting at B for place h mod g^2 of head h (the heads copy the region in order)")
@@ -105,7 +109,7 @@ def main(argv=None) -> int:
         model, processor = load_model(
             args.model, args.vision, args.text, args.pattern, args.num_shortcuts, args.high_res, args.grid, args.adapter_attention,
             _chat_template(args.chat_template), args.adapter_mlp, args.adapter_attention_scope, args.adapter_region_bias,
-            args.high_res_fusion, args.reading_tokens, args.reading_layer,
+            args.high_res_fusion, args.reading_tokens, args.reading_layer, args.reading_tower,
         )
         template = processor.template if recipe.template == "auto" else recipe.template
         dataset = LlavaDataset(

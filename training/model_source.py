@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from sparsecut.convert import from_backbones
+from sparsecut.convert import from_backbones, with_reading_tower
 from sparsecut.loading import checkpoint_kind, load_checkpoint
 
 
 def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num_shortcuts=None, high_res=True, grid=2,
                adapter_attention=True, chat_template=None, adapter_mlp="mlp2x_gelu",
                adapter_attention_scope="global", adapter_region_bias=None, high_res_fusion="cross-attention",
-               reading_tokens=0, reading_layer=None):
+               reading_tokens=0, reading_layer=None, reading_tower=None):
     """(model, processor) for training.
 
     - ``model`` a SparseCut ``save_pretrained`` folder (e.g. stage 1's output) or a shipped name: loaded as is
@@ -20,7 +20,20 @@ def load_model(model=None, vision=None, text=None, pattern="sparse-uniform", num
     ``adapter_mlp`` (``mlp2x_gelu`` or ``linear``), ``adapter_attention_scope`` (``global`` or ``local``),
     ``adapter_region_bias`` (local only: the per-head place bias's start, or None) and ``high_res_fusion``
     (``cross-attention``, ``concat`` or ``stack``: ``SparseCutConfig``), ``reading_tokens`` and ``reading_layer``
-    (``sparsecut.reading``) shape new adapters (backbones or LLaVA)."""
+    (``sparsecut.reading``) shape new adapters (backbones or LLaVA); ``reading_tower`` (a vision tower folder) then
+    gives the model's reading tokens a tower of their own, with a fresh reading adapter
+    (``sparsecut.convert.with_reading_tower``)."""
+    model, processor = _loaded_model(model, vision, text, pattern, num_shortcuts, high_res, grid, adapter_attention,
+                                     chat_template, adapter_mlp, adapter_attention_scope, adapter_region_bias,
+                                     high_res_fusion, reading_tokens, reading_layer)
+    if reading_tower is not None:
+        with_reading_tower(model, reading_tower, model.dtype)
+    return model, processor
+
+
+def _loaded_model(model, vision, text, pattern, num_shortcuts, high_res, grid, adapter_attention, chat_template,
+                  adapter_mlp, adapter_attention_scope, adapter_region_bias, high_res_fusion, reading_tokens,
+                  reading_layer):
     if model is not None and (vision or text):
         raise ValueError("Give either --model or --vision and --text, not both.")
     if model is not None and chat_template is not None:

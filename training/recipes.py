@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 RECIPE_DIR = os.path.join(os.path.dirname(__file__), "recipes")
-MODULES = ("adapters", "language_model", "vision_tower")
+MODULES = ("adapters", "reading_adapter", "language_model", "vision_tower")  # "adapters" includes the reading adapter
 LORA_KEYS = {"r", "alpha", "dropout", "modules", "init"}  # init: a saved LoRA (peft folder) to continue
 # LoRA "modules" -> which projections of each decoder layer get one
 LORA_MODULES = {"all": r"self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj", "attention": r"self_attn\.(q|k|v|o)_proj"}

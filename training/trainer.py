@@ -46,18 +46,20 @@ class TrainState:
 
 
 def module_of(name: str) -> str:
-    """Top-level part a parameter belongs to: adapters (the reading adapter too), vision_tower (the reading adapter's
-    own tower too, ``config.reading_tower``), or language_model (LLM + head)."""
-    for part, module in (("vision_tower", "vision_tower"), ("adapters", "adapters"), ("reading_adapter", "adapters")):
+    """Top-level part a parameter belongs to: adapters, reading_adapter (its queries, attentions and MLP),
+    vision_tower (the reading adapter's own tower too, ``config.reading_tower``), or language_model (LLM + head)."""
+    for part, module in (("vision_tower", "vision_tower"), ("reading_adapter", "reading_adapter"), ("adapters", "adapters")):
         if f".{part}." in f".{name}":
             return module
     return "language_model"
 
 
 def apply_freezing(model, recipe: Recipe) -> None:
-    """requires_grad on the recipe's modules only (freezing lives here, never in forward)."""
+    """requires_grad on the recipe's modules only (freezing lives here, never in forward); "adapters" trains the
+    reading adapter too."""
+    trained = set(recipe.train_modules) | ({"reading_adapter"} if "adapters" in recipe.train_modules else set())
     for name, param in model.named_parameters():
-        param.requires_grad = module_of(name) in recipe.train_modules or "lora_" in name
+        param.requires_grad = module_of(name) in trained or "lora_" in name
 
 
 def parameter_counts(model) -> dict[str, tuple[int, int]]:
@@ -86,7 +88,7 @@ def _param_groups(model, recipe: Recipe) -> list[dict]:
             continue
         part = module_of(name)
         lr = recipe.learning_rate
-        if part == "adapters" and recipe.adapter_learning_rate is not None:
+        if part in ("adapters", "reading_adapter") and recipe.adapter_learning_rate is not None:
             lr = recipe.adapter_learning_rate
         if part == "vision_tower" and recipe.vision_learning_rate is not None:
             lr = recipe.vision_learning_rate

@@ -36,12 +36,12 @@ from dataclasses import replace
 
 from sparsecut.zoo import LORA_DIR
 from .family import (ADAPTER_MLP, BASE_TEXT, CHAT_TEMPLATE, FAMILY, LAYOUT, Budget, backbone_dirs,
-                     budget_with, build_backbones, cpu_mixed_precision, write_data)
-from .continued import START, check_continuable, continued_start, shipped_record
+                     budget_with, build_backbones, cpu_mixed_precision, reading_tower_record, write_data)
+from .continued import START, check_continuable, continued_start, grafted_start, shipped_record
 from .progress import report, stage_dir, stage_done, stage_seconds, stage_steps
 
 QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, tower_images=24, tower_steps=2, stage1_steps=2, stage2_steps=2,
-               batch=8, save_every=1)
+               batch=8, save_every=1, reading_images=24)
 
 
 def _train(args: list[str], log_path: str, threads: int | None) -> None:
@@ -69,11 +69,12 @@ def started_by(root: str, name: str, record: dict) -> dict:
 
 
 def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: list[str], threads: int | None = None,
-                 continue_from: str | None = None) -> str:
+                 continue_from: str | None = None, reading_tower: str | None = None) -> str:
     """Stage 1 then stage 2 for family member ``name`` (``threads``: the CPU threads it may use), each skipped when
     finished and resumed from its last checkpoint when interrupted; returns the final model folder. With
     ``continue_from`` (a shipped family) stage 1 is not trained: stage 2 starts from that family's ``name`` and trains
-    its LoRA on (``continued.py``)."""
+    its LoRA on (``continued.py``); with ``reading_tower`` too (a vision tower folder), a reading stage of the
+    budget's ``reading_steps`` first gives the member's reading tokens that tower and trains their fresh adapter alone."""
     spec = FAMILY[name]
     vision, text = backbone_dirs(root)
     stage1, final = stage_dir(root, name, "stage1"), stage_dir(root, name, "stage2")
@@ -94,6 +95,14 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
     if continue_from is not None:
         stage1 = continued_start(continue_from, name, root)
         init = {"init": os.path.join(stage1, LORA_DIR)}
+        if reading_tower is not None:
+            reading = stage_dir(root, name, "reading")
+            if not stage_done(reading):
+                _train(["--recipe", "stage_reading", "--model", continued_start(continue_from, name, root, merged=True),
+                        "--reading-tower", reading_tower, "--data", os.path.join(root, "data", "reading.json"),
+                        "--output", reading, "--max-steps", str(budget.reading_steps), "--epochs", "1000",
+                        "--learning-rate", str(budget.reading_lr), *common], reading + ".log", threads)
+            stage1 = grafted_start(stage1, reading, root, name)
     elif not stage_done(stage1):
         _train(["--recipe", "stage1", "--vision", vision, "--text", text, "--chat-template", CHAT_TEMPLATE,
                 "--template", "auto", "--pattern", spec["pattern"], "--high-res" if spec["high_res"] else "--no-high-res",
@@ -152,6 +161,10 @@ def main(argv=None) -> int:
                         "assets/sparsecut-tiny) whose members this run trains on: stage 2 starts from each shipped "
                         "member (adapters + LoRA) for the budget's stage2_steps, with no stage 1, on the family's "
                         "tower; the LoRA's rank and projections must be the shipped ones")
+    parser.add_argument("--reading-tower", default=None, metavar="DIR", help="with --continue-from: a reading stage "
+                        "of the budget's reading_steps first gives each member's reading tokens this tower of their "
+                        "own (a python -m training.tiny.dense output, e.g. --spell) and trains their fresh adapter "
+                        "alone on reading questions; stage 2 follows")
     parser.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     parser.add_argument("--ship", default=None, help="family folder to export to (default OUTPUT/family); "
                         "assets/sparsecut-tiny replaces the shipped family")
@@ -173,6 +186,12 @@ def main(argv=None) -> int:
         except ValueError as err:
             parser.error(str(err))
         budget = replace(budget, stage1_steps=0)  # recorded as it ran: no stage 1 in this run
+    reading = {}  # how the reading tower was made, for each member's record
+    if args.reading_tower is not None or budget.reading_steps:
+        try:
+            reading = {"reading_tower": _reading_tower(args.reading_tower, args.continue_from, names, budget)}
+        except ValueError as err:
+            parser.error(str(err))
     on_cpu = args.cpu or not _has_gpu()
     cores = os.cpu_count() or 1
     jobs = max(1, min(len(names), args.jobs or (cores if on_cpu else 1)))
@@ -198,8 +217,9 @@ def main(argv=None) -> int:
     def run(name: str) -> str:
         began = time.time()
         history = {"continued_from": shipped_record(args.continue_from, name)} if args.continue_from else {}
-        started_by(args.output, name, {"command": _command(argv), "jobs": jobs, "threads": threads, **history})
-        folder = train_member(name, args.output, budget, args.seed, device_flags, threads, args.continue_from)
+        started_by(args.output, name, {"command": _command(argv), "jobs": jobs, "threads": threads, **history, **reading})
+        folder = train_member(name, args.output, budget, args.seed, device_flags, threads, args.continue_from,
+                              args.reading_tower)
         member_seconds[name] = time.time() - began
         print(f"[{time.time() - started:6.0f}s] trained {name} ({member_seconds[name] / 60:.1f} min in this process)", flush=True)
         return folder
@@ -236,6 +256,19 @@ def main(argv=None) -> int:
         print(f"{name}: overall {result['overall']:.3f}", flush=True)
     print(f"Done in {time.time() - started:.0f}s: {os.path.join(ship, 'results.md')}")
     return 0
+
+
+def _reading_tower(tower_dir: str | None, continue_from: str | None, names: list[str], budget: Budget) -> dict:
+    """The record of ``--reading-tower`` (``family.reading_tower_record``); ValueError unless it is given with
+    ``--continue-from`` and ``reading_steps`` > 0, and every member has reading tokens."""
+    if tower_dir is None or not budget.reading_steps or continue_from is None:
+        raise ValueError("a reading stage gives shipped members' reading tokens a tower of their own: give "
+                         "--reading-tower DIR, --continue-from FAMILY and --budget reading_steps=N (> 0) together.")
+    without = [name for name in names if not FAMILY[name].get("reading_tokens")]
+    if without:
+        raise ValueError(f"{', '.join(without)} {'has' if len(without) == 1 else 'have'} no reading tokens for a reading "
+                         "tower: train only members with them (--models sparsecut-tiny).")
+    return reading_tower_record(tower_dir)
 
 
 def _command(argv) -> str:

@@ -5,6 +5,11 @@ ships for it (its adapters and its LoRA, fp16 there, fp32 here; the base LLM and
 same LoRA on for the budget's ``stage2_steps`` with the budget's data and learning rates, so that a member's training
 can go on in later runs (e.g. a new drill) and its delta keeps its size. The member's record keeps the record of the
 member it continued (``continued_from``), so the model card names every command in its history.
+
+With ``--reading-tower DIR`` a reading stage comes first: the member, its LoRA merged (``merged_start``), gets
+reading tokens that look through that tower, and their fresh adapter alone is trained on reading questions
+(``training/recipes/stage_reading.json``); stage 2 then starts from the shipped member with that reading adapter and
+tower in place of its own (``grafted_start``), its LoRA unmerged as before.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from __future__ import annotations
 import os
 
 START = "-start"  # models/<name>-start: the shipped member this run continues, unmerged (its LoRA in lora/)
+MERGED = "-start-merged"  # the same with its LoRA merged: what the reading stage trains on (the LLM frozen)
+GRAFTED = "-start-read"  # models/<name>-start with the reading stage's reading adapter and tower: stage 2's start
+READING_PREFIX = "model.reading_adapter."  # the reading adapter's keys (its own tower's too)
 
 
 def check_continuable(family_dir: str, names: list[str], budget) -> None:
@@ -34,18 +42,46 @@ def check_continuable(family_dir: str, names: list[str], budget) -> None:
                              f"--budget lora_rank={saved['r']},lora_modules={modules}.")
 
 
-def continued_start(family_dir: str, name: str, root: str) -> str:
+def continued_start(family_dir: str, name: str, root: str, merged: bool = False) -> str:
     """``root/models/<name>-start``: member ``name`` of ``family_dir`` as a training start (the base LLM unmerged, its
-    LoRA in ``lora/``), written once (a rerun keeps it: the family may have been reshipped since)."""
+    LoRA in ``lora/``; with ``merged``, ``<name>-start-merged``: its LoRA merged into the LLM), written once (a rerun
+    keeps it: the family may have been reshipped since)."""
     from sparsecut.zoo import write_member
 
     from .ship import assets_at
 
-    folder = os.path.join(root, "models", name + START)
+    folder = os.path.join(root, "models", name + (MERGED if merged else START))
     if os.path.isfile(os.path.join(folder, "model.safetensors")):
         return folder
     with assets_at(family_dir):
-        write_member(name, folder, merge_lora=False)
+        write_member(name, folder, merge_lora=merged)
+    return folder
+
+
+def grafted_start(start: str, reading: str, root: str, name: str) -> str:
+    """``root/models/<name>-start-read``: the training start ``start`` (a member, its LoRA unmerged in ``lora/``) with
+    the reading adapter and reading tower of ``reading`` (a finished reading stage) in place of its reading adapter,
+    and ``config.reading_tower`` set; written once, replaced whole (written beside it, then renamed)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from sparsecut.config import SparseCutConfig
+
+    folder = os.path.join(root, "models", name + GRAFTED)
+    if os.path.isfile(os.path.join(folder, "model.safetensors")):
+        return folder
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(start, tmp)
+    weights = {k: v for k, v in load_file(os.path.join(start, "model.safetensors")).items() if not k.startswith(READING_PREFIX)}
+    read = {k: v for k, v in load_file(os.path.join(reading, "model.safetensors")).items() if k.startswith(READING_PREFIX)}
+    save_file({**weights, **read}, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    config = SparseCutConfig.from_pretrained(reading)
+    if not config.reading_tower:
+        raise ValueError(f"{reading} has no reading tower: it is not a reading stage's output.")
+    config.save_pretrained(tmp)
+    os.replace(tmp, folder)
     return folder
 
 

@@ -35,10 +35,11 @@ FAMILY = {
     "sparsecut-tiny-sparse-reverse-uniform": {"pattern": "sparse-reverse-uniform", "high_res": False},
 }
 # split seeds: training splits and the held-out test split never share a generator
-SPLIT_SEEDS = {"pretrain": 1, "instruct": 2, "backbone": 3, "test": 9}
+SPLIT_SEEDS = {"pretrain": 1, "instruct": 2, "backbone": 3, "reading": 4, "test": 9}
 BASE_TEXT = "smollm2-135m-instruct"  # the family's LLM (sparsecut.base_models)
 CHAT_TEMPLATE = "chatml"  # ChatML without SmolLM2's default system prompt
 LAYOUT = layout_named("cells-96")
+READING_TEXT_PROBABILITY = 0.8  # the reading stage's scenes: a text in most (half the benchmark's have none)
 TOWER_SPELL = False  # whether the tower's dense labels also spell each text by position (dense.py; README, step (l))
 # a member ships as its adapters + LoRA in fp16 (the family must add <= 30 MB to git): one-layer adapters (7 x 140K
 # parameters; LLaVA-1.5's two-layer MLP would be 7 x 470K) and a LoRA: rank 4 on the attention projections, ~2.9 MB
@@ -64,13 +65,16 @@ class Budget:
     relation_turns: int = 0  # more stage-2 turns per conversation, each a left-of / above question (the relation drill)
     tally_turns: int = 0  # more stage-2 turns after those, each a count question, half as a choice (the tally drill)
     recount_turns: int = 0  # then this many pairs of turns: a count asked openly, then lettered (the recount drill)
+    reading_steps: int = 0  # a reading stage before stage 2 (with --reading-tower): the reading adapter alone
+    reading_images: int = 3000  # its scenes, one reading or unanswerable question each
+    reading_lr: float = 1e-3
     batch: int = 16
     save_every: int = 25  # optimizer steps between checkpoints: what an interruption can lose
 
 
 # budget field -> the drill it adds (questions.DRILLS)
 DRILL_FIELDS = {"relation_turns": "relation", "tally_turns": "tally", "recount_turns": "recount"}
-MAY_BE_ZERO = tuple(DRILL_FIELDS)
+MAY_BE_ZERO = (*DRILL_FIELDS, "reading_steps")
 
 
 def budget_with(base: Budget, overrides: str) -> Budget:
@@ -111,6 +115,9 @@ def write_data(root: str, budget: Budget, seed: int) -> None:
     write_split(data, "pretrain", split_seed(seed, "pretrain"), budget.pretrain_images, "pretrain", layout=LAYOUT)
     write_split(data, "instruct", split_seed(seed, "instruct"), budget.instruct_images, "instruct", turns=budget.turns,
                 layout=LAYOUT, drills=drills_of(budget))
+    if budget.reading_steps:
+        write_split(data, "reading", split_seed(seed, "reading"), budget.reading_images, "reading", layout=LAYOUT,
+                    text_probability=READING_TEXT_PROBABILITY)
     write_split(data, "test", split_seed(seed, "test"), budget.test_images, "eval", layout=LAYOUT)
 
 
@@ -209,6 +216,24 @@ def dense_tower(tower_dir: str, folder: str, budget: Budget, seed: int) -> dict:
     shutil.copytree(tower_dir, folder, dirs_exist_ok=True)
     return {**_tower_record(made["losses"][-1], made["seconds"], seed, made["scenes"], made["steps"], made["spell"]),
             **_tower_source(tower_dir)}
+
+
+def reading_tower_record(tower_dir: str) -> dict:
+    """How the reading tower in ``tower_dir`` (a ``python -m training.tiny.dense`` output) was pretrained, as a member's
+    record keeps it: its call, time, final loss, and its weights' sha256. Raises unless it is such an output drawn in
+    this pipeline's layout."""
+    from sparsecut.base_models import sha256_of
+
+    path = os.path.join(tower_dir, DENSE_RECORD)
+    if not os.path.isfile(path):
+        raise ValueError(f"{tower_dir} is not a python -m training.tiny.dense output (no {DENSE_RECORD}): pretrain the "
+                         f"reading tower with it, e.g. --spell, so that the model card can say how it was made.")
+    with open(path, encoding="utf-8") as handle:
+        made = json.load(handle)
+    if made["layout"] != LAYOUT.name:
+        raise ValueError(f"{tower_dir} was pretrained on the {made['layout']} layout; this pipeline draws {LAYOUT.name}.")
+    return {"from": os.path.abspath(tower_dir), "sha256": sha256_of(os.path.join(tower_dir, "model.safetensors")),
+            "final_loss": made["losses"][-1], **{k: made[k] for k in ("seconds", "scenes", "steps", "seed", "spell", "layout")}}
 
 
 def _tower_record(final_loss: float, seconds: float, seed: int, scenes: int, steps: int, spell: bool) -> dict:

@@ -120,7 +120,7 @@ def with_lora(model, rank: int, modules: str = "all"):
     every other weight frozen."""
     model = add_lora(model, {"r": rank, "alpha": 2 * rank, "dropout": 0.0, "modules": modules})
     for name, param in model.named_parameters():  # peft froze all but the LoRA
-        param.requires_grad = "lora_" in name or ".projector." in name or module_of(name) == "adapters"
+        param.requires_grad = "lora_" in name or ".projector." in name or module_of(name) in ("adapters", "reading_adapter")
     return model
 
 
@@ -313,7 +313,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
             raise ValueError("trained='reading' trains the reading adapter: the member needs reading tokens "
                              "(reading_tokens, or a trained member that has them).")
         for name, param in model.named_parameters():
-            param.requires_grad = ".reading_adapter." in name and module_of(name) == "adapters"
+            param.requires_grad = module_of(name) == "reading_adapter"
     if not oracle_vision and model.config.vision_config.image_size != geometry.view:
         raise ValueError(f"the tower takes {model.config.vision_config.image_size}-px views but layout {layout} cuts "
                          f"{geometry.view}-px ones: pass --vision with a tower trained on that layout "

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 
-STAGES = ("stage1", "stage2")
+STAGES = ("stage1", "reading", "stage2")
 
 
 def stage_dir(root: str, name: str, stage: str) -> str:
-    """Where member ``name``'s ``stage`` trains: ``models/<name>-stage1`` and ``models/<name>`` (the final model)."""
-    return os.path.join(root, "models", name + ("-stage1" if stage == "stage1" else ""))
+    """Where member ``name``'s ``stage`` trains: ``models/<name>-stage1``, ``models/<name>-reading`` and
+    ``models/<name>`` (the final model)."""
+    return os.path.join(root, "models", name + ("" if stage == "stage2" else f"-{stage}"))
 
 
 def stage_done(folder: str) -> bool:
@@ -45,7 +46,9 @@ def stage_progress(folder: str, total: int) -> tuple[int, int, float]:
 
 def report(root: str, names: list[str], steps: dict[str, int], jobs: int) -> str:
     """One line: every member's stage and step, the family's share done, and the ETA (remaining steps of each stage
-    times that stage's measured seconds per step, shared by ``jobs`` members at a time)."""
+    times that stage's measured seconds per step, shared by ``jobs`` members at a time); a stage ``steps`` leaves out
+    has none."""
+    steps = {stage: steps.get(stage, 0) for stage in STAGES}
     parts, remaining, measured = [], {s: 0 for s in STAGES}, {s: [0, 0.0] for s in STAGES}
     done_all = total_all = 0
     for name in names:
@@ -71,7 +74,7 @@ def report(root: str, names: list[str], steps: dict[str, int], jobs: int) -> str
 
 def stage_steps(budget) -> dict[str, int]:
     """stage -> its optimizer steps in ``budget``."""
-    return {"stage1": budget.stage1_steps, "stage2": budget.stage2_steps}
+    return {"stage1": budget.stage1_steps, "reading": budget.reading_steps, "stage2": budget.stage2_steps}
 
 
 def stage_seconds(root: str, names: list[str], budget) -> dict[str, dict[str, float]]:

@@ -250,11 +250,27 @@ def _high_res(family_dir: str, member: str) -> str:
         config = json.load(handle)
     if not config.get("high_res"):
         return "no"
-    reading = f", {config['reading_tokens']} reading tokens" if config.get("reading_tokens") else ""
+    own = " through a tower of their own" if config.get("reading_tower") else ""
+    reading = f", {config['reading_tokens']} reading tokens{own}" if config.get("reading_tokens") else ""
     return f"yes ({config.get('high_res_fusion', 'cross-attention')}{reading})"
 
 
-NOT_DIFFERENCES = ("stage1_steps", "stage2_steps", "save_every")  # a continuation's own steps, said apart
+NOT_DIFFERENCES = ("stage1_steps", "stage2_steps", "save_every",  # a continuation's own steps, said apart
+                   "reading_steps", "reading_images", "reading_lr")  # and its reading stage (_reading_stage)
+
+
+def _reading_stage(record: dict) -> str:
+    """The card's words on a continuation's reading stage (``--reading-tower``), or "" for one without."""
+    tower = record.get("reading_tower")
+    if tower is None:
+        return ""
+    budget = record["budget"]
+    spelled = " --spell" if tower["spell"] else ""
+    return (f", after a reading stage of {budget['reading_steps']} steps ({budget['reading_images']} scenes, lr "
+            f"{budget['reading_lr']:g}; the reading adapter alone, afresh) that gave its reading tokens a tower of "
+            f"their own, pretrained by `python -m training.tiny.dense --layout {tower['layout']} --scenes "
+            f"{tower['scenes']} --steps {tower['steps']} --seed {tower['seed']}{spelled}` ({tower['seconds'] / 60:.1f} "
+            f"min, final loss {tower['final_loss']:.3f}, sha256 `{tower['sha256'][:16]}...`)")
 
 
 def _continued(name: str, chain: list[dict], commands: list[str]) -> str:
@@ -267,7 +283,7 @@ def _continued(name: str, chain: list[dict], commands: list[str]) -> str:
                    if key not in NOT_DIFFERENCES and new[key] != old.get(key)]
         parts.append(f"by command {commands.index(after['command']) + 1}, {new['stage2_steps']} more stage-2 steps (LoRA "
                      f"lr {new['stage2_lr']:g}, adapters {new['adapter_lr']:g})"
-                     + (f" with {', '.join(changed)}" if changed else " with the same budget"))
+                     + (f" with {', '.join(changed)}" if changed else " with the same budget") + _reading_stage(after))
     return (f"\n\n**`{name}` was trained further** (`--continue-from`: stage 2 only, from the member as shipped, its "
             f"fp16 adapters and LoRA, the same LoRA trained on): " + "; then ".join(parts) + ".")
 
@@ -298,8 +314,8 @@ def write_card(out_dir: str, scored: dict) -> None:
     recipe += "".join(_continued(name, chain, commands) for name, chain in chains.items() if len(chain) > 1)
     rows = "\n".join(
         f"| `{name}` | {FAMILY[name]['pattern']} | {_high_res(out_dir, entry['models'][name])} | "
-        + " | ".join(" + ".join(f"{record['stage_seconds'][stage] / 60:.1f}" for record in chain
-                                if record is chain[0] or record["stage_seconds"][stage]) for stage in STAGES)
+        + " | ".join(" + ".join(f"{record['stage_seconds'].get(stage, 0.0) / 60:.1f}" for record in chain
+                                if record is chain[0] or record["stage_seconds"].get(stage)) for stage in STAGES)
         + f" | {_lora(chain[0]['budget'])} | {', then '.join(str(commands.index(record['command']) + 1) for record in chain)} | "
         + "; then ".join(f"{record['device']}, {record['mixed_precision']}, {_sharing(record)}" for record in chain)
         + " |" for name, chain in chains.items())
@@ -342,8 +358,8 @@ family's shipped tower, so that they join it.){recipe}
 Measured training time per member (each stage's timed steps, from its log; minutes of one member's share of the
 CPU, so members trained side by side overlap in wall clock):
 
-| member | pattern | high-res | stage 1 min | stage 2 min | LoRA | command | device, precision, jobs |
-|---|---|---|---|---|---|---|---|
+| member | pattern | high-res | stage 1 min | reading stage min | stage 2 min | LoRA | command | device, precision, jobs |
+|---|---|---|---|---|---|---|---|---|
 {rows}
 
 ## Scores (from these files, `python -m training.tiny.ship --score-only --to {out_dir}`)

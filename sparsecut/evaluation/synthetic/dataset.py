@@ -46,13 +46,16 @@ def _families(rng, weights: dict[str, int], k: int) -> list[str]:
 
 
 def write_split(root: str, name: str, seed: int, num_images: int, kind: str, turns: int = 3,
-                layout: Layout = DEFAULT_LAYOUT, drills: tuple[str, ...] = ()) -> str:
-    """Write split ``name`` under ``root`` (scenes drawn in ``layout``): images in ``root/images/name/``, and
+                layout: Layout = DEFAULT_LAYOUT, drills: tuple[str, ...] = (), text_probability: float = 0.5) -> str:
+    """Write split ``name`` under ``root`` (scenes drawn in ``layout``, a text in each with ``text_probability``):
+    images in ``root/images/name/``, and
 
     - kind ``pretrain``: ``name.json``, one caption per image (stage 1);
     - kind ``instruct``: ``name.json``, a ``turns``-turn conversation per image (stage 2), then one more turn per entry
       of ``drills`` (training-only families, ``questions.DRILLS``) where the scene allows it; the first ``turns``
       turns are the same with or without drills;
+    - kind ``reading``: ``name.json``, one single-turn conversation per image: what is written where a legible text
+      is, else the unanswerable family's question (the text missing or illegible, or an absent object's colour);
     - kind ``eval``: ``name.jsonl``, one question per family per image where the scene allows it.
     Returns the path of the written JSON/JSONL."""
     unknown = [d for d in drills if d not in DRILLS]
@@ -63,7 +66,7 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
     os.makedirs(folder, exist_ok=True)
     records = []
     for index in range(num_images):
-        scene, rng = scene_for(seed, index, layout=layout)
+        scene, rng = scene_for(seed, index, layout=layout, text_probability=text_probability)
         image = f"{name}/{_save_image(scene, seed, index, folder, f'{index:06d}.png')}"
         if kind == "pretrain":
             records.append({"id": f"{name}-{index}", "image": image, "conversations": [
@@ -82,13 +85,17 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
                 for qa in ask_turns(scene, drill, rng):
                     conversation += [{"from": "human", "value": qa.question}, {"from": "gpt", "value": qa.answer}]
             records.append({"id": f"{name}-{index}", "image": image, "conversations": conversation})
+        elif kind == "reading":
+            qa = ask(scene, "reading", rng) or ask(scene, "unanswerable", rng)
+            records.append({"id": f"{name}-{index}", "image": image, "conversations": [
+                {"from": "human", "value": f"<image>\n{qa.question}"}, {"from": "gpt", "value": qa.answer}]})
         elif kind == "eval":
             for family in FAMILIES:
                 qa = ask(scene, family, rng)
                 if qa is not None:
                     records.append({"id": f"{name}-{index}-{family}", "image": image, **asdict(qa), "scene": index})
         else:
-            raise ValueError(f"kind must be pretrain, instruct or eval; got {kind!r}.")
+            raise ValueError(f"kind must be pretrain, instruct, reading or eval; got {kind!r}.")
     path = os.path.join(root, f"{name}.{'jsonl' if kind == 'eval' else 'json'}")
     with open(path, "w", encoding="utf-8") as handle:
         if kind == "eval":
