@@ -215,7 +215,7 @@ def test_a_continued_member_trains_its_shipped_lora_on_and_the_card_names_its_hi
         main([*argv, "--tower", str(run / "family")])
 
 
-def test_a_reading_stage_gives_a_continued_members_reading_tokens_a_tower_and_trains_their_adapter_alone(
+def test_a_reading_stage_gives_a_continued_members_reading_tokens_a_tower_and_trains_them_with_the_lora(
         quick_run, tiny_backbones, tmp_path):
     from sparsecut.zoo import VISION_PREFIX
     from training.tiny.continued import READING_PREFIX
@@ -234,13 +234,17 @@ def test_a_reading_stage_gives_a_continued_members_reading_tokens_a_tower_and_tr
             "--continue-from", str(family), "--reading-tower", str(tower), "--ship", str(family)]
     assert main(argv) == 0
     models = out / "models"
-    merged, read = (load_file(models / name / "model.safetensors") for name in ("sparsecut-tiny-start-merged", "sparsecut-tiny-reading"))
+    start, read = (load_file(models / name / "model.safetensors") for name in ("sparsecut-tiny-start", "sparsecut-tiny-reading"))
     own = {k: v for k, v in read.items() if k.startswith(READING_PREFIX + "vision_tower.")}
     assert own and all(torch.equal(v, load_file(tower / "model.safetensors")[k[len(READING_PREFIX + "vision_tower."):]])
                        for k, v in own.items())  # the reading tower, frozen
-    assert all(torch.equal(v, merged[k]) for k, v in read.items() if not k.startswith(READING_PREFIX))  # all else too
+    assert all(torch.equal(v, start[k]) for k, v in read.items() if k.startswith("model.adapters."))  # shortcuts' too
+    loras = {name: load_file(models / name / "lora" / "adapter_model.safetensors")
+             for name in ("sparsecut-tiny-start", "sparsecut-tiny-reading", "sparsecut-tiny-start-read")}
+    assert any(not torch.equal(v, loras["sparsecut-tiny-start"][k]) for k, v in loras["sparsecut-tiny-reading"].items())
+    assert all(torch.equal(v, loras["sparsecut-tiny-reading"][k]) for k, v in loras["sparsecut-tiny-start-read"].items())
     assert stage_progress(str(models / "sparsecut-tiny-reading"), 2)[0] == 2
-    start, grafted = (load_file(models / name / "model.safetensors") for name in ("sparsecut-tiny-start", "sparsecut-tiny-start-read"))
+    grafted = load_file(models / "sparsecut-tiny-start-read" / "model.safetensors")  # stage 2's start: LLM unmerged
     assert all(torch.equal(v, read[k] if k.startswith(READING_PREFIX) else start[k]) for k, v in grafted.items())
     assert set(grafted) == {k for k in start if not k.startswith(READING_PREFIX)} | {k for k in read if k.startswith(READING_PREFIX)}
     assert json.loads((family / "models" / "sparsecut-tiny" / "config.json").read_text())["reading_tower"]
@@ -253,7 +257,8 @@ def test_a_reading_stage_gives_a_continued_members_reading_tokens_a_tower_and_tr
     assert record["reading_tower"]["from"] == str(tower) and record["reading_tower"]["spell"]
     assert record["budget"]["reading_steps"] == 2 and record["stage_seconds"]["reading"] > 0
     card = (family / "MODEL_CARD.md").read_text()
-    assert "after a reading stage of 2 steps (24 scenes, lr 0.001; the reading adapter alone" in card
+    assert ("after a reading stage of 2 steps (24 scenes; the reading adapter afresh at lr 0.001 and the LoRA at "
+            "0.0015, the shortcuts' adapters frozen)") in card
     assert "--scenes 8 --steps 2 --seed 5 --spell`" in card and "3 reading tokens through a tower of their own" in card
     at = argv.index("--continue-from")
     for bad in (argv[:at] + argv[at + 2:],  # a reading tower without --continue-from

@@ -74,7 +74,8 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
     finished and resumed from its last checkpoint when interrupted; returns the final model folder. With
     ``continue_from`` (a shipped family) stage 1 is not trained: stage 2 starts from that family's ``name`` and trains
     its LoRA on (``continued.py``); with ``reading_tower`` too (a vision tower folder), a reading stage of the
-    budget's ``reading_steps`` first gives the member's reading tokens that tower and trains their fresh adapter alone."""
+    budget's ``reading_steps`` first gives the member's reading tokens that tower and trains their fresh adapter and
+    the LoRA on reading questions."""
     spec = FAMILY[name]
     vision, text = backbone_dirs(root)
     stage1, final = stage_dir(root, name, "stage1"), stage_dir(root, name, "stage2")
@@ -92,17 +93,20 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
               "--gradient-checkpointing", "false", "--save-every", str(budget.save_every), "--keep-checkpoints", "1",
               "--resume", *device_flags]
     init = {}  # the LoRA stage 2 starts from: a new one, or the continued member's
+    lora = {"r": budget.lora_rank, "alpha": 2 * budget.lora_rank, "dropout": 0.0, "modules": budget.lora_modules}
     if continue_from is not None:
         stage1 = continued_start(continue_from, name, root)
-        init = {"init": os.path.join(stage1, LORA_DIR)}
         if reading_tower is not None:
             reading = stage_dir(root, name, "reading")
             if not stage_done(reading):
-                _train(["--recipe", "stage_reading", "--model", continued_start(continue_from, name, root, merged=True),
-                        "--reading-tower", reading_tower, "--data", os.path.join(root, "data", "reading.json"),
-                        "--output", reading, "--max-steps", str(budget.reading_steps), "--epochs", "1000",
-                        "--learning-rate", str(budget.reading_lr), *common], reading + ".log", threads)
+                _train(["--recipe", "stage_reading", "--model", stage1, "--reading-tower", reading_tower,
+                        "--data", os.path.join(root, "data", "reading.json"), "--output", reading,
+                        "--max-steps", str(budget.reading_steps), "--epochs", "1000",
+                        "--learning-rate", str(budget.reading_lr), "--adapter-learning-rate", str(budget.adapter_lr),
+                        "--lora", json.dumps({**lora, "init": os.path.join(stage1, LORA_DIR)}), *common],
+                       reading + ".log", threads)
             stage1 = grafted_start(stage1, reading, root, name)
+        init = {"init": os.path.join(stage1, LORA_DIR)}
     elif not stage_done(stage1):
         _train(["--recipe", "stage1", "--vision", vision, "--text", text, "--chat-template", CHAT_TEMPLATE,
                 "--template", "auto", "--pattern", spec["pattern"], "--high-res" if spec["high_res"] else "--no-high-res",
@@ -113,11 +117,10 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
                 "--max-steps", str(budget.stage1_steps), "--epochs", "1000", "--learning-rate", str(budget.stage1_lr),
                 *common], stage1 + ".log", threads)
     if not stage_done(final):
-        lora = {"r": budget.lora_rank, "alpha": 2 * budget.lora_rank, "dropout": 0.0, "modules": budget.lora_modules, **init}
         _train(["--recipe", "stage2_lora", "--model", stage1, "--data", os.path.join(root, "data", "instruct.json"),
                 "--output", final, "--max-steps", str(budget.stage2_steps), "--epochs", "1000",
                 "--learning-rate", str(budget.stage2_lr), "--adapter-learning-rate", str(budget.adapter_lr),
-                "--lora", json.dumps(lora), *common], final + ".log", threads)
+                "--lora", json.dumps({**lora, **init}), *common], final + ".log", threads)
     return final
 
 

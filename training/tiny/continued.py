@@ -6,10 +6,10 @@ same LoRA on for the budget's ``stage2_steps`` with the budget's data and learni
 can go on in later runs (e.g. a new drill) and its delta keeps its size. The member's record keeps the record of the
 member it continued (``continued_from``), so the model card names every command in its history.
 
-With ``--reading-tower DIR`` a reading stage comes first: the member, its LoRA merged (``merged_start``), gets
-reading tokens that look through that tower, and their fresh adapter alone is trained on reading questions
-(``training/recipes/stage_reading.json``); stage 2 then starts from the shipped member with that reading adapter and
-tower in place of its own (``grafted_start``), its LoRA unmerged as before.
+With ``--reading-tower DIR`` a reading stage comes first: the member's reading tokens get that tower, and their
+fresh adapter and the member's LoRA are trained on reading questions (``training/recipes/stage_reading.json``; the
+shortcuts' adapters frozen); stage 2 then starts from the shipped member with the reading stage's reading adapter,
+tower and LoRA in place of its own (``grafted_start``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from __future__ import annotations
 import os
 
 START = "-start"  # models/<name>-start: the shipped member this run continues, unmerged (its LoRA in lora/)
-MERGED = "-start-merged"  # the same with its LoRA merged: what the reading stage trains on (the LLM frozen)
-GRAFTED = "-start-read"  # models/<name>-start with the reading stage's reading adapter and tower: stage 2's start
+GRAFTED = "-start-read"  # models/<name>-start with the reading stage's reading adapter, tower and LoRA: stage 2's start
 READING_PREFIX = "model.reading_adapter."  # the reading adapter's keys (its own tower's too)
 
 
@@ -42,31 +41,31 @@ def check_continuable(family_dir: str, names: list[str], budget) -> None:
                              f"--budget lora_rank={saved['r']},lora_modules={modules}.")
 
 
-def continued_start(family_dir: str, name: str, root: str, merged: bool = False) -> str:
+def continued_start(family_dir: str, name: str, root: str) -> str:
     """``root/models/<name>-start``: member ``name`` of ``family_dir`` as a training start (the base LLM unmerged, its
-    LoRA in ``lora/``; with ``merged``, ``<name>-start-merged``: its LoRA merged into the LLM), written once (a rerun
-    keeps it: the family may have been reshipped since)."""
+    LoRA in ``lora/``), written once (a rerun keeps it: the family may have been reshipped since)."""
     from sparsecut.zoo import write_member
 
     from .ship import assets_at
 
-    folder = os.path.join(root, "models", name + (MERGED if merged else START))
+    folder = os.path.join(root, "models", name + START)
     if os.path.isfile(os.path.join(folder, "model.safetensors")):
         return folder
     with assets_at(family_dir):
-        write_member(name, folder, merge_lora=merged)
+        write_member(name, folder, merge_lora=False)
     return folder
 
 
 def grafted_start(start: str, reading: str, root: str, name: str) -> str:
-    """``root/models/<name>-start-read``: the training start ``start`` (a member, its LoRA unmerged in ``lora/``) with
-    the reading adapter and reading tower of ``reading`` (a finished reading stage) in place of its reading adapter,
-    and ``config.reading_tower`` set; written once, replaced whole (written beside it, then renamed)."""
+    """``root/models/<name>-start-read``: the training start ``start`` (a member, the base LLM unmerged, its LoRA in
+    ``lora/``) with the reading adapter, reading tower and LoRA of ``reading`` (a finished reading stage) in place of
+    its own, and ``config.reading_tower`` set; written once (beside it, then renamed)."""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
     from sparsecut.config import SparseCutConfig
+    from sparsecut.zoo import LORA_DIR
 
     folder = os.path.join(root, "models", name + GRAFTED)
     if os.path.isfile(os.path.join(folder, "model.safetensors")):
@@ -81,6 +80,8 @@ def grafted_start(start: str, reading: str, root: str, name: str) -> str:
     if not config.reading_tower:
         raise ValueError(f"{reading} has no reading tower: it is not a reading stage's output.")
     config.save_pretrained(tmp)
+    shutil.rmtree(os.path.join(tmp, LORA_DIR))
+    shutil.copytree(os.path.join(reading, LORA_DIR), os.path.join(tmp, LORA_DIR))
     os.replace(tmp, folder)
     return folder
 

@@ -65,9 +65,9 @@ class Budget:
     relation_turns: int = 0  # more stage-2 turns per conversation, each a left-of / above question (the relation drill)
     tally_turns: int = 0  # more stage-2 turns after those, each a count question, half as a choice (the tally drill)
     recount_turns: int = 0  # then this many pairs of turns: a count asked openly, then lettered (the recount drill)
-    reading_steps: int = 0  # a reading stage before stage 2 (with --reading-tower): the reading adapter alone
+    reading_steps: int = 0  # a reading stage before stage 2 (with --reading-tower): the reading adapter and the LoRA
     reading_images: int = 3000  # its scenes, one reading or unanswerable question each
-    reading_lr: float = 1e-3
+    reading_lr: float = 1.5e-3  # the LoRA's there (the reading adapter's: adapter_lr)
     batch: int = 16
     save_every: int = 25  # optimizer steps between checkpoints: what an interruption can lose
 

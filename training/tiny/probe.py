@@ -43,7 +43,7 @@ from sparsecut.evaluation.synthetic.questions import DRILLS, FAMILIES, ask_turns
 from sparsecut.evaluation.synthetic.scenes import DEFAULT_LAYOUT, LAYOUTS, Layout, layout_named
 
 PROBED = ("existence", "attribute", "count", "position")
-TRAINED = ("member", "reading")  # --trained: the member's recipe, or its reading adapter alone
+TRAINED = ("member", "reading", "reading+lora")  # --trained: the member's recipe; its reading adapter alone, or with the LoRA
 
 
 def build_model(run: str, member: str, fresh_lm: bool, seed: int, recipe=None, oracle_vision: bool = False,
@@ -258,7 +258,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     ``families``), e.g. one not trained on, to see whether it moves; ``reading_tower``: a tower folder the member's
     reading tokens look through instead of its own tower (``sparsecut.convert.with_reading_tower``: a fresh reading
     adapter around it); ``trained``: what trains, ``member`` (its recipe: adapters and LLM or LoRA) or ``reading``
-    (the reading adapter alone: every other weight frozen, so only what the reading tokens say can change)."""
+    (the reading adapter alone: every other weight frozen, so only what the reading tokens say can change) or
+    ``reading+lora`` (the reading adapter and the LLM's LoRA, ``lora_rank`` > 0: the shortcuts' adapters frozen)."""
     if (reading_tokens or reading_layer is not None) and oracle_vision:
         raise ValueError("reading tokens read a real tower's crops, which oracle_vision replaces: use "
                          "oracle_text='tokens' for the oracle's characters in tokens of their own.")
@@ -285,6 +286,8 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
         raise ValueError(f"trained is one of {', '.join(TRAINED)}; got {trained!r}.")
     if trained == "reading" and (lora_rank or llm_lr is not None):
         raise ValueError("trained='reading' trains the reading adapter alone: drop lora_rank and llm_lr.")
+    if trained == "reading+lora" and not lora_rank:
+        raise ValueError("trained='reading+lora' trains the reading adapter and a LoRA: give lora_rank > 0.")
     if per_sample < 1 or caption_steps < 0 or caption_steps > steps:
         raise ValueError(f"per_sample must be >= 1 and caption_steps in 0..steps; got {per_sample} and {caption_steps}.")
     geometry = layout_named(layout)
@@ -308,18 +311,18 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
             raise ValueError("a reading tower reads a real tower's crops, which oracle_vision replaces.")
         with_reading_tower(model, reading_tower)
         apply_freezing(model, recipe)  # the new tower frozen as the member's, its fresh adapter trained
-    if trained == "reading":
-        if oracle_vision or not model.config.reading_tokens:
-            raise ValueError("trained='reading' trains the reading adapter: the member needs reading tokens "
-                             "(reading_tokens, or a trained member that has them).")
-        for name, param in model.named_parameters():
-            param.requires_grad = module_of(name) == "reading_adapter"
+    if trained != "member" and (oracle_vision or not model.config.reading_tokens):
+        raise ValueError(f"trained={trained!r} trains the reading adapter: the member needs reading tokens "
+                         "(reading_tokens, or a trained member that has them).")
     if not oracle_vision and model.config.vision_config.image_size != geometry.view:
         raise ValueError(f"the tower takes {model.config.vision_config.image_size}-px views but layout {layout} cuts "
                          f"{geometry.view}-px ones: pass --vision with a tower trained on that layout "
                          f"(python -m training.tiny.dense --layout {layout}).")
     if lora_rank:
         model = with_lora(model, lora_rank, lora_modules)
+    if trained != "member":
+        for name, param in model.named_parameters():
+            param.requires_grad = module_of(name) == "reading_adapter" or (trained == "reading+lora" and "lora_" in name)
     setting = dict(families=list(families), high_res=not oracle_vision and model.config.high_res,
                    max_shapes=max_shapes, max_length=recipe.max_length, oracle_vision=oracle_vision,
                    oracle_positions=oracle_positions, layout=geometry, oracle_text=oracle_text,
@@ -476,7 +479,8 @@ def main(argv=None) -> int:
                         "crops through this tower (e.g. python -m training.tiny.dense --spell's output) with a fresh "
                         "reading adapter; its shortcuts keep the member's tower")
     parser.add_argument("--trained", default="member", choices=list(TRAINED), help="what trains: member (its recipe: "
-                        "adapters, and the LLM or its LoRA) or reading (the reading adapter alone, all else frozen)")
+                        "adapters, and the LLM or its LoRA), reading (the reading adapter alone, all else frozen) or "
+                        "reading+lora (the reading adapter and the --lora-rank LoRA; the shortcuts' adapters frozen)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fp32 master weights)")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every N steps (the learning curve)")
     parser.add_argument("--seed", type=int, default=0)

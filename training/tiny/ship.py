@@ -266,8 +266,9 @@ def _reading_stage(record: dict) -> str:
         return ""
     budget = record["budget"]
     spelled = " --spell" if tower["spell"] else ""
-    return (f", after a reading stage of {budget['reading_steps']} steps ({budget['reading_images']} scenes, lr "
-            f"{budget['reading_lr']:g}; the reading adapter alone, afresh) that gave its reading tokens a tower of "
+    return (f", after a reading stage of {budget['reading_steps']} steps ({budget['reading_images']} scenes; the "
+            f"reading adapter afresh at lr {budget['adapter_lr']:g} and the LoRA at {budget['reading_lr']:g}, the "
+            f"shortcuts' adapters frozen) that gave its reading tokens a tower of "
             f"their own, pretrained by `python -m training.tiny.dense --layout {tower['layout']} --scenes "
             f"{tower['scenes']} --steps {tower['steps']} --seed {tower['seed']}{spelled}` ({tower['seconds'] / 60:.1f} "
             f"min, final loss {tower['final_loss']:.3f}, sha256 `{tower['sha256'][:16]}...`)")
