@@ -409,7 +409,9 @@ def test_init_continues_a_trained_member_and_scores_it_before_the_first_step(run
               adapter_mlp="linear", **SMALL)
 
 
-def test_a_reading_tower_with_trained_reading_trains_the_fresh_reading_adapter_alone(run, tmp_path):
+def test_a_reading_tower_with_trained_reading_trains_the_fresh_reading_adapter_alone_or_with_a_lora(run, tmp_path):
+    from training.tiny.probe import with_lora
+
     model, processor = build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0, reading_tokens=2)
     model.save_pretrained(tmp_path / "member")
     processor.save_pretrained(tmp_path / "member")
@@ -422,8 +424,15 @@ def test_a_reading_tower_with_trained_reading_trains_the_fresh_reading_adapter_a
     own = sum(p.numel() for n, p in adapter.named_parameters() if not n.startswith("vision_tower."))
     assert result["settings"]["trainable_params"] == own  # not its tower, the shortcuts' adapters or the LLM
     assert result["settings"]["reading_tower"] and result["settings"]["trained"] == "reading"
+    with_lora_too = probe(None, "sparsecut-tiny", ["reading"], init=str(tmp_path / "member"), reading_tower=tower,
+                          trained="reading+lora", lora_rank=2, lora_modules="attention", text_probability=1.0, **SMALL)
+    lora_model = with_lora(build_model(run, "sparsecut-tiny", fresh_lm=False, seed=0, reading_tokens=2)[0], 2, "attention")
+    lora = sum(p.numel() for n, p in lora_model.named_parameters() if "lora_" in n)
+    assert lora and with_lora_too["settings"]["trainable_params"] == own + lora  # not the shortcuts' adapters
     with pytest.raises(ValueError, match="drop lora_rank and llm_lr"):
         probe(None, "sparsecut-tiny", ["reading"], init=str(tmp_path / "member"), trained="reading", lora_rank=2, **SMALL)
+    with pytest.raises(ValueError, match="give lora_rank > 0"):
+        probe(None, "sparsecut-tiny", ["reading"], init=str(tmp_path / "member"), trained="reading+lora", **SMALL)
     with pytest.raises(ValueError, match="the member needs reading tokens"):
         probe(run, "sparsecut-tiny", ["reading"], trained="reading", **SMALL)
     with pytest.raises(ValueError, match="has no reading tokens"):

@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reading-tower", default=None, metavar="DIR", help="with --continue-from: a reading stage "
                         "of the budget's reading_steps first gives each member's reading tokens this tower of their "
                         "own (a python -m training.tiny.dense output, e.g. --spell) and trains their fresh adapter "
-                        "alone on reading questions; stage 2 follows")
+                        "and the LoRA on reading questions; stage 2 follows")
     parser.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     parser.add_argument("--ship", default=None, help="family folder to export to (default OUTPUT/family); "
                         "assets/sparsecut-tiny replaces the shipped family")

@@ -14,8 +14,8 @@ training on a question mix adds to it, scored before the first step too.
     python -m training.tiny.probe --run runs/tiny --families existence --max-shapes 2 --fresh-lm
     python -m training.tiny.probe --run runs/tiny --oracle-vision --steps 2400
     python -m training.tiny.probe --init sparsecut-tiny --families position,relation --lora-rank 8 --steps 150
-    python -m training.tiny.probe --init sparsecut-tiny --reading-tower runs/tower-spell-6k --trained reading \
-        --families reading,unanswerable --text-probability 1.0
+    python -m training.tiny.probe --init sparsecut-tiny --reading-tower runs/tower-spell-6k --trained reading+lora \
+        --lora-rank 8 --llm-lr 1.5e-3 --families reading --text-probability 1.0
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     not used) and score it before the first step too; ``score_families``: the held-out questions' families (default
     ``families``), e.g. one not trained on, to see whether it moves; ``reading_tower``: a tower folder the member's
     reading tokens look through instead of its own tower (``sparsecut.convert.with_reading_tower``: a fresh reading
-    adapter around it); ``trained``: what trains, ``member`` (its recipe: adapters and LLM or LoRA) or ``reading``
+    adapter around it); ``trained``: what trains, ``member`` (its recipe: adapters and LLM or LoRA), ``reading``
     (the reading adapter alone: every other weight frozen, so only what the reading tokens say can change) or
     ``reading+lora`` (the reading adapter and the LLM's LoRA, ``lora_rank`` > 0: the shortcuts' adapters frozen)."""
     if (reading_tokens or reading_layer is not None) and oracle_vision:
