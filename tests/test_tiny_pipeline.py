@@ -62,7 +62,8 @@ def test_quick_pipeline_trains_ships_and_scores_two_members(quick_run):
     assert "| `sparsecut-tiny` | sparse-uniform | yes (cross-attention, 3 reading tokens) |" in card
     assert "spelled by position" not in card and "| rank 4 on q, k, v, o, lr 0.003 |" in card
     assert results["run"]["budget"] == {**QUICK.__dict__, "stage2_steps": 3} and "3 steps; batch 8" in card
-    assert set(results["run"]["stage_seconds"]["llava-tiny"]) == {"stage1", "stage2"}
+    assert set(results["run"]["stage_seconds"]["llava-tiny"]) == {"stage1", "reading", "stage2"}
+    assert results["run"]["stage_seconds"]["llava-tiny"]["reading"] == 0.0  # no reading stage
     assert results["run"]["threads"] == max(1, (os.cpu_count() or 1) // 2)  # the cores shared by the two jobs
 
 
@@ -204,7 +205,7 @@ def test_a_continued_member_trains_its_shipped_lora_on_and_the_card_names_its_hi
     assert all(f"`{field}` 1 (was 0)" in card for field in ("relation_turns", "tally_turns", "recount_turns"))
     assert "`stage2_lr` 0.001 (was 0.003)" in card
     row = next(line for line in card.splitlines() if line.startswith("| `sparsecut-tiny` |"))
-    assert " + " in row.split("|")[5] and "| 1, then 2 |" in row and "; then cpu, no, alone" in row  # stage 2 minutes: both runs
+    assert " + " in row.split("|")[6] and "| 1, then 2 |" in row and "; then cpu, no, alone" in row  # stage 2 minutes: both runs
     assert "steps; batch 8" in card and f"stage 1 (adapters only, linear MLP, lr {QUICK.stage1_lr}) {QUICK.stage1_steps}" in card
     with pytest.raises(ValueError, match="continues a shipped member"):  # its rerun must say --continue-from again
         main([arg for arg in argv[:-4]])
