@@ -62,6 +62,7 @@ def grafted_start(start: str, reading: str, root: str, name: str) -> str:
     its own, and ``config.reading_tower`` set; written once (beside it, then renamed)."""
     import shutil
 
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from sparsecut.config import SparseCutConfig
@@ -74,7 +75,8 @@ def grafted_start(start: str, reading: str, root: str, name: str) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(start, tmp)
     weights = {k: v for k, v in load_file(os.path.join(start, "model.safetensors")).items() if not k.startswith(READING_PREFIX)}
-    read = {k: v for k, v in load_file(os.path.join(reading, "model.safetensors")).items() if k.startswith(READING_PREFIX)}
+    with safe_open(os.path.join(reading, "model.safetensors"), framework="pt") as stored:  # its reading keys only
+        read = {k: stored.get_tensor(k) for k in stored.keys() if k.startswith(READING_PREFIX)}
     save_file({**weights, **read}, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     config = SparseCutConfig.from_pretrained(reading)
     if not config.reading_tower:

@@ -222,8 +222,6 @@ def reading_tower_record(tower_dir: str) -> dict:
     """How the reading tower in ``tower_dir`` (a ``python -m training.tiny.dense`` output) was pretrained, as a member's
     record keeps it: its call, time, final loss, and its weights' sha256. Raises unless it is such an output drawn in
     this pipeline's layout."""
-    from sparsecut.base_models import sha256_of
-
     path = os.path.join(tower_dir, DENSE_RECORD)
     if not os.path.isfile(path):
         raise ValueError(f"{tower_dir} is not a python -m training.tiny.dense output (no {DENSE_RECORD}): pretrain the "
@@ -232,8 +230,8 @@ def reading_tower_record(tower_dir: str) -> dict:
         made = json.load(handle)
     if made["layout"] != LAYOUT.name:
         raise ValueError(f"{tower_dir} was pretrained on the {made['layout']} layout; this pipeline draws {LAYOUT.name}.")
-    return {"from": os.path.abspath(tower_dir), "sha256": sha256_of(os.path.join(tower_dir, "model.safetensors")),
-            "final_loss": made["losses"][-1], **{k: made[k] for k in ("seconds", "scenes", "steps", "seed", "spell", "layout")}}
+    source = _tower_source(tower_dir)
+    return {"from": source["tower_from"], "sha256": source["tower_from_sha256"], "final_loss": made["losses"][-1], **{k: made[k] for k in ("seconds", "scenes", "steps", "seed", "spell", "layout")}}
 
 
 def _tower_record(final_loss: float, seconds: float, seed: int, scenes: int, steps: int, spell: bool) -> dict:
