@@ -311,3 +311,24 @@ def test_drills_add_turns_after_the_same_conversation_and_only_to_instruct_split
     for kind, drills in [("eval", ("relation",)), ("instruct", ("where",))]:
         with pytest.raises(ValueError, match="drills are training-only families of instruct splits"):
             write_split(str(tmp_path / "c"), "x", seed=5, num_images=1, kind=kind, drills=drills)
+
+
+def test_a_reading_split_asks_what_is_written_then_its_look_up_turns_and_only_reading_splits_take_them(tmp_path):
+    plain = json.loads(open(write_split(str(tmp_path / "a"), "read", seed=5, num_images=16, kind="reading",
+                                        text_probability=0.8)).read())
+    looked = json.loads(open(write_split(str(tmp_path / "b"), "read", seed=5, num_images=16, kind="reading",
+                                         text_probability=0.8, look_up_turns=2)).read())
+    for index, (a, b) in enumerate(zip(plain, looked)):
+        scene, _ = scene_for(5, index, text_probability=0.8)
+        first = a["conversations"][0]["value"]
+        assert len(a["conversations"]) == 2 and b["conversations"][:2] == a["conversations"]  # the same first turn
+        assert first.startswith("<image>\n") and (a["conversations"][1]["value"] == scene.text.text
+                                                   if scene.text is not None and scene.text.legible
+                                                   else a["conversations"][1]["value"] == "unanswerable")
+        questions, answers = [turn["value"] for turn in b["conversations"][::2]], [t["value"] for t in b["conversations"][1::2]]
+        assert len(questions) == 3 and len(set(questions)) == 3  # two look-ups, no question asked twice
+        assert all(not q.startswith("<image>") and ("What is written" not in q or answer == "unanswerable")
+                   for q, answer in zip(questions[1:], answers[1:]))  # no reading question among the look-ups
+    for kind, turns in [("instruct", 1), ("reading", -1)]:
+        with pytest.raises(ValueError, match="look_up_turns"):
+            write_split(str(tmp_path / "c"), "x", seed=5, num_images=1, kind=kind, look_up_turns=turns)

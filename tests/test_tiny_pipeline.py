@@ -216,6 +216,11 @@ def test_a_continued_member_trains_its_shipped_lora_on_and_the_card_names_its_hi
         main([*argv, "--tower", str(run / "family")])
 
 
+def _with(argv: list[str], **values: str) -> list[str]:
+    """``argv`` with the values of the given flags replaced."""
+    return [values.get(argv[i - 1], arg) if i else arg for i, arg in enumerate(argv)]
+
+
 def test_a_reading_stage_gives_a_continued_members_reading_tokens_a_tower_and_trains_them_with_the_lora(
         quick_run, tiny_backbones, tmp_path):
     from sparsecut.zoo import VISION_PREFIX
@@ -261,11 +266,28 @@ def test_a_reading_stage_gives_a_continued_members_reading_tokens_a_tower_and_tr
     assert ("after a reading stage of 2 steps (24 scenes; the reading adapter afresh at lr 0.001 and the LoRA at "
             "0.0015, the shortcuts' adapters frozen)") in card
     assert "--scenes 8 --steps 2 --seed 5 --spell`" in card and "3 reading tokens through a tower of their own" in card
+    alone = tmp_path / "alone"  # a reading stage with look-up turns, and no stage 2 after it
+    shutil.copytree(run / "family", tmp_path / "family-alone")
+    assert main(_with(argv, **{"--output": str(alone), "--budget": "stage2_steps=0,reading_steps=2,reading_look_ups=1",
+                               "--ship": str(tmp_path / "family-alone")})) == 0
+    conversations = [r["conversations"] for r in json.loads((alone / "data" / "reading.json").read_text())]
+    assert all(len(c) == 4 and "What is written" in c[0]["value"] for c in conversations)  # a look-up after each
+    assert not (alone / "models" / "sparsecut-tiny").exists() and not (alone / "models" / "sparsecut-tiny-start-read").exists()
+    lora = load_file(alone / "models" / "sparsecut-tiny-reading" / "lora" / "adapter_model.safetensors")
+    shipped = load_file(tmp_path / "family-alone" / "models" / "sparsecut-tiny" / "lora" / "adapter_model.safetensors")
+    assert set(shipped) == set(lora) and all(torch.allclose(v.float(), lora[k], atol=1e-3) for k, v in shipped.items())
+    record = json.loads((tmp_path / "family-alone" / "results.json").read_text())["members"]["sparsecut-tiny"]
+    assert record["stage_seconds"]["stage2"] == 0.0 and record["stage_seconds"]["reading"] > 0
+    card = (tmp_path / "family-alone" / "MODEL_CARD.md").read_text()
+    assert ("by command 2, a reading stage of 2 steps (24 scenes, each reading question followed by 1 look-up turn; "
+            "the reading adapter afresh") in card
     at = argv.index("--continue-from")
     for bad in (argv[:at] + argv[at + 2:],  # a reading tower without --continue-from
                 [a for a in argv if a != str(tower) and a != "--reading-tower"],  # reading_steps without a tower
-                [a.replace("sparsecut-tiny", "llava-tiny") if a == "sparsecut-tiny" else a for a in argv]):  # no reading tokens
-        with pytest.raises(SystemExit):
+                [a.replace("sparsecut-tiny", "llava-tiny") if a == "sparsecut-tiny" else a for a in argv],  # no reading tokens
+                [a.replace("reading_steps=2", "reading_look_ups=1") for a in argv],  # look-ups with no reading stage
+                _with(argv[:at], **{"--budget": "stage2_steps=0"})):
+        with pytest.raises(SystemExit):  # ... and no stage 2 with no reading stage
             main(bad)
 
 

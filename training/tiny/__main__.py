@@ -38,7 +38,7 @@ from sparsecut.zoo import LORA_DIR
 from .family import (ADAPTER_MLP, BASE_TEXT, CHAT_TEMPLATE, FAMILY, LAYOUT, Budget, backbone_dirs,
                      budget_with, build_backbones, cpu_mixed_precision, reading_tower_record, write_data)
 from .continued import START, check_continuable, continued_start, grafted_start, shipped_record
-from .progress import report, stage_dir, stage_done, stage_seconds, stage_steps
+from .progress import final_dir, report, stage_dir, stage_done, stage_seconds, stage_steps
 
 QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, tower_images=24, tower_steps=2, stage1_steps=2, stage2_steps=2,
                batch=8, save_every=1, reading_images=24)
@@ -75,7 +75,8 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
     ``continue_from`` (a shipped family) stage 1 is not trained: stage 2 starts from that family's ``name`` and trains
     its LoRA on (``continued.py``); with ``reading_tower`` too (a vision tower folder), a reading stage of the
     budget's ``reading_steps`` first gives the member's reading tokens that tower and trains their fresh adapter and
-    the LoRA on reading questions."""
+    the LoRA on reading questions (each followed by ``reading_look_ups`` look-up turns); with ``stage2_steps`` 0 its
+    output is the final model."""
     spec = FAMILY[name]
     vision, text = backbone_dirs(root)
     stage1, final = stage_dir(root, name, "stage1"), stage_dir(root, name, "stage2")
@@ -105,6 +106,8 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
                         "--learning-rate", str(budget.reading_lr), "--adapter-learning-rate", str(budget.adapter_lr),
                         "--lora", json.dumps({**lora, "init": os.path.join(stage1, LORA_DIR)}), *common],
                        reading + ".log", threads)
+            if not budget.stage2_steps:  # the reading stage alone continues the member
+                return final_dir(root, name, budget.stage2_steps)
             stage1 = grafted_start(stage1, reading, root, name)
         init = {"init": os.path.join(stage1, LORA_DIR)}
     elif not stage_done(stage1):
@@ -167,7 +170,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reading-tower", default=None, metavar="DIR", help="with --continue-from: a reading stage "
                         "of the budget's reading_steps first gives each member's reading tokens this tower of their "
                         "own (a python -m training.tiny.dense output, e.g. --spell) and trains their fresh adapter "
-                        "and the LoRA on reading questions; stage 2 follows")
+                        "and the LoRA on reading questions (reading_look_ups: look-up turns after each); stage 2 "
+                        "follows, or with stage2_steps=0 the reading stage's output is the member")
     parser.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     parser.add_argument("--ship", default=None, help="family folder to export to (default OUTPUT/family); "
                         "assets/sparsecut-tiny replaces the shipped family")
@@ -190,11 +194,14 @@ def main(argv=None) -> int:
             parser.error(str(err))
         budget = replace(budget, stage1_steps=0)  # recorded as it ran: no stage 1 in this run
     reading = {}  # how the reading tower was made, for each member's record
-    if args.reading_tower is not None or budget.reading_steps:
+    if args.reading_tower is not None or budget.reading_steps or budget.reading_look_ups:
         try:
             reading = {"reading_tower": _reading_tower(args.reading_tower, args.continue_from, names, budget)}
         except ValueError as err:
             parser.error(str(err))
+    if not budget.stage2_steps and not reading:
+        parser.error("stage2_steps=0 trains no stage 2: it is for a reading stage alone (--continue-from FAMILY "
+                     "--reading-tower DIR --budget reading_steps=N,stage2_steps=0).")
     on_cpu = args.cpu or not _has_gpu()
     cores = os.cpu_count() or 1
     jobs = max(1, min(len(names), args.jobs or (cores if on_cpu else 1)))
@@ -215,14 +222,14 @@ def main(argv=None) -> int:
     device_flags = ["--mixed-precision", precision, *(["--cpu"] if on_cpu else [])]
     backbones_seconds = time.time() - started
     print(f"[{backbones_seconds:6.0f}s] backbones ready; training {len(names)} member(s), {jobs} at a time", flush=True)
-    member_seconds = {}
+    member_seconds, finals = {}, {}  # name -> its final model's folder
 
     def run(name: str) -> str:
         began = time.time()
         history = {"continued_from": shipped_record(args.continue_from, name)} if args.continue_from else {}
         started_by(args.output, name, {"command": _command(argv), "jobs": jobs, "threads": threads, **history, **reading})
-        folder = train_member(name, args.output, budget, args.seed, device_flags, threads, args.continue_from,
-                              args.reading_tower)
+        folder = finals[name] = train_member(name, args.output, budget, args.seed, device_flags, threads,
+                                             args.continue_from, args.reading_tower)
         member_seconds[name] = time.time() - began
         print(f"[{time.time() - started:6.0f}s] trained {name} ({member_seconds[name] / 60:.1f} min in this process)", flush=True)
         return folder
@@ -243,7 +250,7 @@ def main(argv=None) -> int:
     stage_times = stage_seconds(args.output, names, budget)
     members = export(args.output, {name: {**started_by(args.output, name, {}), "seed": args.seed, "budget": budget.__dict__,
                                           "device": device, "mixed_precision": precision,
-                                          "stage_seconds": stage_times[name]} for name in names}, ship)
+                                          "stage_seconds": stage_times[name]} for name in names}, ship, finals)
     scored = score_shipped(ship, list(members), args.seed, data_dir=os.path.join(args.output, "data"),  # the split written above
                            answers_dir=os.path.join(ship, ANSWERS),  # and those the run's own family kept, when
                            earlier_answers=os.path.join(own_family, ANSWERS))  # it ships elsewhere now

@@ -68,13 +68,14 @@ class Budget:
     reading_steps: int = 0  # a reading stage before stage 2 (with --reading-tower): the reading adapter and the LoRA
     reading_images: int = 3000  # its scenes, one reading or unanswerable question each
     reading_lr: float = 1.5e-3  # the LoRA's there (the reading adapter's: adapter_lr)
+    reading_look_ups: int = 0  # turns of stage 2's other families after each reading-stage question (its LoRA is theirs)
     batch: int = 16
     save_every: int = 25  # optimizer steps between checkpoints: what an interruption can lose
 
 
 # budget field -> the drill it adds (questions.DRILLS)
 DRILL_FIELDS = {"relation_turns": "relation", "tally_turns": "tally", "recount_turns": "recount"}
-MAY_BE_ZERO = (*DRILL_FIELDS, "reading_steps")
+MAY_BE_ZERO = (*DRILL_FIELDS, "reading_steps", "reading_look_ups", "stage2_steps")  # stage 2: 0 after a reading stage
 
 
 def budget_with(base: Budget, overrides: str) -> Budget:
@@ -117,7 +118,7 @@ def write_data(root: str, budget: Budget, seed: int) -> None:
                 layout=LAYOUT, drills=drills_of(budget))
     if budget.reading_steps:
         write_split(data, "reading", split_seed(seed, "reading"), budget.reading_images, "reading", layout=LAYOUT,
-                    text_probability=READING_TEXT_PROBABILITY)
+                    text_probability=READING_TEXT_PROBABILITY, look_up_turns=budget.reading_look_ups)
     write_split(data, "test", split_seed(seed, "test"), budget.test_images, "eval", layout=LAYOUT)
 
 

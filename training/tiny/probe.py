@@ -362,7 +362,7 @@ def probe(run: str, member: str = "llava-tiny", families=PROBED, steps: int = 60
     if init is not None and eval_every:  # where the trained member starts
         score_now(0)
     losses = fit(model, step_loss, steps, lr, seed, weight_decay=0.0, betas=(0.9, 0.999), warmup_ratio=0.03,
-                 desc=f"probe {member}", progress=progress, param_groups=_groups(model, lr, llm_lr), after_step=after_step)
+                 desc=f"probe {init or member}", progress=progress, param_groups=_groups(model, lr, llm_lr), after_step=after_step)
     train_seconds = time.time() - started - scoring[0]
     scores = exact_match(model, test, test_views, collate)
     if eval_every:

@@ -15,6 +15,11 @@ def stage_dir(root: str, name: str, stage: str) -> str:
     return os.path.join(root, "models", name + ("" if stage == "stage2" else f"-{stage}"))
 
 
+def final_dir(root: str, name: str, stage2_steps: int) -> str:
+    """Member ``name``'s final model: stage 2's, or with no stage-2 steps (a reading stage alone) the reading stage's."""
+    return stage_dir(root, name, "stage2" if stage2_steps else "reading")
+
+
 def stage_done(folder: str) -> bool:
     """A finished training CLI run: its final model and summary are written (the summary last)."""
     return os.path.isfile(os.path.join(folder, "training_summary.json"))

@@ -28,6 +28,7 @@ from .answers import ANSWERS, AnswerStore, question_keys
 from .evaluate import predict, read_eval, results_table, score
 from .export import export_family
 from .family import BACKBONES, DRILL_FIELDS, FAMILY, LAYOUT, Budget, backbone_dirs, split_seed
+from .progress import final_dir
 from sparsecut.evaluation.synthetic.scenes import layout_named
 
 SUBSET = 200  # questions the tests rescore (the first ones of the held-out split)
@@ -35,11 +36,12 @@ LORA_TARGETS = {"all": "q, k, v, o, gate, up, down", "attention": "q, k, v, o"}
 TEST_IMAGES = Budget().test_images
 
 
-def export(root: str, records: dict[str, dict], out_dir: str) -> dict[str, dict]:
-    """Export trained members ``root/models/<name>`` (all from the run's vision tower and LLM) to ``out_dir`` as
-    deltas over the run's base LLM, joining the family there when it has the same tower and base (``export.py``).
-    ``records``: name -> how it was trained. Returns the records of every member now shipped in ``out_dir`` (those
-    that stayed, from its ``results.json``, then ``records``)."""
+def export(root: str, records: dict[str, dict], out_dir: str, folders: dict[str, str] | None = None) -> dict[str, dict]:
+    """Export trained members ``root/models/<name>`` (all from the run's vision tower and LLM; ``folders``: name ->
+    another final folder, e.g. a reading stage's with no stage 2 after it) to ``out_dir`` as deltas over the run's
+    base LLM, joining the family there when it has the same tower and base (``export.py``). ``records``: name -> how
+    it was trained. Returns the records of every member now shipped in ``out_dir`` (those that stayed, from its
+    ``results.json``, then ``records``)."""
     from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
     from sparsecut.base_models import BASE_MODELS, resolve_text_backbone, sha256_of
     from sparsecut.zoo import manifest
@@ -49,7 +51,7 @@ def export(root: str, records: dict[str, dict], out_dir: str) -> dict[str, dict]
     with open(os.path.join(root, "backbones", BACKBONES), encoding="utf-8") as handle:
         tower = {k: v for k, v in json.load(handle).items() if k not in ("text", "tower_from", "tower_from_sha256")}
     names = list(records)
-    folders = {name: os.path.join(root, "models", name) for name in names}
+    folders = {name: (folders or {}).get(name, os.path.join(root, "models", name)) for name in names}
     models = {name: SparseCutForConditionalGeneration.from_pretrained(folder) for name, folder in folders.items()}
     processor = SparseCutProcessor.from_pretrained(folders[names[0]])
     digest = BASE_MODELS[text].sha256 if text in BASE_MODELS else sha256_of(os.path.join(resolve_text_backbone(text), "model.safetensors"))
@@ -256,19 +258,19 @@ def _high_res(family_dir: str, member: str) -> str:
 
 
 NOT_DIFFERENCES = ("stage1_steps", "stage2_steps", "save_every",  # a continuation's own steps, said apart
-                   "reading_steps", "reading_images", "reading_lr")  # and its reading stage (_reading_stage)
+                   "reading_steps", "reading_images", "reading_lr", "reading_look_ups")  # and its reading stage
 
 
 def _reading_stage(record: dict) -> str:
-    """The card's words on a continuation's reading stage (``--reading-tower``), or "" for one without."""
-    tower = record.get("reading_tower")
-    if tower is None:
-        return ""
-    budget = record["budget"]
+    """The card's words on a continuation's reading stage (``--reading-tower``): "a reading stage of N steps (...)"."""
+    tower, budget = record["reading_tower"], record["budget"]
     spelled = " --spell" if tower["spell"] else ""
-    return (f", after a reading stage of {budget['reading_steps']} steps ({budget['reading_images']} scenes; the "
-            f"reading adapter afresh at lr {budget['adapter_lr']:g} and the LoRA at {budget['reading_lr']:g}, the "
-            f"shortcuts' adapters frozen) that gave its reading tokens a tower of "
+    look_ups = budget.get("reading_look_ups", 0)
+    scenes = f"{budget['reading_images']} scenes" + (
+        f", each reading question followed by {look_ups} look-up turn{'s' * (look_ups > 1)}" if look_ups else "")
+    return (f"a reading stage of {budget['reading_steps']} steps ({scenes}; the reading adapter afresh at lr "
+            f"{budget['adapter_lr']:g} and the LoRA at {budget['reading_lr']:g}, the shortcuts' adapters frozen) that "
+            f"gave its reading tokens a tower of "
             f"their own, pretrained by `python -m training.tiny.dense --layout {tower['layout']} --scenes "
             f"{tower['scenes']} --steps {tower['steps']} --seed {tower['seed']}{spelled}` ({tower['seconds'] / 60:.1f} "
             f"min, final loss {tower['final_loss']:.3f}, sha256 `{tower['sha256'][:16]}...`)")
@@ -282,10 +284,14 @@ def _continued(name: str, chain: list[dict], commands: list[str]) -> str:
         old, new = _recorded(before["budget"]), _recorded(after["budget"])
         changed = [f"`{key}` {json.dumps(new[key])} (was {json.dumps(old.get(key))})" for key in new
                    if key not in NOT_DIFFERENCES and new[key] != old.get(key)]
-        parts.append(f"by command {commands.index(after['command']) + 1}, {new['stage2_steps']} more stage-2 steps (LoRA "
-                     f"lr {new['stage2_lr']:g}, adapters {new['adapter_lr']:g})"
-                     + (f" with {', '.join(changed)}" if changed else " with the same budget") + _reading_stage(after))
-    return (f"\n\n**`{name}` was trained further** (`--continue-from`: stage 2 only, from the member as shipped, its "
+        by = f"by command {commands.index(after['command']) + 1}, "
+        if not new["stage2_steps"]:  # a reading stage alone
+            parts.append(by + _reading_stage(after))
+            continue
+        parts.append(by + f"{new['stage2_steps']} more stage-2 steps (LoRA lr {new['stage2_lr']:g}, adapters "
+                     f"{new['adapter_lr']:g})" + (f" with {', '.join(changed)}" if changed else " with the same budget")
+                     + (f", after {_reading_stage(after)}" if after.get("reading_tower") else ""))
+    return (f"\n\n**`{name}` was trained further** (`--continue-from`: no stage 1, from the member as shipped, its "
             f"fp16 adapters and LoRA, the same LoRA trained on): " + "; then ".join(parts) + ".")
 
 
@@ -391,24 +397,28 @@ def main(argv=None) -> int:
             parser.error(f"{args.to} has no results.json saying how its members were trained: ship them with --from")
         run, members = shipped_before["run"], shipped_before["members"]
     else:
-        missing = [n for n in names if not args.source or not os.path.isdir(os.path.join(args.source, "models", n))]
         trained = os.path.join(args.source or "", "results.json")
-        if missing or not os.path.isfile(trained):
-            parser.error(f"no trained model(s) {missing or names} with their results.json under {args.source!r}; run "
-                         "python -m training.tiny first")
+        if not os.path.isfile(trained):
+            parser.error(f"no results.json under {args.source!r} saying what it trained; run python -m training.tiny first")
         with open(trained, encoding="utf-8") as handle:
             source = json.load(handle)
         if "members" not in source:
             parser.error(f"{trained} does not say how its members were trained (written before per-member records): "
                          "rerun its python -m training.tiny command, which skips what is trained and rewrites it")
+        finals = {n: final_dir(args.source, n, source["members"][n]["budget"]["stage2_steps"])
+                  for n in names if n in source["members"]}
+        missing = [n for n in names if n not in finals or not os.path.isdir(finals[n])]
+        if missing:
+            parser.error(f"{args.source} has no trained model(s) {missing} (it trained {', '.join(source['members'])})")
         run = source["run"]
-        members = export(args.source, {n: source["members"][n] for n in names}, args.to)
+        members = export(args.source, {n: source["members"][n] for n in names}, args.to, finals)
     from sparsecut.zoo import manifest
 
     started = time.time()
     entry = manifest(args.to)
     scored = score_shipped(args.to, list(entry["models"]), args.seed, layout=entry["tower"]["layout"],
-                           answers_dir=os.path.join(args.to, ANSWERS))
+                           answers_dir=os.path.join(args.to, ANSWERS),  # and the run's own family's, same files
+                           earlier_answers=os.path.join(args.source, "family", ANSWERS) if args.source else None)
     scored["run"], scored["members"] = run, members
     print(write_results(args.to, scored))
     write_card(args.to, scored)

@@ -19,6 +19,8 @@ from .scenes import DEFAULT_LAYOUT, Layout, Scene, render, sample_scene
 DESCRIBE = "Describe the image briefly."
 # how often each family is drawn for a stage-2 turn (reading and unanswerable only where the scene allows)
 TRAIN_WEIGHTS = {"attribute": 2, "count": 2, "position": 2, "existence": 3, "reading": 3, "unanswerable": 2, "choice": 1}
+# a reading split's turns after its reading question: stage 2's families but reading
+LOOK_UP_WEIGHTS = {family: weight for family, weight in TRAIN_WEIGHTS.items() if family != "reading"}
 
 
 def scene_for(seed: int, index: int, max_shapes: int = 5, layout: Layout = DEFAULT_LAYOUT,
@@ -46,7 +48,8 @@ def _families(rng, weights: dict[str, int], k: int) -> list[str]:
 
 
 def write_split(root: str, name: str, seed: int, num_images: int, kind: str, turns: int = 3,
-                layout: Layout = DEFAULT_LAYOUT, drills: tuple[str, ...] = (), text_probability: float = 0.5) -> str:
+                layout: Layout = DEFAULT_LAYOUT, drills: tuple[str, ...] = (), text_probability: float = 0.5,
+                look_up_turns: int = 0) -> str:
     """Write split ``name`` under ``root`` (scenes drawn in ``layout``, a text in each with ``text_probability``):
     images in ``root/images/name/``, and
 
@@ -54,14 +57,19 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
     - kind ``instruct``: ``name.json``, a ``turns``-turn conversation per image (stage 2), then one more turn per entry
       of ``drills`` (training-only families, ``questions.DRILLS``) where the scene allows it; the first ``turns``
       turns are the same with or without drills;
-    - kind ``reading``: ``name.json``, one single-turn conversation per image: what is written where a legible text
-      is, else the unanswerable family's question (the text missing or illegible, or an absent object's colour);
+    - kind ``reading``: ``name.json``, one conversation per image: what is written where a legible text is, else the
+      unanswerable family's question (the text missing or illegible, or an absent object's colour), then
+      ``look_up_turns`` more turns drawn as stage 2's are (``TRAIN_WEIGHTS``, reading left out), so that a stage
+      that teaches reading keeps training the look-ups it shares its weights with;
     - kind ``eval``: ``name.jsonl``, one question per family per image where the scene allows it.
     Returns the path of the written JSON/JSONL."""
     unknown = [d for d in drills if d not in DRILLS]
     if unknown or (drills and kind != "instruct"):
         raise ValueError(f"drills are training-only families of instruct splits, one of {', '.join(DRILLS)}; got "
                          f"{list(drills)} for a {kind} split.")
+    if look_up_turns < 0 or (look_up_turns and kind != "reading"):
+        raise ValueError(f"look_up_turns (>= 0) follow a reading split's reading question; got {look_up_turns} for a "
+                         f"{kind} split.")
     folder = os.path.join(root, "images", name)
     os.makedirs(folder, exist_ok=True)
     records = []
@@ -87,8 +95,16 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
             records.append({"id": f"{name}-{index}", "image": image, "conversations": conversation})
         elif kind == "reading":
             qa = ask(scene, "reading", rng) or ask(scene, "unanswerable", rng)
-            records.append({"id": f"{name}-{index}", "image": image, "conversations": [
-                {"from": "human", "value": f"<image>\n{qa.question}"}, {"from": "gpt", "value": qa.answer}]})
+            conversation = [{"from": "human", "value": f"<image>\n{qa.question}"}, {"from": "gpt", "value": qa.answer}]
+            asked = {qa.question}
+            for family in _families(rng, LOOK_UP_WEIGHTS, len(LOOK_UP_WEIGHTS)):
+                if len(conversation) == 2 * (1 + look_up_turns):
+                    break
+                qa = ask(scene, family, rng)
+                if qa is not None and qa.question not in asked:
+                    asked.add(qa.question)
+                    conversation += [{"from": "human", "value": qa.question}, {"from": "gpt", "value": qa.answer}]
+            records.append({"id": f"{name}-{index}", "image": image, "conversations": conversation})
         elif kind == "eval":
             for family in FAMILIES:
                 qa = ask(scene, family, rng)
