@@ -267,11 +267,12 @@ def test_a_reading_stage_gives_a_continued_members_reading_tokens_a_tower_and_tr
             "0.0015, the shortcuts' adapters frozen)") in card
     assert "--scenes 8 --steps 2 --seed 5 --spell`" in card and "3 reading tokens through a tower of their own" in card
     alone = tmp_path / "alone"  # a reading stage with look-up turns, and no stage 2 after it
-    shutil.copytree(run / "family", tmp_path / "family-alone")
+    shutil.copytree(family, tmp_path / "family-alone")
     assert main(_with(argv, **{"--output": str(alone), "--budget": "stage2_steps=0,reading_steps=2,reading_look_ups=1",
                                "--ship": str(tmp_path / "family-alone")})) == 0
     conversations = [r["conversations"] for r in json.loads((alone / "data" / "reading.json").read_text())]
-    assert all(len(c) == 4 and "What is written" in c[0]["value"] for c in conversations)  # a look-up after each
+    assert all(len(c) == 4 and c[0]["value"].startswith("<image>\n") for c in conversations)  # a look-up after each
+    assert sum("What is written" in c[0]["value"] for c in conversations) >= len(conversations) // 2  # reading first
     assert not (alone / "models" / "sparsecut-tiny").exists() and not (alone / "models" / "sparsecut-tiny-start-read").exists()
     lora = load_file(alone / "models" / "sparsecut-tiny-reading" / "lora" / "adapter_model.safetensors")
     shipped = load_file(tmp_path / "family-alone" / "models" / "sparsecut-tiny" / "lora" / "adapter_model.safetensors")
@@ -279,11 +280,29 @@ def test_a_reading_stage_gives_a_continued_members_reading_tokens_a_tower_and_tr
     record = json.loads((tmp_path / "family-alone" / "results.json").read_text())["members"]["sparsecut-tiny"]
     assert record["stage_seconds"]["stage2"] == 0.0 and record["stage_seconds"]["reading"] > 0
     card = (tmp_path / "family-alone" / "MODEL_CARD.md").read_text()
-    assert ("by command 2, a reading stage of 2 steps (24 scenes, each reading question followed by 1 look-up turn; "
-            "the reading adapter afresh") in card
+    assert ("then by command 3, a reading stage of 2 steps (24 scenes, each reading question followed by 1 look-up "
+            "turn; the reading adapter afresh") in card  # continuing the member of the run above
+    again = tmp_path / "again"  # a later reading stage trains on the reading adapter and tower the member has now
+    at = argv.index("--reading-tower")
+    assert main(_with(argv[:at] + argv[at + 2:], **{"--output": str(again), "--budget": "stage2_steps=0,reading_steps=2",
+                                                     "--continue-from": str(tmp_path / "family-alone"),
+                                                     "--ship": str(tmp_path / "family-alone")})) == 0
+    start, after = (load_file(again / "models" / name / "model.safetensors")
+                    for name in ("sparsecut-tiny-start", "sparsecut-tiny-reading"))
+    own = [k for k in start if k.startswith(READING_PREFIX + "vision_tower.")]
+    assert own and all(torch.equal(start[k], after[k]) for k in own)  # the member's reading tower, kept and frozen
+    adapter = [k for k in start if k.startswith(READING_PREFIX) and k not in own]
+    assert any(not torch.equal(start[k], after[k]) for k in adapter)  # its reading adapter trained on
+    shipped_before = load_file(alone / "models" / "sparsecut-tiny-reading" / "model.safetensors")
+    assert all(torch.allclose(start[k], shipped_before[k], atol=1e-2) for k in adapter)  # from the member as shipped
+    card = (tmp_path / "family-alone" / "MODEL_CARD.md").read_text()
+    assert ("then by command 4, a reading stage of 2 steps (24 scenes; the reading adapter the member had (its reading "
+            "tower kept)") in card
+    assert json.loads((tmp_path / "family-alone" / "results.json").read_text())["members"]["sparsecut-tiny"]["reading_tower"] == {"kept": True}
     at = argv.index("--continue-from")
     for bad in (argv[:at] + argv[at + 2:],  # a reading tower without --continue-from
-                [a for a in argv if a != str(tower) and a != "--reading-tower"],  # reading_steps without a tower
+                _with([a for a in argv if a != str(tower) and a != "--reading-tower"],  # no tower given, and the
+                      **{"--continue-from": str(run / "family")}),                        # member has none
                 [a.replace("sparsecut-tiny", "llava-tiny") if a == "sparsecut-tiny" else a for a in argv],  # no reading tokens
                 [a.replace("reading_steps=2", "reading_look_ups=1") for a in argv],  # look-ups with no reading stage
                 _with(argv[:at], **{"--budget": "stage2_steps=0"})):

@@ -186,6 +186,15 @@ def test_probe_with_oracle_vision_is_deterministic(run):
     assert first["settings"]["oracle_vision"] is True and first["questions"] == 4
 
 
+def test_a_family_named_twice_is_drawn_twice_as_often(run):
+    _, processor = build_model(run, "llava-tiny", fresh_lm=False, seed=0)
+    setting = dict(seed=5, scenes=6, high_res=False, max_shapes=5, max_length=2048, text_probability=1.0)
+    once, _ = questions(processor, families=["count", "attribute"], **setting)
+    twice, _ = questions(processor, families=["count", "attribute", "count"], **setting)
+    assert [i["family"] for i in once].count("count") == 6 and [i["family"] for i in twice].count("count") == 12
+    assert [i["family"] for i in twice].count("attribute") == 6
+
+
 def test_several_questions_per_sample_and_captions(run):
     from training.data import IGNORE_INDEX
     from sparsecut.evaluation.synthetic.questions import caption

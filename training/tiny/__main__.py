@@ -37,7 +37,7 @@ from dataclasses import replace
 from sparsecut.zoo import LORA_DIR
 from .family import (ADAPTER_MLP, BASE_TEXT, CHAT_TEMPLATE, FAMILY, LAYOUT, Budget, backbone_dirs,
                      budget_with, build_backbones, cpu_mixed_precision, reading_tower_record, write_data)
-from .continued import START, check_continuable, continued_start, grafted_start, shipped_record
+from .continued import START, check_continuable, continued_start, grafted_start, shipped_config, shipped_record
 from .progress import final_dir, report, stage_dir, stage_done, stage_seconds, stage_steps
 
 QUICK = Budget(pretrain_images=24, instruct_images=24, test_images=12, tower_images=24, tower_steps=2, stage1_steps=2, stage2_steps=2,
@@ -73,10 +73,10 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
     """Stage 1 then stage 2 for family member ``name`` (``threads``: the CPU threads it may use), each skipped when
     finished and resumed from its last checkpoint when interrupted; returns the final model folder. With
     ``continue_from`` (a shipped family) stage 1 is not trained: stage 2 starts from that family's ``name`` and trains
-    its LoRA on (``continued.py``); with ``reading_tower`` too (a vision tower folder), a reading stage of the
-    budget's ``reading_steps`` first gives the member's reading tokens that tower and trains their fresh adapter and
-    the LoRA on reading questions (each followed by ``reading_look_ups`` look-up turns); with ``stage2_steps`` 0 its
-    output is the final model."""
+    its LoRA on (``continued.py``); with the budget's ``reading_steps``, a reading stage first trains the member's
+    reading adapter and LoRA on reading questions (each followed by ``reading_look_ups`` look-up turns): a fresh
+    adapter around ``reading_tower`` (a vision tower folder), or without one the member's own reading adapter and
+    tower as shipped; with ``stage2_steps`` 0 its output is the final model."""
     spec = FAMILY[name]
     vision, text = backbone_dirs(root)
     stage1, final = stage_dir(root, name, "stage1"), stage_dir(root, name, "stage2")
@@ -97,10 +97,11 @@ def train_member(name: str, root: str, budget: Budget, seed: int, device_flags: 
     lora = {"r": budget.lora_rank, "alpha": 2 * budget.lora_rank, "dropout": 0.0, "modules": budget.lora_modules}
     if continue_from is not None:
         stage1 = continued_start(continue_from, name, root)
-        if reading_tower is not None:
+        if budget.reading_steps:
             reading = stage_dir(root, name, "reading")
             if not stage_done(reading):
-                _train(["--recipe", "stage_reading", "--model", stage1, "--reading-tower", reading_tower,
+                tower = ["--reading-tower", reading_tower] if reading_tower is not None else []  # else its own, kept
+                _train(["--recipe", "stage_reading", "--model", stage1, *tower,
                         "--data", os.path.join(root, "data", "reading.json"), "--output", reading,
                         "--max-steps", str(budget.reading_steps), "--epochs", "1000",
                         "--learning-rate", str(budget.reading_lr), "--adapter-learning-rate", str(budget.adapter_lr),
@@ -167,11 +168,12 @@ def main(argv=None) -> int:
                         "assets/sparsecut-tiny) whose members this run trains on: stage 2 starts from each shipped "
                         "member (adapters + LoRA) for the budget's stage2_steps, with no stage 1, on the family's "
                         "tower; the LoRA's rank and projections must be the shipped ones")
-    parser.add_argument("--reading-tower", default=None, metavar="DIR", help="with --continue-from: a reading stage "
-                        "of the budget's reading_steps first gives each member's reading tokens this tower of their "
+    parser.add_argument("--reading-tower", default=None, metavar="DIR", help="with --continue-from and the budget's "
+                        "reading_steps: a reading stage first gives each member's reading tokens this tower of their "
                         "own (a python -m training.tiny.dense output, e.g. --spell) and trains their fresh adapter "
                         "and the LoRA on reading questions (reading_look_ups: look-up turns after each); stage 2 "
-                        "follows, or with stage2_steps=0 the reading stage's output is the member")
+                        "follows, or with stage2_steps=0 the reading stage's output is the member. Without it, a "
+                        "reading stage trains on the reading adapter and tower the members already have")
     parser.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     parser.add_argument("--ship", default=None, help="family folder to export to (default OUTPUT/family); "
                         "assets/sparsecut-tiny replaces the shipped family")
@@ -269,16 +271,23 @@ def main(argv=None) -> int:
 
 
 def _reading_tower(tower_dir: str | None, continue_from: str | None, names: list[str], budget: Budget) -> dict:
-    """The record of ``--reading-tower`` (``family.reading_tower_record``); ValueError unless it is given with
-    ``--continue-from`` and ``reading_steps`` > 0, and every member has reading tokens."""
-    if tower_dir is None or not budget.reading_steps or continue_from is None:
-        raise ValueError("a reading stage gives shipped members' reading tokens a tower of their own: give "
-                         "--reading-tower DIR, --continue-from FAMILY and --budget reading_steps=N (> 0) together.")
+    """The record of a reading stage's tower: ``--reading-tower``'s (``family.reading_tower_record``), or without it
+    ``{"kept": True}`` (the members' own, as shipped). ValueError unless the stage has ``--continue-from`` and
+    ``reading_steps`` > 0, every member has reading tokens, and without ``--reading-tower`` a reading tower too."""
+    if not budget.reading_steps or continue_from is None:
+        raise ValueError("a reading stage trains shipped members' reading tokens: give --continue-from FAMILY and "
+                         "--budget reading_steps=N (> 0) together, with --reading-tower DIR for a tower of their own.")
     without = [name for name in names if not FAMILY[name].get("reading_tokens")]
     if without:
         raise ValueError(f"{', '.join(without)} {'has' if len(without) == 1 else 'have'} no reading tokens for a reading "
-                         "tower: train only members with them (--models sparsecut-tiny).")
-    return reading_tower_record(tower_dir)
+                         "stage: train only members with them (--models sparsecut-tiny).")
+    if tower_dir is not None:
+        return reading_tower_record(tower_dir)
+    towerless = [name for name in names if not shipped_config(continue_from, name).get("reading_tower")]
+    if towerless:
+        raise ValueError(f"{', '.join(towerless)} in {continue_from} {'has' if len(towerless) == 1 else 'have'} no "
+                         "reading tower of its own to train on: give one with --reading-tower DIR.")
+    return {"kept": True}
 
 
 def _command(argv) -> str:

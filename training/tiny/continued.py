@@ -88,6 +88,16 @@ def grafted_start(start: str, reading: str, root: str, name: str) -> str:
     return folder
 
 
+def shipped_config(family_dir: str, name: str) -> dict:
+    """The ``config.json`` of member ``name`` as ``family_dir`` ships it."""
+    import json
+
+    from sparsecut.zoo import manifest
+
+    with open(os.path.join(family_dir, manifest(family_dir)["models"][name], "config.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def shipped_record(family_dir: str, name: str) -> dict:
     """How member ``name`` shipped in ``family_dir`` was trained (its record in the family's ``results.json``)."""
     from .ship import previous_members

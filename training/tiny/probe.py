@@ -418,7 +418,7 @@ def main(argv=None) -> int:
                         "the first step too (with --eval-every)")
     parser.add_argument("--member", default="llava-tiny", choices=list(FAMILY), help="whose architecture to probe")
     parser.add_argument("--families", default=",".join(PROBED), help=f"comma-separated subset of {', '.join(FAMILIES)}, and the training drills {', '.join(DRILLS)} (trained and "
-                        "scored like the others)")
+                        "scored like the others); a family named twice is drawn twice as often")
     parser.add_argument("--score-families", default=None, help="the held-out questions' families, comma-separated "
                         "(default: --families), e.g. one not trained on")
     parser.add_argument("--steps", type=int, default=600)

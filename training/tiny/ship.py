@@ -262,18 +262,22 @@ NOT_DIFFERENCES = ("stage1_steps", "stage2_steps", "save_every",  # a continuati
 
 
 def _reading_stage(record: dict) -> str:
-    """The card's words on a continuation's reading stage (``--reading-tower``): "a reading stage of N steps (...)"."""
+    """The card's words on a continuation's reading stage: "a reading stage of N steps (...)", around a new reading
+    tower (``--reading-tower``) or on the reading adapter and tower the member had."""
     tower, budget = record["reading_tower"], record["budget"]
-    spelled = " --spell" if tower["spell"] else ""
     look_ups = budget.get("reading_look_ups", 0)
     scenes = f"{budget['reading_images']} scenes" + (
         f", each reading question followed by {look_ups} look-up turn{'s' * (look_ups > 1)}" if look_ups else "")
-    return (f"a reading stage of {budget['reading_steps']} steps ({scenes}; the reading adapter afresh at lr "
-            f"{budget['adapter_lr']:g} and the LoRA at {budget['reading_lr']:g}, the shortcuts' adapters frozen) that "
-            f"gave its reading tokens a tower of "
-            f"their own, pretrained by `python -m training.tiny.dense --layout {tower['layout']} --scenes "
-            f"{tower['scenes']} --steps {tower['steps']} --seed {tower['seed']}{spelled}` ({tower['seconds'] / 60:.1f} "
-            f"min, final loss {tower['final_loss']:.3f}, sha256 `{tower['sha256'][:16]}...`)")
+    stage = f"a reading stage of {budget['reading_steps']} steps ({scenes}; the reading adapter "
+    trained = (f"at lr {budget['adapter_lr']:g} and the LoRA at {budget['reading_lr']:g}, the shortcuts' adapters "
+               "frozen)")
+    if tower.get("kept"):
+        return stage + f"the member had (its reading tower kept) {trained}"
+    spelled = " --spell" if tower["spell"] else ""
+    return (stage + f"afresh {trained} that gave its reading tokens a tower of their own, pretrained by `python -m "
+            f"training.tiny.dense --layout {tower['layout']} --scenes {tower['scenes']} --steps {tower['steps']} "
+            f"--seed {tower['seed']}{spelled}` ({tower['seconds'] / 60:.1f} min, final loss {tower['final_loss']:.3f}, "
+            f"sha256 `{tower['sha256'][:16]}...`)")
 
 
 def _continued(name: str, chain: list[dict], commands: list[str]) -> str:
