@@ -203,7 +203,7 @@ def main(argv=None) -> int:
             parser.error(str(err))
     if not budget.stage2_steps and not reading:
         parser.error("stage2_steps=0 trains no stage 2: it is for a reading stage alone (--continue-from FAMILY "
-                     "--reading-tower DIR --budget reading_steps=N,stage2_steps=0).")
+                     "--budget reading_steps=N,stage2_steps=0, with --reading-tower DIR for a new reading tower).")
     on_cpu = args.cpu or not _has_gpu()
     cores = os.cpu_count() or 1
     jobs = max(1, min(len(names), args.jobs or (cores if on_cpu else 1)))

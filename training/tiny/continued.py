@@ -9,7 +9,10 @@ member it continued (``continued_from``), so the model card names every command 
 With ``--reading-tower DIR`` a reading stage comes first: the member's reading tokens get that tower, and their
 fresh adapter and the member's LoRA are trained on reading questions (``training/recipes/stage_reading.json``; the
 shortcuts' adapters frozen); stage 2 then starts from the shipped member with the reading stage's reading adapter,
-tower and LoRA in place of its own (``grafted_start``).
+tower and LoRA in place of its own (``grafted_start``). Without ``--reading-tower`` (the budget's ``reading_steps``
+alone) the reading stage trains on the reading adapter and tower the member already has. The budget's
+``reading_look_ups`` follows each reading question with look-up turns, and with ``stage2_steps=0`` the reading
+stage's output is the member (no stage 2).
 """
 
 from __future__ import annotations
