@@ -36,12 +36,11 @@ LORA_TARGETS = {"all": "q, k, v, o, gate, up, down", "attention": "q, k, v, o"}
 TEST_IMAGES = Budget().test_images
 
 
-def export(root: str, records: dict[str, dict], out_dir: str, folders: dict[str, str] | None = None) -> dict[str, dict]:
-    """Export trained members ``root/models/<name>`` (all from the run's vision tower and LLM; ``folders``: name ->
-    another final folder, e.g. a reading stage's with no stage 2 after it) to ``out_dir`` as deltas over the run's
-    base LLM, joining the family there when it has the same tower and base (``export.py``). ``records``: name -> how
-    it was trained. Returns the records of every member now shipped in ``out_dir`` (those that stayed, from its
-    ``results.json``, then ``records``)."""
+def export(root: str, records: dict[str, dict], out_dir: str, folders: dict[str, str]) -> dict[str, dict]:
+    """Export the members a run in ``root`` trained (all from its vision tower and LLM; ``folders``: name -> its final
+    model, ``progress.final_dir``) to ``out_dir`` as deltas over the run's base LLM, joining the family there when it
+    has the same tower and base (``export.py``). ``records``: name -> how it was trained. Returns the records of every
+    member now shipped in ``out_dir`` (those that stayed, from its ``results.json``, then ``records``)."""
     from sparsecut import SparseCutForConditionalGeneration, SparseCutProcessor
     from sparsecut.base_models import BASE_MODELS, resolve_text_backbone, sha256_of
     from sparsecut.zoo import manifest
@@ -50,14 +49,13 @@ def export(root: str, records: dict[str, dict], out_dir: str, folders: dict[str,
     _, text = backbone_dirs(root)
     with open(os.path.join(root, "backbones", BACKBONES), encoding="utf-8") as handle:
         tower = {k: v for k, v in json.load(handle).items() if k not in ("text", "tower_from", "tower_from_sha256")}
-    names = list(records)
-    folders = {name: (folders or {}).get(name, os.path.join(root, "models", name)) for name in names}
-    models = {name: SparseCutForConditionalGeneration.from_pretrained(folder) for name, folder in folders.items()}
-    processor = SparseCutProcessor.from_pretrained(folders[names[0]])
+    sources = {name: folders[name] for name in records}  # in the records' order
+    models = {name: SparseCutForConditionalGeneration.from_pretrained(folder) for name, folder in sources.items()}
+    processor = SparseCutProcessor.from_pretrained(next(iter(sources.values())))
     digest = BASE_MODELS[text].sha256 if text in BASE_MODELS else sha256_of(os.path.join(resolve_text_backbone(text), "model.safetensors"))
-    loras = {name: os.path.join(folder, LORA_DIR) for name, folder in folders.items() if os.path.isdir(os.path.join(folder, LORA_DIR))}
+    loras = {name: os.path.join(folder, LORA_DIR) for name, folder in sources.items() if os.path.isdir(os.path.join(folder, LORA_DIR))}
     stayed = export_family(models, processor, out_dir, base={"text": text, "sha256": digest}, loras=loras,
-                           sources=folders, tower_record=tower)
+                           sources=sources, tower_record=tower)
     shipped = {**previous_members(out_dir, stayed), **records}
     return {name: shipped[name] for name in manifest(out_dir)["models"]}  # in the family's order
 
