@@ -249,8 +249,9 @@ def with_reading_tower(model, vision, dtype: torch.dtype | str = torch.float32):
     tower of their own: ``vision``, a CLIP/SigLIP checkpoint path (or an already loaded vision model) of the same
     shape as the model's tower, e.g. one pretrained to spell each text (``python -m training.tiny.dense --spell``).
     Sets ``config.reading_tower`` and replaces the reading adapter with a fresh one around that tower (the old one
-    was trained on the other tower's tokens). Returns ``model``, changed in place."""
-    from .reading import ReadingAdapter
+    was trained on the other tower's tokens), or, when the folder holds ``READER_WEIGHTS`` (a reader aligned to this
+    model's LLM: ``python -m training.tiny.reader``), with that adapter. Returns ``model``, changed in place."""
+    from .reading import READER_WEIGHTS, ReadingAdapter
 
     config = model.config
     if not config.reading_tokens:
@@ -268,5 +269,26 @@ def with_reading_tower(model, vision, dtype: torch.dtype | str = torch.float32):
     for module in adapter.modules():  # the tower's weights are kept; the queries, attentions and MLP start fresh
         if module not in tower_modules:
             model._init_weights(module)
+    reader = isinstance(vision, (str, os.PathLike)) and os.path.join(vision, READER_WEIGHTS)
+    if reader and os.path.isfile(reader):
+        _load_reader(adapter, reader)
     model.model.reading_adapter = adapter
     return model
+
+
+def _load_reader(adapter, path: str) -> None:
+    """Load a trained reading adapter's weights (all but its tower's) from ``path`` into ``adapter``, or raise
+    naming what does not fit."""
+    from safetensors.torch import load_file
+
+    weights = load_file(path)
+    own = {name: param for name, param in adapter.state_dict().items() if not name.startswith("vision_tower.")}
+    wrong = [f"{name} {tuple(weights[name].shape)} (the model's {tuple(own[name].shape)})"
+             for name in sorted(set(own) & set(weights)) if weights[name].shape != own[name].shape]
+    wrong += [f"{name} (only in the model)" for name in sorted(set(own) - set(weights))]
+    wrong += [f"{name} (only in the reader)" for name in sorted(set(weights) - set(own))]
+    if wrong:
+        raise ValueError(f"{path} is a reader for another model: {', '.join(wrong[:4])}"
+                         f"{f' and {len(wrong) - 4} more' if len(wrong) > 4 else ''} do not fit this model's reading "
+                         "adapter. Align a reader to this model (python -m training.tiny.reader --member ...).")
+    adapter.load_state_dict({name: tensor.to(own[name].dtype) for name, tensor in weights.items()}, strict=False)

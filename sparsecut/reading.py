@@ -25,6 +25,8 @@ from transformers import AutoModel
 
 from .adapter import AdapterAttention, AdapterMLP
 
+READER_WEIGHTS = "reading_adapter.safetensors"  # beside a reading tower: a trained adapter for it (``training.tiny.reader``)
+
 
 class ReadingAdapter(nn.Module):
     """``forward(high (B, K_high, D_v))``: the crops' tokens of each image -> its reading tokens (B, K, D_t); with

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, fields, replace
 
 from .tower import tower_config, tower_image_processor
+from sparsecut.reading import READER_WEIGHTS
 from sparsecut.evaluation.synthetic.dataset import write_split
 from training.recipes import LORA_MODULES
 from .dense import DENSE_BATCH, DENSE_LR, DENSE_RECORD, pretrain_dense
@@ -232,7 +233,24 @@ def reading_tower_record(tower_dir: str) -> dict:
     if made["layout"] != LAYOUT.name:
         raise ValueError(f"{tower_dir} was pretrained on the {made['layout']} layout; this pipeline draws {LAYOUT.name}.")
     source = _tower_source(tower_dir)
-    return {"from": source["tower_from"], "sha256": source["tower_from_sha256"], "final_loss": made["losses"][-1], **{k: made[k] for k in ("seconds", "scenes", "steps", "seed", "spell", "layout")}}
+    record = {"from": source["tower_from"], "sha256": source["tower_from_sha256"], "final_loss": made["losses"][-1],
+              **{k: made[k] for k in ("seconds", "scenes", "steps", "seed", "spell", "layout")}}
+    return {**record, **({"reader": _reader_record(tower_dir)} if os.path.isfile(os.path.join(tower_dir, READER_WEIGHTS))
+                         else {})}
+
+
+def _reader_record(reader_dir: str) -> dict:
+    """How the reader in ``reader_dir`` (a ``python -m training.tiny.reader`` output) was aligned: its call, time,
+    final loss, held-out exact texts, and its weights' sha256."""
+    from sparsecut.base_models import sha256_of
+
+    from .reader import READER_RECORD
+
+    with open(os.path.join(reader_dir, READER_RECORD), encoding="utf-8") as handle:
+        made = json.load(handle)
+    return {"sha256": sha256_of(os.path.join(reader_dir, READER_WEIGHTS)), "final_loss": made["final_loss"],
+            "held_out": {k: made["after"][k] for k in ("texts", "numbers", "words")} if made.get("after") else None,
+            **{k: made[k] for k in ("member", "scenes", "steps", "seed", "seconds")}}
 
 
 def _tower_record(final_loss: float, seconds: float, seed: int, scenes: int, steps: int, spell: bool) -> dict:

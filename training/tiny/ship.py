@@ -272,10 +272,19 @@ def _reading_stage(record: dict) -> str:
     if tower.get("kept"):
         return stage + f"the member had (its reading tower kept) {trained}"
     spelled = " --spell" if tower["spell"] else ""
-    return (stage + f"afresh {trained} that gave its reading tokens a tower of their own, pretrained by `python -m "
-            f"training.tiny.dense --layout {tower['layout']} --scenes {tower['scenes']} --steps {tower['steps']} "
-            f"--seed {tower['seed']}{spelled}` ({tower['seconds'] / 60:.1f} min, final loss {tower['final_loss']:.3f}, "
-            f"sha256 `{tower['sha256'][:16]}...`)")
+    made = (f"that gave its reading tokens a tower of their own, pretrained by `python -m training.tiny.dense --layout "
+            f"{tower['layout']} --scenes {tower['scenes']} --steps {tower['steps']} --seed {tower['seed']}{spelled}` "
+            f"({tower['seconds'] / 60:.1f} min, final loss {tower['final_loss']:.3f}, sha256 `{tower['sha256'][:16]}...`)")
+    reader = tower.get("reader")
+    if not reader:
+        return stage + f"afresh {trained} " + made
+    held_out = reader["held_out"]
+    scores = (f", held-out texts {held_out['texts']:.1f}% (numbers {held_out['numbers']:.1f}, words "
+              f"{held_out['words']:.1f})" if held_out else "")
+    return (stage + f"aligned to the LLM's character embeddings first {trained} " + made + ", the adapter by `python -m "
+            f"training.tiny.reader --member {reader['member']} --scenes {reader['scenes']} --steps {reader['steps']} "
+            f"--seed {reader['seed']}` ({reader['seconds'] / 60:.1f} min, final loss {reader['final_loss']:.4f}{scores}, "
+            f"sha256 `{reader['sha256'][:16]}...`)")
 
 
 def _continued(name: str, chain: list[dict], commands: list[str]) -> str:
