@@ -254,13 +254,11 @@ class SparseCutModel(SparseCutPreTrainedModel):
             hidden = vision_hidden_states(self.vision_tower, pixel_values.flatten(0, 1), layers, drop_cls)
         read = None
         if reading:
-            if own_tower:  # the crops only: (I * g*g, M, Dv)
-                layer = vision_hidden_states(self.reading_adapter.vision_tower, pixel_values[:, 1:].flatten(0, 1),
-                                             [self.config.reading_layer], drop_cls)[self.config.reading_layer]
-                crops = layer.unflatten(0, (num_images, views - 1))  # (I, g*g, M, Dv)
+            if own_tower:  # the crops only
+                crops = self.reading_tower_tokens(pixel_values[:, 1:])  # (I, g*g * M, Dv)
             else:
-                crops = hidden[self.config.reading_layer].unflatten(0, (num_images, views))[:, 1:]  # (I, g*g, M, Dv)
-            read = self.reading_adapter(crops.flatten(1, 2))  # (I, K, Dt)
+                crops = hidden[self.config.reading_layer].unflatten(0, (num_images, views))[:, 1:].flatten(1, 2)
+            read = self.reading_adapter(crops)  # (I, K, Dt)
         concat = use_high and self.config.high_res_fusion == "concat"
         features: dict[Shortcut, torch.Tensor] = {}
         for shortcut in active:
@@ -277,6 +275,14 @@ class SparseCutModel(SparseCutPreTrainedModel):
             if output_attentions and attn is not None:
                 attentions[adapter_key(shortcut)] = attn
         return features, read, attentions
+
+    def reading_tower_tokens(self, crops: torch.Tensor) -> torch.Tensor:
+        """crops (I, g*g, 3, H, W) -> the reading tower's tokens of each image's crops at ``config.reading_layer``
+        (I, g*g * M, D_v): what the reading adapter reads with ``config.reading_tower``."""
+        drop_cls = self.config.vision_feature_select_strategy == "default"
+        layer = self.config.reading_layer
+        hidden = vision_hidden_states(self.reading_adapter.vision_tower, crops.flatten(0, 1), [layer], drop_cls)[layer]
+        return hidden.unflatten(0, crops.shape[:2]).flatten(1, 2)
 
     def get_placeholder_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """(B, T) bool mask of the image placeholder positions."""

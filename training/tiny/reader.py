@@ -37,7 +37,6 @@ from safetensors.torch import save_file
 from sparsecut.evaluation.synthetic.dataset import image_for, scene_for
 from sparsecut.evaluation.synthetic.scenes import Scene
 from sparsecut.reading import READER_WEIGHTS
-from sparsecut.vision import vision_hidden_states
 
 from .dense import CHARS
 from .family import LAYOUT, READING_TEXT_PROBABILITY
@@ -79,9 +78,6 @@ def reader_targets(texts: list[str], embeddings: torch.Tensor, ids: dict[str, in
 def crop_tokens(model, processor, seed: int, scenes: int, batch: int = 64) -> tuple[torch.Tensor, list[str]]:
     """For ``scenes`` scenes of split ``seed`` (the reading split's mix of texts): the reading tower's tokens of each
     scene's crops, as the model hands them to its reading adapter (S, g*g * M, D_v), and each scene's legible text."""
-    config = model.config
-    tower = model.model.reading_adapter.vision_tower
-    drop_cls = config.vision_feature_select_strategy == "default"
     tokens, texts = [], []
     for start in range(0, scenes, batch):
         crops = []
@@ -89,10 +85,7 @@ def crop_tokens(model, processor, seed: int, scenes: int, batch: int = 64) -> tu
             scene = scene_for(seed, index, layout=LAYOUT, text_probability=READING_TEXT_PROBABILITY)[0]
             crops.append(processor.image_views(image_for(scene, seed, index), high_res=True)[1:])  # (g*g, 3, H, W)
             texts.append(legible_text(scene))
-        pixels = torch.stack(crops)  # (B, g*g, 3, H, W)
-        hidden = vision_hidden_states(tower, pixels.flatten(0, 1).to(model.dtype), [config.reading_layer],
-                                      drop_cls)[config.reading_layer]
-        tokens.append(hidden.unflatten(0, pixels.shape[:2]).flatten(1, 2).float())
+        tokens.append(model.model.reading_tower_tokens(torch.stack(crops).to(model.dtype)).float())  # (B, g*g * M, Dv)
     return torch.cat(tokens), texts
 
 
