@@ -29,6 +29,7 @@ from captum.attr import IntegratedGradients, Occlusion
 
 from sparsecut.model import adapter_key
 from sparsecut.patterns import Shortcut
+from sparsecut.quantization import has_int8_layers
 
 from .grid import HIGH_RES, LOW_RES, TokenGrid
 from .inputs import Example, answer_logprobs, check_model
@@ -224,6 +225,14 @@ def _integrate(score_fn, inputs: tuple, baselines: tuple, n_steps: int, method: 
     return attributions, float(delta), score, base_score
 
 
+def _check_gradients(model, method: str) -> None:
+    """A ValueError when ``model`` has int8 layers (``sparsecut.quantization``), which have no gradient."""
+    if has_int8_layers(model):
+        raise ValueError(f"{method} needs gradients through the LLM, and this model's LLM runs in int8 (loaded with "
+                         "dtype int8), which has none. Use occlusion (forward passes only), or load the model in "
+                         "float32 or bfloat16 (app: --dtype float32).")
+
+
 def integrated_gradients(
     model,
     example: Example,
@@ -234,6 +243,7 @@ def integrated_gradients(
 ) -> ImageAttribution:
     """Pixel attribution of log p(answer) by integrated gradients; ``internal_batch_size`` bounds memory."""
     check_model(model)
+    _check_gradients(model, "integrated gradients")
     _check_steps(n_steps, method)
     score_fn = _score_of_pixels(model, example)
     base = image_baseline(example, baseline)
@@ -323,6 +333,7 @@ def shortcut_attribution(
 ) -> ShortcutAttribution:
     """Integrated gradients over the adapter outputs of the example's shortcuts, from all off (Z = 0)."""
     check_model(model)
+    _check_gradients(model, "shortcut attribution")
     _check_steps(n_steps, method)
     shortcuts = list(example.shortcuts)
     if not shortcuts:

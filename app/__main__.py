@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sparsecut.evaluation.generation import DTYPES
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__,
@@ -20,8 +22,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--baseline", metavar="PATH_OR_HUB_ID",
                         help="the LLaVA model to compare with (default: llava-tiny with the embedded family; none with --model)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="auto: bfloat16 on a GPU that supports it, float32 otherwise")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                        help="auto: bfloat16 on a GPU that supports it, float32 otherwise; int8: the LLM's linear "
+                             "layers in int8 on the CPU (faster without bf16 kernels; gradient views off)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")

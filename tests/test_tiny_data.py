@@ -275,6 +275,52 @@ def test_the_tally_drill_asks_counts_openly_or_with_four_lettered_numbers_and_is
     assert "tally" in DRILLS and "tally" not in FAMILIES
 
 
+def test_the_count_drills_draw_balanced_answers_while_the_scored_family_keeps_its_draw():
+    """Counting a shape or colour: the family's questions answer 0 or 1 most of the time; the drills' (``balanced``)
+    never answer 0, answer each count a scene has above zero equally often, and stay right."""
+    from sparsecut.evaluation.synthetic.questions import count
+    family, drilled, both_possible = [], [], 0
+    for index in range(400):
+        scene, _ = scene_for(14, index)
+        for balanced, answers in ((False, family), (True, drilled)):
+            qa = count(scene, np.random.default_rng(index), balanced=balanced)
+            assert qa.family == "count" and qa.answer == _expected(scene, qa.question)
+            if qa.subtype != "all":
+                answers.append(qa.answer)
+    assert np.mean([a in ("0", "1") for a in family]) > 0.75
+    assert "0" not in drilled and np.mean([a in ("2", "3", "4") for a in drilled]) > 0.3
+    kinds = [[s.shape for s in scene_for(14, i)[0].shapes] for i in range(400)]
+    two_squares = next(i for i, shapes in enumerate(kinds)
+                       if shapes.count("square") == 2 and len(shapes) > 2
+                       and all(shapes.count(s) < 2 for s in shapes if s != "square"))
+    scene, _ = scene_for(14, two_squares)
+    asked = [count(scene, np.random.default_rng(seed), balanced=True) for seed in range(300)]
+    by_shape = [qa.answer for qa in asked if qa.subtype == "shape"]
+    assert set(by_shape) == {"1", "2"} and 0.35 < by_shape.count("2") / len(by_shape) < 0.65
+    assert ask(scene, "count", np.random.default_rng(3)) == count(scene, np.random.default_rng(3))  # the family's draw
+    assert ask(scene, "tally", np.random.default_rng(4), balanced_counts=True) == ask(
+        scene, "tally", np.random.default_rng(4), balanced_counts=True)  # deterministic for its generator
+
+
+def test_balanced_counts_change_only_the_count_drills_turns_and_need_one(tmp_path):
+    drills = ("relation", "tally", "recount")
+    plain, balanced = (json.loads(open(write_split(str(tmp_path / name), "train", seed=8, num_images=40,
+                                                   kind="instruct", turns=6, drills=drills,
+                                                   balanced_counts=on)).read()) for name, on in (("a", False), ("b", True)))
+    opened_zeros = {False: 0, True: 0}  # open counts of a shape or colour answered 0
+    for a, b in zip(plain, balanced):
+        assert b["conversations"][:-6] == a["conversations"][:-6]  # the regular turns and the relation drill's
+        for on, record in ((False, a), (True, b)):
+            tally, opened = record["conversations"][-6], record["conversations"][-4]  # recount: opened, lettered
+            assert tally["value"].startswith("How many ") and opened["value"].startswith("How many ")
+            if "shapes are there" not in opened["value"]:
+                opened_zeros[on] += record["conversations"][-3]["value"] == "0"
+    assert opened_zeros[True] == 0 < opened_zeros[False]
+    with pytest.raises(ValueError, match="balanced_counts draws the answers of the count drills"):
+        write_split(str(tmp_path / "c"), "train", seed=8, num_images=2, kind="instruct", drills=("relation",),
+                    balanced_counts=True)
+
+
 def test_the_recount_drill_asks_a_count_openly_then_the_same_count_with_four_lettered_numbers():
     for index in range(100):
         scene, rng = scene_for(13, index)

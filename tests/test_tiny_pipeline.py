@@ -363,6 +363,9 @@ def test_the_cards_data_line_names_each_drill_a_budget_adds():
                                                                  "relation drill) and 2 more count questions each (the tally drill)")
     assert _drilled({"recount_turns": 1}) == (" and 1 more count question asked openly, then with lettered numbers "
                                               "each (the recount drill)")
+    assert _drilled({"relation_turns": 1, "tally_turns": 1, "balanced_counts": 1}) == (
+        " and 1 more left-of / above question each (the relation drill) and 1 more count question each (the tally "
+        "drill, answers balanced)")  # only the count drills are balanced
 
 
 def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsys):
@@ -372,11 +375,14 @@ def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsy
     assert budget_with(QUICK, "") == QUICK
     assert budget_with(Budget(relation_turns=2), "relation_turns=0") == Budget()  # a count that may be 0
     assert budget_with(Budget(), "tally_turns=0,relation_turns=1") == Budget(relation_turns=1)
+    assert budget_with(Budget(), "recount_turns=1,balanced_counts=1") == Budget(recount_turns=1, balanced_counts=1)
     for bad, reason in [("steps=3", "FIELD one of pretrain_images"), ("stage2_steps", "use FIELD=VALUE"),
                         ("stage2_steps=1.5", "takes an integer"), ("stage2_lr=fast", "takes a number"),
                         ("batch=0", "must be positive"), ("lora_modules=mlp", "lora_modules is one of all, attention"),
                         ("relation_turns=-1", "relation_turns must be >= 0"),
-                        ("tally_turns=-2", "tally_turns must be >= 0")]:
+                        ("tally_turns=-2", "tally_turns must be >= 0"),
+                        ("tally_turns=1,balanced_counts=2", "balanced_counts is 0 .off. or 1 .on."),
+                        ("relation_turns=1,balanced_counts=1", "set tally_turns or recount_turns too")]:
         with pytest.raises(ValueError, match=reason):
             budget_with(Budget(), bad)
     with pytest.raises(SystemExit):

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from .benchmarks import BENCHMARKS
+from .generation import DTYPES
 from .metrics import VQA_PROCESSORS
 from .runner import RunConfig, run
 
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ocr", action="store_true", help="textvqa: Rosetta OCR tokens in the prompt (LLaVA-1.5's setting)")
     parser.add_argument("--lang", choices=("en", "cn"), help="mmbench: prompt language (default: from the split name)")
     parser.add_argument("--no-circular", dest="circular", action="store_false", help="mmbench: ask each question once")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
     parser.add_argument("--template", choices=("vicuna_v1", "plain", "tokenizer"), help="override the chat template")
     parser.add_argument("--name", help="the model's name in the tables (default: the model folder's name)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 
 from sparsecut.precision import MARGIN, cpu_supports_bf16
+from sparsecut.quantization import quantize_int8
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "int8": torch.float32}  # int8: fp32, then the LLM's linear layers quantized (sparsecut.quantization)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -39,6 +41,8 @@ def load(name_or_path: str, device="cpu", dtype: str = "auto", template: str | N
     device = torch.device(device)
     model, processor = load_checkpoint(name_or_path, resolve_dtype(dtype, device), template)
     model = model.to(device).eval()
+    if dtype == "int8":
+        model = quantize_int8(model)
     if dtype == "auto" and device.type == "cpu" and cpu_supports_bf16() and cpu_bf16_speedup(model, processor) >= MARGIN:
         model = model.to(torch.bfloat16)
     return model, processor

@@ -66,6 +66,7 @@ class Budget:
     relation_turns: int = 0  # more stage-2 turns per conversation, each a left-of / above question (the relation drill)
     tally_turns: int = 0  # more stage-2 turns after those, each a count question, half as a choice (the tally drill)
     recount_turns: int = 0  # then this many pairs of turns: a count asked openly, then lettered (the recount drill)
+    balanced_counts: int = 0  # 1: the tally and recount drills draw their answers balanced (questions.count)
     reading_steps: int = 0  # a reading stage before stage 2 (with --reading-tower): the reading adapter and the LoRA
     reading_images: int = 3000  # its scenes, one reading or unanswerable question each
     reading_lr: float = 1.5e-3  # the LoRA's there (the reading adapter's: adapter_lr)
@@ -76,7 +77,9 @@ class Budget:
 
 # budget field -> the drill it adds (questions.DRILLS)
 DRILL_FIELDS = {"relation_turns": "relation", "tally_turns": "tally", "recount_turns": "recount"}
-MAY_BE_ZERO = (*DRILL_FIELDS, "reading_steps", "reading_look_ups", "stage2_steps")  # stage 2: 0 after a reading stage
+MAY_BE_ZERO = (*DRILL_FIELDS, "reading_steps", "reading_look_ups", "stage2_steps",  # stage 2: 0 after a reading stage
+               "balanced_counts")
+SWITCHES = ("balanced_counts",)  # 0 or 1
 
 
 def budget_with(base: Budget, overrides: str) -> Budget:
@@ -98,9 +101,15 @@ def budget_with(base: Budget, overrides: str) -> Budget:
         if cast is str:
             if changes[key] not in LORA_MODULES:
                 raise ValueError(f"bad budget override {item!r}: {key} is one of {', '.join(LORA_MODULES)}.")
+        elif key in SWITCHES and changes[key] not in (0, 1):
+            raise ValueError(f"bad budget override {item!r}: {key} is 0 (off) or 1 (on).")
         elif changes[key] < 0 or (changes[key] == 0 and key not in MAY_BE_ZERO):
             raise ValueError(f"bad budget override {item!r}: {key} must be {'>= 0' if key in MAY_BE_ZERO else 'positive'}.")
-    return replace(base, **changes)
+    budget = replace(base, **changes)
+    if budget.balanced_counts and not (budget.tally_turns or budget.recount_turns):
+        raise ValueError(f"bad budget overrides {overrides!r}: balanced_counts draws the answers of the tally and "
+                         "recount drills; set tally_turns or recount_turns too.")
+    return budget
 
 
 def drills_of(budget: Budget) -> tuple[str, ...]:
@@ -116,7 +125,7 @@ def write_data(root: str, budget: Budget, seed: int) -> None:
     data = os.path.join(root, "data")
     write_split(data, "pretrain", split_seed(seed, "pretrain"), budget.pretrain_images, "pretrain", layout=LAYOUT)
     write_split(data, "instruct", split_seed(seed, "instruct"), budget.instruct_images, "instruct", turns=budget.turns,
-                layout=LAYOUT, drills=drills_of(budget))
+                layout=LAYOUT, drills=drills_of(budget), balanced_counts=bool(budget.balanced_counts))
     if budget.reading_steps:
         write_split(data, "reading", split_seed(seed, "reading"), budget.reading_images, "reading", layout=LAYOUT,
                     text_probability=READING_TEXT_PROBABILITY, look_up_turns=budget.reading_look_ups)

@@ -23,6 +23,7 @@ import time
 from contextlib import ExitStack, contextmanager
 
 from sparsecut.evaluation.synthetic.dataset import write_split
+from sparsecut.evaluation.synthetic.questions import COUNT_DRILLS
 from .continued import lineage
 from .answers import ANSWERS, AnswerStore, question_keys
 from .evaluate import predict, read_eval, results_table, score
@@ -209,9 +210,9 @@ def _sharing(record: dict) -> str:
 
 def _recorded(budget: dict) -> dict:
     """A member's recorded budget, complete: one recorded before ``lora_modules`` existed had the attention LoRA, one
-    recorded before a drill's budget field (``DRILL_FIELDS``) no such drill."""
+    recorded before a drill's budget field (``DRILL_FIELDS``) or ``balanced_counts`` no such drill, no balancing."""
     return {**budget, "lora_modules": budget.get("lora_modules", "attention"),
-            **{field: budget.get(field, 0) for field in DRILL_FIELDS}}
+            **{field: budget.get(field, 0) for field in (*DRILL_FIELDS, "balanced_counts")}}
 
 
 TABLED = ("lora_rank", "lora_modules", "stage2_lr")  # budget fields the card's member table shows (its LoRA column)
@@ -234,8 +235,9 @@ DRILL_TURNS = {"relation": ("left-of / above question", "left-of / above questio
 def _drilled(budget: dict) -> str:
     """The drill turns a budget adds to each stage-2 conversation, as the card's data line says them."""
     recorded = _recorded(budget)
-    return "".join(f" and {recorded[field]} more {DRILL_TURNS[drill][recorded[field] > 1]} each (the {drill} drill)"
-                   for field, drill in DRILL_FIELDS.items() if recorded[field])
+    balanced = ", answers balanced" if recorded["balanced_counts"] else ""
+    return "".join(f" and {recorded[field]} more {DRILL_TURNS[drill][recorded[field] > 1]} each (the {drill} drill"
+                   f"{balanced if drill in COUNT_DRILLS else ''})" for field, drill in DRILL_FIELDS.items() if recorded[field])
 
 
 def _lora(budget: dict) -> str:

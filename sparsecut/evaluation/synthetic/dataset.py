@@ -13,7 +13,7 @@ from dataclasses import asdict
 import numpy as np
 from PIL import Image
 
-from .questions import DRILLS, FAMILIES, ask, ask_turns, caption
+from .questions import COUNT_DRILLS, DRILLS, FAMILIES, ask, ask_turns, caption
 from .scenes import DEFAULT_LAYOUT, Layout, Scene, render, sample_scene
 
 DESCRIBE = "Describe the image briefly."
@@ -49,14 +49,15 @@ def _families(rng, weights: dict[str, int], k: int) -> list[str]:
 
 def write_split(root: str, name: str, seed: int, num_images: int, kind: str, turns: int = 3,
                 layout: Layout = DEFAULT_LAYOUT, drills: tuple[str, ...] = (), text_probability: float = 0.5,
-                look_up_turns: int = 0) -> str:
+                look_up_turns: int = 0, balanced_counts: bool = False) -> str:
     """Write split ``name`` under ``root`` (scenes drawn in ``layout``, a text in each with ``text_probability``):
     images in ``root/images/name/``, and
 
     - kind ``pretrain``: ``name.json``, one caption per image (stage 1);
     - kind ``instruct``: ``name.json``, a ``turns``-turn conversation per image (stage 2), then one more turn per entry
-      of ``drills`` (training-only families, ``questions.DRILLS``) where the scene allows it; the first ``turns``
-      turns are the same with or without drills;
+      of ``drills`` (training-only families, ``questions.DRILLS``) where the scene allows it, the count drills'
+      answers drawn balanced with ``balanced_counts`` (``questions.count``); the first ``turns`` turns are the same
+      with or without drills;
     - kind ``reading``: ``name.json``, one conversation per image: what is written where a legible text is, else the
       unanswerable family's question (the text missing or illegible, or an absent object's colour), then
       ``look_up_turns`` more turns drawn as stage 2's are (``TRAIN_WEIGHTS``, reading left out), so that a stage
@@ -67,6 +68,9 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
     if unknown or (drills and kind != "instruct"):
         raise ValueError(f"drills are training-only families of instruct splits, one of {', '.join(DRILLS)}; got "
                          f"{list(drills)} for a {kind} split.")
+    if balanced_counts and not set(drills) & set(COUNT_DRILLS):
+        raise ValueError(f"balanced_counts draws the answers of the count drills ({', '.join(COUNT_DRILLS)}); got "
+                         f"drills {list(drills)}: add one, or leave balanced_counts off.")
     if look_up_turns < 0 or (look_up_turns and kind != "reading"):
         raise ValueError(f"look_up_turns (>= 0) follow a reading split's reading question; got {look_up_turns} for a "
                          f"{kind} split.")
@@ -90,7 +94,7 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
                 if len(conversation) == 2 * turns:
                     break
             for drill in drills:
-                for qa in ask_turns(scene, drill, rng):
+                for qa in ask_turns(scene, drill, rng, balanced_counts):
                     conversation += [{"from": "human", "value": qa.question}, {"from": "gpt", "value": qa.answer}]
             records.append({"id": f"{name}-{index}", "image": image, "conversations": conversation})
         elif kind == "reading":

@@ -14,7 +14,10 @@ Training-only drills, never scored as families of their own (``DRILLS``): ``spel
 legible text by its place ("What is the second character of the text in the image?" -> 7), the skill a number's later
 digits need; ``relation`` asks only the position family's left-of / above questions (``position`` asks them 40% of
 the time), for more of them per conversation; ``tally`` asks the count family's questions, half of them with four
-lettered numbers as options, for more counting per conversation; ``recount`` asks a count question openly and then
+lettered numbers as options, for more counting per conversation, with balanced answers (the family's own questions
+answer 0 or 1 four times in five when they count a shape or a colour; with ``balanced_counts`` the drill's answer is
+drawn first, uniformly among the counts above zero the scene has, so a member does not learn "1" for every object it
+finds); ``recount`` asks a count question (balanced the same way where asked) openly and then
 again with four lettered numbers, two turns (``ask_turns``), so the lettered answer's look-up of the count among the
 options is learned with the count already in context.
 
@@ -68,17 +71,25 @@ def attribute(scene: Scene, rng) -> QA | None:
     return options[int(rng.integers(len(options)))] if options else None
 
 
-def count(scene: Scene, rng) -> QA:
+def count(scene: Scene, rng, balanced: bool = False) -> QA:
+    """How many objects of a shape, of a colour, or in all (a third of the time each). The shape or colour is drawn
+    uniformly, so four answers in five are 0 or 1; ``balanced`` (the drills' way) draws the answer first, uniformly
+    among the counts above zero that the scene has for that kind, then a shape or colour with that count, so a scene
+    with two squares is asked "2" as often as "1" (0, right 99% of the time, is left to the family's own questions)."""
     kind = int(rng.integers(3))
+    if kind == 2:
+        return QA(f"How many shapes are there?\n{SHORT}", str(len(scene.shapes)), "count", "all")
+    values = list(SHAPES) if kind == 0 else list(COLOURS)
+    counts = [sum((s.shape if kind == 0 else s.colour) == v for s in scene.shapes) for v in values]
+    if balanced:
+        present = sorted(set(counts) - {0})
+        n = present[int(rng.integers(len(present)))]
+        values = [v for v, c in zip(values, counts) if c == n]
+    value = values[int(rng.integers(len(values)))]
+    n = sum((s.shape if kind == 0 else s.colour) == value for s in scene.shapes)
     if kind == 0:
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        n = sum(s.shape == shape for s in scene.shapes)
-        return QA(f"How many {_plural(shape)} are there?\n{SHORT}", str(n), "count", "shape")
-    if kind == 1:
-        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-        n = sum(s.colour == colour for s in scene.shapes)
-        return QA(f"How many {colour} objects are there?\n{SHORT}", str(n), "count", "colour")
-    return QA(f"How many shapes are there?\n{SHORT}", str(len(scene.shapes)), "count", "all")
+        return QA(f"How many {_plural(value)} are there?\n{SHORT}", str(n), "count", "shape")
+    return QA(f"How many {value} objects are there?\n{SHORT}", str(n), "count", "colour")
 
 
 def _relation(target, other) -> QA | None:
@@ -188,17 +199,17 @@ def _lettered(base: QA, rng, pool: list[str]) -> QA:
     return QA(f"{question}\n{lines}\n{CHOICE}", letter, "choice", f"{base.family}-{base.subtype}")
 
 
-def tally(scene: Scene, rng) -> QA:
-    """A count family's question, asked openly or, half of the time, with lettered options (a drill for counting:
-    see ``DRILLS``)."""
-    base = count(scene, rng)
+def tally(scene: Scene, rng, balanced: bool = False) -> QA:
+    """A count family's question (with ``balanced`` answers: ``count``), asked openly or, half of the time, with
+    lettered options (a drill for counting: see ``DRILLS``)."""
+    base = count(scene, rng, balanced=balanced)
     return _lettered(base, rng, NUMBERS) if rng.random() < 0.5 else base
 
 
-def recount(scene: Scene, rng) -> tuple[QA, QA]:
-    """A count family's question asked openly, then the same question with four lettered numbers (a drill of two
-    turns for the letter step of lettered counts: see ``DRILLS``)."""
-    base = count(scene, rng)
+def recount(scene: Scene, rng, balanced: bool = False) -> tuple[QA, QA]:
+    """A count family's question (with ``balanced`` answers: ``count``) asked openly, then the same question with four
+    lettered numbers (a drill of two turns for the letter step of lettered counts: see ``DRILLS``)."""
+    base = count(scene, rng, balanced=balanced)
     return base, _lettered(base, rng, NUMBERS)
 
 
@@ -217,21 +228,25 @@ ASKERS = {
 
 
 TURN_DRILLS = {"recount": recount}  # drills that ask several turns at once
+COUNT_DRILLS = ("tally", "recount")  # drills that can draw their answers balanced (``count``)
 
 
-def ask(scene: Scene, family: str, rng: np.random.Generator) -> QA | None:
-    """A question of ``family`` about ``scene``, or None when the scene cannot pose one (e.g. reading without text)."""
+def ask(scene: Scene, family: str, rng: np.random.Generator, balanced_counts: bool = False) -> QA | None:
+    """A question of ``family`` about ``scene``, or None when the scene cannot pose one (e.g. reading without text);
+    ``balanced_counts``: a count drill's answers are drawn balanced (``count``; other families ignore it)."""
     if family in TURN_DRILLS:
         raise ValueError(f"the {family} drill asks several turns at once: use ask_turns.")
+    if balanced_counts and family in COUNT_DRILLS:
+        return ASKERS[family](scene, rng, balanced=True)
     return ASKERS[family](scene, rng)
 
 
-def ask_turns(scene: Scene, family: str, rng: np.random.Generator) -> list[QA]:
+def ask_turns(scene: Scene, family: str, rng: np.random.Generator, balanced_counts: bool = False) -> list[QA]:
     """The turns ``family`` asks about ``scene``, in order: one question, none where the scene cannot pose one, or
-    each turn of a drill of several (``TURN_DRILLS``)."""
+    each turn of a drill of several (``TURN_DRILLS``); ``balanced_counts`` as ``ask``'s."""
     if family in TURN_DRILLS:
-        return list(TURN_DRILLS[family](scene, rng))
-    qa = ask(scene, family, rng)
+        return list(TURN_DRILLS[family](scene, rng, balanced=balanced_counts))
+    qa = ask(scene, family, rng, balanced_counts)
     return [] if qa is None else [qa]
 
 
