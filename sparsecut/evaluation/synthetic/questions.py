@@ -14,10 +14,10 @@ Training-only drills, never scored as families of their own (``DRILLS``): ``spel
 legible text by its place ("What is the second character of the text in the image?" -> 7), the skill a number's later
 digits need; ``relation`` asks only the position family's left-of / above questions (``position`` asks them 40% of
 the time), for more of them per conversation; ``tally`` asks the count family's questions, half of them with four
-lettered numbers as options, for more counting per conversation, with balanced answers (the family's own questions
-answer 0 or 1 four times in five when they count a shape or a colour; with ``balanced_counts`` the drill's answer is
-drawn first, uniformly among the counts above zero the scene has, so a member does not learn "1" for every object it
-finds); ``recount`` asks a count question (balanced the same way where asked) openly and then
+lettered numbers as options, for more counting per conversation (the family's own questions answer 0 or 1 four
+times in five when they count a shape or a colour; with ``balanced_counts`` the drill's answer is drawn first,
+uniformly among the counts above zero the scene has, so a member does not learn "1" for every object it finds);
+``recount`` asks a count question (balanced the same way where asked) openly and then
 again with four lettered numbers, two turns (``ask_turns``), so the lettered answer's look-up of the count among the
 options is learned with the count already in context.
 
@@ -79,14 +79,15 @@ def count(scene: Scene, rng, balanced: bool = False) -> QA:
     kind = int(rng.integers(3))
     if kind == 2:
         return QA(f"How many shapes are there?\n{SHORT}", str(len(scene.shapes)), "count", "all")
-    values = list(SHAPES) if kind == 0 else list(COLOURS)
-    counts = [sum((s.shape if kind == 0 else s.colour) == v for s in scene.shapes) for v in values]
+    names = list(SHAPES) if kind == 0 else list(COLOURS)
+    counts = [sum((s.shape if kind == 0 else s.colour) == name for s in scene.shapes) for name in names]
+    pool = names
     if balanced:
         present = sorted(set(counts) - {0})
-        n = present[int(rng.integers(len(present)))]
-        values = [v for v, c in zip(values, counts) if c == n]
-    value = values[int(rng.integers(len(values)))]
-    n = sum((s.shape if kind == 0 else s.colour) == value for s in scene.shapes)
+        wanted = present[int(rng.integers(len(present)))]
+        pool = [name for name, c in zip(names, counts) if c == wanted]
+    value = pool[int(rng.integers(len(pool)))]
+    n = counts[names.index(value)]
     if kind == 0:
         return QA(f"How many {_plural(value)} are there?\n{SHORT}", str(n), "count", "shape")
     return QA(f"How many {value} objects are there?\n{SHORT}", str(n), "count", "colour")
