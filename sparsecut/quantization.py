@@ -39,13 +39,12 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     except ImportError as err:
         raise RuntimeError(f"This torch ({torch.__version__}) has no eager dynamic quantization "
                            "(torch.ao.quantization.quantize_dynamic); use --dtype float32 or bfloat16.") from err
-    llm = [module for module in model.model.language_model.modules() if isinstance(module, nn.Linear)]
-    llm.append(model.get_output_embeddings())
+    llm = {id(m) for m in model.model.language_model.modules() if isinstance(m, nn.Linear)}
+    llm.add(id(model.get_output_embeddings()))
     targets = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
-               if any(module is m for m in llm) and name.rsplit(".", 1)[-1] not in KEPT_FP32}
+               if id(module) in llm and name.rsplit(".", 1)[-1] not in KEPT_FP32}
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*deprecated.*", category=UserWarning)
-        warnings.filterwarnings("ignore", message=".*deprecated.*", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
         quantize_dynamic(model, targets, dtype=torch.qint8, inplace=True)
     return model
 
