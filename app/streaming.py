@@ -13,6 +13,10 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 _END = object()
+# torch CPU threads per computation in the app (``--threads``): each answer generates in a thread of its own, so the two
+# models of a comparison run at once, one per core; a short answer is bound by reading the weights once per token, and
+# two threads per model on 2 cores answered slower (README, "Latency")
+CPU_THREADS = 1
 
 
 class _StopWhenSet(StoppingCriteria):

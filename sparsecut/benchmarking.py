@@ -74,3 +74,46 @@ def write_json(path: str | None, result) -> None:
     if path:
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)
+
+
+class ForwardTimes:
+    """Where one generation's time goes: while active (``with``), the wall-clock start and end of every top-level
+    forward call of ``model`` (in ``generate``: the prefill, then one call per new token) and the seconds spent in
+    each named part, summed per top-level call: a part is a list of submodules that do not contain one another (e.g.
+    a vision tower's embeddings and encoder layers, which SparseCut calls one by one)."""
+
+    def __init__(self, model: torch.nn.Module, parts: dict[str, list[torch.nn.Module]], device: torch.device):
+        self.model, self.parts, self.device = model, parts, device
+        self.calls: list[tuple[float, float]] = []  # (start, end) per top-level forward, perf_counter seconds
+        self.part_seconds: list[dict[str, float]] = []  # per top-level forward: {part: seconds}
+        self._handles: list = []
+
+    def _now(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter()
+
+    def __enter__(self) -> ForwardTimes:
+        def model_started(module, args):
+            self.calls.append((self._now(), float("nan")))
+            self.part_seconds.append(dict.fromkeys(self.parts, 0.0))
+
+        def model_ended(module, args, output):
+            self.calls[-1] = (self.calls[-1][0], self._now())
+
+        self._handles = [self.model.register_forward_pre_hook(model_started),
+                         self.model.register_forward_hook(model_ended)]
+        for name, modules in self.parts.items():
+            for module in modules:
+                started: list[float] = []
+                self._handles += [module.register_forward_pre_hook(lambda m, a, s=started: s.append(self._now())),
+                                  module.register_forward_hook(lambda m, a, o, s=started, n=name: self._add(n, s.pop()))]
+        return self
+
+    def _add(self, part: str, started: float) -> None:
+        if self.part_seconds:  # a part called outside the model's forward is not counted
+            self.part_seconds[-1][part] += self._now() - started
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

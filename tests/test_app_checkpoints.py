@@ -94,6 +94,14 @@ def test_specs_are_checked_before_loading(family_env, tmp_path):
         check_spec(str(folder / "model.safetensors"))
 
 
+def test_the_app_runs_one_torch_thread_per_computation_unless_told_and_refuses_fewer_than_one():
+    from app.__main__ import main, parse_args
+
+    assert parse_args([]).threads == 1 and parse_args(["--threads", "2"]).threads == 2
+    with pytest.raises(SystemExit, match="--threads must be at least 1; got 0"):
+        main(["--threads", "0"])
+
+
 def test_python_m_app_serves_the_family_on_localhost(family_env):
     client_module = pytest.importorskip("gradio_client")
     export_tiny_family(str(family_env / "assets"))

@@ -2,6 +2,7 @@
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,28 @@ def test_the_latency_bench_reports_every_case_studys_answers_as_the_engine_gives
     report = format_report({**result, "machine": machine(torch.device(engine.device))})
     assert f"| {cases[0].name} | {cases[0].answer} | {result['answers'][0]['sparsecut']} (" in report
     assert f"right: SparseCut {sum(e['sparsecut_right'] for e in result['answers'])} / {len(cases)}" in report
+
+
+def test_the_breakdown_times_one_forward_per_new_token_and_its_phases_add_up(engine):
+    from app.bench import PHASES, _phases, breakdown, format_breakdown, vision_parts
+    from sparsecut.benchmarking import ForwardTimes
+
+    case, name = load_examples()[0], engine.models[0]
+    model = engine.load(name).model
+    with one_torch_thread():
+        with ForwardTimes(model, vision_parts(model), torch.device("cpu")) as timer:
+            started = time.perf_counter()
+            answer = list(engine.answer(case.path, case.question, name, decoding=Decoding(max_new_tokens=4)))[-1]
+            ended = time.perf_counter()
+        phases = breakdown(engine, repeats=1, max_new_tokens=4)
+    assert len(timer.calls) == answer.new_tokens  # the prefill, then one call per new token after the first
+    assert timer.part_seconds[0]["tower"] > 0 and all(part["tower"] == 0 for part in timer.part_seconds[1:])
+    assert not model._forward_hooks and not model._forward_pre_hooks  # removed on exit
+    row = _phases(timer, started, ended)
+    assert sum(row[phase] for phase in PHASES) == pytest.approx(row["total"]) and row["decode_steps"] == answer.new_tokens - 1
+    assert set(phases) == {"sparsecut", "baseline"} and all(phases[kind]["vision"] > 0 for kind in phases)
+    report = format_breakdown(phases, {"sparsecut": name, "baseline": engine.baseline})
+    assert all(f"| {phase} | " in report for phase in PHASES)
 
 
 def test_the_stats_summary_aligns_both_answers_and_their_ratios():

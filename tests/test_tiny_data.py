@@ -321,6 +321,33 @@ def test_balanced_counts_change_only_the_count_drills_turns_and_need_one(tmp_pat
                     balanced_counts=True)
 
 
+def test_drills_first_asks_the_same_turns_with_the_drills_first_and_needs_a_drill(tmp_path):
+    drills = ("relation", "tally", "recount")
+    last, first = (json.loads(open(write_split(str(tmp_path / name), "train", seed=8, num_images=30, kind="instruct",
+                                               turns=6, drills=drills, balanced_counts=True,
+                                               drills_first=on)).read()) for name, on in (("a", False), ("b", True)))
+
+    def turns(record):  # (question without the image placeholder, answer) pairs
+        values = [turn["value"].removeprefix("<image>\n") for turn in record["conversations"]]
+        return list(zip(values[::2], values[1::2]))
+
+    full = 0
+    for a, b in zip(last, first):
+        # the families' turns (up to 6) come first without drills_first, then the drills': relation 1 (where the scene
+        # has two objects), tally 1, recount 2; with it the same draws, the drills' turns first
+        split = [n for n in range(1, 7) if turns(b) == turns(a)[n:] + turns(a)[:n] and 3 <= len(turns(a)) - n <= 4]
+        assert len(split) == 1
+        drilled = turns(a)[split[0]:]
+        full += len(drilled) == 4
+        for record in (a, b):
+            humans = [turn["value"] for turn in record["conversations"][::2]]
+            assert humans[0].startswith("<image>\n") and not any("<image>" in value for value in humans[1:])
+        assert drilled[-2][0].split("\n")[0] == drilled[-1][0].split("\n")[0]  # recount: opened, then lettered
+    assert full > 20
+    with pytest.raises(ValueError, match="drills_first puts the drill turns first"):
+        write_split(str(tmp_path / "c"), "train", seed=8, num_images=2, kind="instruct", drills_first=True)
+
+
 def test_the_recount_drill_asks_a_count_openly_then_the_same_count_with_four_lettered_numbers():
     for index in range(100):
         scene, rng = scene_for(13, index)

@@ -338,6 +338,27 @@ def test_a_dense_tower_trained_as_the_run_would_is_reused_and_any_other_refused(
     assert not (tmp_path / "other" / "backbones" / "backbones.json").exists()  # nothing half-built is taken as done
 
 
+def test_auto_mixed_precision_times_the_trainers_step_and_a_rerun_keeps_its_decision(quick_run, tmp_path, monkeypatch):
+    import sparsecut.precision as precision
+    from training.tiny.family import cpu_mixed_precision
+
+    run, _ = quick_run
+    root = tmp_path / "run"
+    root.mkdir()
+    for part in ("backbones", "data"):
+        (root / part).symlink_to(run / part)
+    timed = {}
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(precision, "autocast_step_speedup", lambda model, inputs: timed.update(inputs) or 1.5)
+    assert cpu_mixed_precision(str(root), Budget(batch=2), 1) == ("bf16", 1.5)
+    keep = timed["logits_to_keep"]  # the LM head only at the labelled positions, as the trainer computes it
+    assert keep.dtype == torch.bool and keep.shape == timed["input_ids"].shape and 0 < keep.sum() < keep.numel()
+    monkeypatch.setattr(precision, "autocast_step_speedup", lambda model, inputs: 0.5)  # a new timing: fp32
+    assert cpu_mixed_precision(str(root), Budget(batch=2), 1) == ("bf16", 1.5)  # the run keeps what it started with
+    (root / "mixed_precision.json").unlink()
+    assert cpu_mixed_precision(str(root), Budget(batch=2), 1) == ("no", 0.5)
+
+
 def test_progress_reports_steps_and_an_eta_from_measured_seconds(tmp_path):
     for name, stage, steps in [("a", "-stage1", 4), ("a", "", 2), ("b", "-stage1", 1)]:
         folder = tmp_path / "models" / (name + stage)
@@ -366,6 +387,8 @@ def test_the_cards_data_line_names_each_drill_a_budget_adds():
     assert _drilled({"relation_turns": 1, "tally_turns": 1, "balanced_counts": 1}) == (
         " and 1 more left-of / above question each (the relation drill) and 1 more count question each (the tally "
         "drill, answers balanced)")  # only the count drills are balanced
+    assert _drilled({"tally_turns": 1, "drills_first": 1}) == (" and 1 more count question each (the tally drill), "
+                                                               "the drills' turns asked first")
 
 
 def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsys):
@@ -376,13 +399,16 @@ def test_budget_overrides_change_only_the_named_fields_and_reject_bad_ones(capsy
     assert budget_with(Budget(relation_turns=2), "relation_turns=0") == Budget()  # a count that may be 0
     assert budget_with(Budget(), "tally_turns=0,relation_turns=1") == Budget(relation_turns=1)
     assert budget_with(Budget(), "recount_turns=1,balanced_counts=1") == Budget(recount_turns=1, balanced_counts=1)
+    assert budget_with(Budget(), "relation_turns=1,drills_first=1") == Budget(relation_turns=1, drills_first=1)
     for bad, reason in [("steps=3", "FIELD one of pretrain_images"), ("stage2_steps", "use FIELD=VALUE"),
                         ("stage2_steps=1.5", "takes an integer"), ("stage2_lr=fast", "takes a number"),
                         ("batch=0", "must be positive"), ("lora_modules=mlp", "lora_modules is one of all, attention"),
                         ("relation_turns=-1", "relation_turns must be >= 0"),
                         ("tally_turns=-2", "tally_turns must be >= 0"),
                         ("tally_turns=1,balanced_counts=2", "balanced_counts is 0 .off. or 1 .on."),
-                        ("relation_turns=1,balanced_counts=1", "set tally_turns or recount_turns too")]:
+                        ("relation_turns=1,balanced_counts=1", "set tally_turns or recount_turns too"),
+                        ("relation_turns=1,drills_first=2", "drills_first is 0 .off. or 1 .on."),
+                        ("drills_first=1", "set relation_turns, tally_turns or recount_turns too")]:
         with pytest.raises(ValueError, match=reason):
             budget_with(Budget(), bad)
     with pytest.raises(SystemExit):

@@ -67,6 +67,7 @@ class Budget:
     tally_turns: int = 0  # more stage-2 turns after those, each a count question, half as a choice (the tally drill)
     recount_turns: int = 0  # then this many pairs of turns: a count asked openly, then lettered (the recount drill)
     balanced_counts: int = 0  # 1: the tally and recount drills draw their answers balanced (questions.count)
+    drills_first: int = 0  # 1: each conversation asks its drill turns first, then the families' (README, step (w))
     reading_steps: int = 0  # a reading stage before stage 2 (with --reading-tower): the reading adapter and the LoRA
     reading_images: int = 3000  # its scenes, one reading or unanswerable question each
     reading_lr: float = 1.5e-3  # the LoRA's there (the reading adapter's: adapter_lr)
@@ -78,8 +79,8 @@ class Budget:
 # budget field -> the drill it adds (questions.DRILLS)
 DRILL_FIELDS = {"relation_turns": "relation", "tally_turns": "tally", "recount_turns": "recount"}
 MAY_BE_ZERO = (*DRILL_FIELDS, "reading_steps", "reading_look_ups", "stage2_steps",  # stage 2: 0 after a reading stage
-               "balanced_counts")
-SWITCHES = ("balanced_counts",)  # 0 or 1
+               "balanced_counts", "drills_first")
+SWITCHES = ("balanced_counts", "drills_first")  # 0 or 1
 
 
 def budget_with(base: Budget, overrides: str) -> Budget:
@@ -109,6 +110,9 @@ def budget_with(base: Budget, overrides: str) -> Budget:
     if budget.balanced_counts and not (budget.tally_turns or budget.recount_turns):
         raise ValueError(f"bad budget overrides {overrides!r}: balanced_counts draws the answers of the tally and "
                          "recount drills; set tally_turns or recount_turns too.")
+    if budget.drills_first and not drills_of(budget):
+        raise ValueError(f"bad budget overrides {overrides!r}: drills_first puts the drill turns first; set "
+                         "relation_turns, tally_turns or recount_turns too.")
     return budget
 
 
@@ -125,7 +129,8 @@ def write_data(root: str, budget: Budget, seed: int) -> None:
     data = os.path.join(root, "data")
     write_split(data, "pretrain", split_seed(seed, "pretrain"), budget.pretrain_images, "pretrain", layout=LAYOUT)
     write_split(data, "instruct", split_seed(seed, "instruct"), budget.instruct_images, "instruct", turns=budget.turns,
-                layout=LAYOUT, drills=drills_of(budget), balanced_counts=bool(budget.balanced_counts))
+                layout=LAYOUT, drills=drills_of(budget), balanced_counts=bool(budget.balanced_counts),
+                drills_first=bool(budget.drills_first))
     if budget.reading_steps:
         write_split(data, "reading", split_seed(seed, "reading"), budget.reading_images, "reading", layout=LAYOUT,
                     text_probability=READING_TEXT_PROBABILITY, look_up_turns=budget.reading_look_ups)
@@ -302,30 +307,46 @@ def shipped_tower(family_dir: str, folder: str, text: str, seed: int) -> dict:
     return {**tower, **_tower_source(family_dir)}
 
 
+MIXED_PRECISION = "mixed_precision.json"  # in OUTPUT: --mixed-precision auto's decision, kept for the run's reruns
+
+
 def cpu_mixed_precision(root: str, budget: Budget, threads: int | None = None) -> tuple[str, float | None]:
     """("bf16", speedup) when a training step of ``sparsecut-tiny`` (adapters + LLM, on one batch of the
-    instruct split) runs at least ``MARGIN`` times faster under bf16 autocast than in fp32 on this CPU with
-    ``threads`` threads (each member's share), ("no", speedup) otherwise; ("no", None) on a CPU without native bf16."""
+    instruct split, the LM head at the labelled positions as the trainer computes it) runs at least ``MARGIN`` times
+    faster under bf16 autocast than in fp32 on this CPU with ``threads`` threads (each member's share), ("no",
+    speedup) otherwise; ("no", None) on a CPU without native bf16. The decision is written to
+    ``root/mixed_precision.json`` and a rerun takes it from there: a resumed run trains on in the precision it started
+    with, whatever a new timing would say."""
     import torch
 
     from sparsecut.convert import from_backbones
     from sparsecut.precision import MARGIN, autocast_step_speedup, cpu_supports_bf16
-    from training.data import collate_records, read_records
+    from training.data import collate_records, read_records, supervised_positions
 
-    if not cpu_supports_bf16():
-        return "no", None
-    vision, text = backbone_dirs(root)
-    spec = FAMILY["sparsecut-tiny"]
-    model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"],
-                                      chat_template=CHAT_TEMPLATE)
-    data = os.path.join(root, "data")
-    records = read_records(os.path.join(data, "instruct.json"))[: budget.batch]
-    batch = collate_records(records, processor, os.path.join(data, "images"), processor.template, spec["high_res"])
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or previous)
-    try:
-        speedup = autocast_step_speedup(model, inputs)
-    finally:
-        torch.set_num_threads(previous)
-    return ("bf16" if speedup >= MARGIN else "no"), speedup
+    record = os.path.join(root, MIXED_PRECISION)
+    if os.path.isfile(record):
+        with open(record, encoding="utf-8") as handle:
+            decided = json.load(handle)
+        return decided["precision"], decided["speedup"]
+    speedup = None
+    if cpu_supports_bf16():
+        vision, text = backbone_dirs(root)
+        spec = FAMILY["sparsecut-tiny"]
+        model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"],
+                                          chat_template=CHAT_TEMPLATE)
+        data = os.path.join(root, "data")
+        records = read_records(os.path.join(data, "instruct.json"))[: budget.batch]
+        batch = collate_records(records, processor, os.path.join(data, "images"), processor.template, spec["high_res"])
+        keep, _ = supervised_positions(batch["labels"])  # the full (B, T, V) logits would time the head, not the step
+        inputs = {**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}, "use_cache": False,
+                  "logits_to_keep": keep}
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads or previous)
+        try:
+            speedup = autocast_step_speedup(model, inputs)
+        finally:
+            torch.set_num_threads(previous)
+    precision = "bf16" if speedup is not None and speedup >= MARGIN else "no"
+    with open(record, "w", encoding="utf-8") as handle:
+        json.dump({"precision": precision, "speedup": speedup, "threads": threads}, handle)
+    return precision, speedup

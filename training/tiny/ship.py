@@ -210,9 +210,10 @@ def _sharing(record: dict) -> str:
 
 def _recorded(budget: dict) -> dict:
     """A member's recorded budget, complete: one recorded before ``lora_modules`` existed had the attention LoRA, one
-    recorded before a drill's budget field (``DRILL_FIELDS``) or ``balanced_counts`` no such drill, no balancing."""
+    recorded before a drill's budget field (``DRILL_FIELDS``), ``balanced_counts`` or ``drills_first`` no such drill,
+    no balancing, the drills last."""
     return {**budget, "lora_modules": budget.get("lora_modules", "attention"),
-            **{field: budget.get(field, 0) for field in (*DRILL_FIELDS, "balanced_counts")}}
+            **{field: budget.get(field, 0) for field in (*DRILL_FIELDS, "balanced_counts", "drills_first")}}
 
 
 TABLED = ("lora_rank", "lora_modules", "stage2_lr")  # budget fields the card's member table shows (its LoRA column)
@@ -236,8 +237,9 @@ def _drilled(budget: dict) -> str:
     """The drill turns a budget adds to each stage-2 conversation, as the card's data line says them."""
     recorded = _recorded(budget)
     balanced = ", answers balanced" if recorded["balanced_counts"] else ""
-    return "".join(f" and {recorded[field]} more {DRILL_TURNS[drill][recorded[field] > 1]} each (the {drill} drill"
-                   f"{balanced if drill in COUNT_DRILLS else ''})" for field, drill in DRILL_FIELDS.items() if recorded[field])
+    drilled = "".join(f" and {recorded[field]} more {DRILL_TURNS[drill][recorded[field] > 1]} each (the {drill} drill"
+                      f"{balanced if drill in COUNT_DRILLS else ''})" for field, drill in DRILL_FIELDS.items() if recorded[field])
+    return drilled + (", the drills' turns asked first" if recorded["drills_first"] else "")
 
 
 def _lora(budget: dict) -> str:

@@ -49,7 +49,7 @@ def _families(rng, weights: dict[str, int], k: int) -> list[str]:
 
 def write_split(root: str, name: str, seed: int, num_images: int, kind: str, turns: int = 3,
                 layout: Layout = DEFAULT_LAYOUT, drills: tuple[str, ...] = (), text_probability: float = 0.5,
-                look_up_turns: int = 0, balanced_counts: bool = False) -> str:
+                look_up_turns: int = 0, balanced_counts: bool = False, drills_first: bool = False) -> str:
     """Write split ``name`` under ``root`` (scenes drawn in ``layout``, a text in each with ``text_probability``):
     images in ``root/images/name/``, and
 
@@ -57,7 +57,8 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
     - kind ``instruct``: ``name.json``, a ``turns``-turn conversation per image (stage 2), then one more turn per entry
       of ``drills`` (training-only families, ``questions.DRILLS``) where the scene allows it, the count drills'
       answers drawn balanced with ``balanced_counts`` (``questions.count``); the first ``turns`` turns are the same
-      with or without drills;
+      with or without drills; with ``drills_first`` the same turns with the drills' first (the held-out questions are
+      each asked as a first turn, and what a drill teaches in late turns only was measured not to carry over);
     - kind ``reading``: ``name.json``, one conversation per image: what is written where a legible text is, else the
       unanswerable family's question (the text missing or illegible, or an absent object's colour), then
       ``look_up_turns`` more turns drawn as stage 2's are (``TRAIN_WEIGHTS``, reading left out), so that a stage
@@ -71,6 +72,8 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
     if balanced_counts and not set(drills) & set(COUNT_DRILLS):
         raise ValueError(f"balanced_counts draws the answers of the count drills ({', '.join(COUNT_DRILLS)}); got "
                          f"drills {list(drills)}: add one, or leave balanced_counts off.")
+    if drills_first and not drills:
+        raise ValueError("drills_first puts the drill turns first; no drills were given: add one, or leave it off.")
     if look_up_turns < 0 or (look_up_turns and kind != "reading"):
         raise ValueError(f"look_up_turns (>= 0) follow a reading split's reading question; got {look_up_turns} for a "
                          f"{kind} split.")
@@ -84,18 +87,18 @@ def write_split(root: str, name: str, seed: int, num_images: int, kind: str, tur
             records.append({"id": f"{name}-{index}", "image": image, "conversations": [
                 {"from": "human", "value": f"<image>\n{DESCRIBE}"}, {"from": "gpt", "value": caption(scene)}]})
         elif kind == "instruct":
-            conversation = []
+            asked = []  # the families' turns, then the drills' (the same draws either way)
             for family in _families(rng, TRAIN_WEIGHTS, len(TRAIN_WEIGHTS)):
                 qa = ask(scene, family, rng)
                 if qa is None:
                     continue
-                prefix = "<image>\n" if not conversation else ""
-                conversation += [{"from": "human", "value": prefix + qa.question}, {"from": "gpt", "value": qa.answer}]
-                if len(conversation) == 2 * turns:
+                asked.append(qa)
+                if len(asked) == turns:
                     break
-            for drill in drills:
-                for qa in ask_turns(scene, drill, rng, balanced_counts):
-                    conversation += [{"from": "human", "value": qa.question}, {"from": "gpt", "value": qa.answer}]
+            drilled = [qa for drill in drills for qa in ask_turns(scene, drill, rng, balanced_counts)]
+            ordered = drilled + asked if drills_first else asked + drilled
+            conversation = [turn for k, qa in enumerate(ordered) for turn in (
+                {"from": "human", "value": ("<image>\n" if k == 0 else "") + qa.question}, {"from": "gpt", "value": qa.answer})]
             records.append({"id": f"{name}-{index}", "image": image, "conversations": conversation})
         elif kind == "reading":
             qa = ask(scene, "reading", rng) or ask(scene, "unanswerable", rng)
