@@ -91,14 +91,16 @@ def test_auto_dtype_on_a_cpu_follows_the_measurement(monkeypatch):
     assert generation.load("sparsecut-tiny", dtype="auto")[0].dtype == torch.float32
 
 
-def test_the_cpu_probe_times_both_ways_and_leaves_the_model_as_it_was():
+@pytest.mark.parametrize("copy_up_to", [10**9, 0])  # a bf16 copy timed (small models), or autocast (large ones)
+def test_the_cpu_probe_times_both_ways_and_leaves_the_model_as_it_was(monkeypatch, copy_up_to):
     from conftest import make_processor
 
-    from sparsecut.evaluation.generation import cpu_bf16_speedup
+    from sparsecut.evaluation import generation
 
+    monkeypatch.setattr(generation, "BF16_COPY_MAX_PARAMETERS", copy_up_to)
     model = make_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    speedup = cpu_bf16_speedup(model, make_processor(model.config))
+    speedup = generation.cpu_bf16_speedup(model, make_processor(model.config))
     assert speedup > 0 and model.dtype == torch.float32
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     step = precision.autocast_step_speedup(model, {"input_ids": _batch()[0], "pixel_values": _batch()[2]})
