@@ -102,10 +102,10 @@ def breakdown(engine, repeats: int, max_new_tokens: int) -> dict:
     result = {}
     for kind, name in (("sparsecut", engine.models[0]), ("baseline", engine.baseline)):
         model = engine.load(name).model
-        rows = []
+        parts, rows = vision_parts(model), []
         for round_index in range(repeats + 1):
             for case in cases:
-                with ForwardTimes(model, vision_parts(model), device) as timer:
+                with ForwardTimes(model, parts, device) as timer:
                     started = time.perf_counter()
                     list(engine.answer(case.path, case.question, name, decoding=decoding))
                     ended = time.perf_counter()
@@ -118,11 +118,9 @@ def breakdown(engine, repeats: int, max_new_tokens: int) -> dict:
 def _phases(timer: ForwardTimes, started: float, ended: float) -> dict:
     """Milliseconds per phase of one answer timed by ``timer`` (its first forward call is the prefill)."""
     durations = [end - start for start, end in timer.calls]
-    vision = sum(timer.part_seconds[0].values())
-    decode = durations[1:]
-    row = {"prepare": timer.calls[0][0] - started, "vision": vision, "prefill": durations[0] - vision,
-           "decode": sum(decode), "other": (ended - started) - (timer.calls[0][0] - started) - sum(durations),
-           "total": ended - started}
+    prepare, vision, decode = timer.calls[0][0] - started, sum(timer.part_seconds[0].values()), durations[1:]
+    row = {"prepare": prepare, "vision": vision, "prefill": durations[0] - vision, "decode": sum(decode),
+           "other": (ended - started) - prepare - sum(durations), "total": ended - started}
     row = {key: seconds * 1e3 for key, seconds in row.items()}
     return row | {"decode_steps": len(decode), "ms_per_decode_step": 1e3 * sum(decode) / max(len(decode), 1)}
 
