@@ -311,42 +311,48 @@ MIXED_PRECISION = "mixed_precision.json"  # in OUTPUT: --mixed-precision auto's 
 
 
 def cpu_mixed_precision(root: str, budget: Budget, threads: int | None = None) -> tuple[str, float | None]:
-    """("bf16", speedup) when a training step of ``sparsecut-tiny`` (adapters + LLM, on one batch of the
-    instruct split, the LM head at the labelled positions as the trainer computes it) runs at least ``MARGIN`` times
-    faster under bf16 autocast than in fp32 on this CPU with ``threads`` threads (each member's share), ("no",
+    """("bf16", speedup) when a training step of ``sparsecut-tiny`` runs at least ``MARGIN`` times faster under bf16
+    autocast than in fp32 on this CPU with ``threads`` threads (each member's share; ``bf16_step_speedup``), ("no",
     speedup) otherwise; ("no", None) on a CPU without native bf16. The decision is written to
     ``root/mixed_precision.json`` and a rerun takes it from there: a resumed run trains on in the precision it started
     with, whatever a new timing would say."""
-    import torch
-
-    from sparsecut.convert import from_backbones
-    from sparsecut.precision import MARGIN, autocast_step_speedup, cpu_supports_bf16
-    from training.data import collate_records, read_records, supervised_positions
+    from sparsecut.precision import MARGIN, cpu_supports_bf16
 
     record = os.path.join(root, MIXED_PRECISION)
     if os.path.isfile(record):
         with open(record, encoding="utf-8") as handle:
             decided = json.load(handle)
         return decided["precision"], decided["speedup"]
-    speedup = None
-    if cpu_supports_bf16():
-        vision, text = backbone_dirs(root)
-        spec = FAMILY["sparsecut-tiny"]
-        model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"],
-                                          chat_template=CHAT_TEMPLATE)
-        data = os.path.join(root, "data")
-        records = read_records(os.path.join(data, "instruct.json"))[: budget.batch]
-        batch = collate_records(records, processor, os.path.join(data, "images"), processor.template, spec["high_res"])
-        keep, _ = supervised_positions(batch["labels"])  # the full (B, T, V) logits would time the head, not the step
-        inputs = {**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}, "use_cache": False,
-                  "logits_to_keep": keep}
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads or previous)
-        try:
-            speedup = autocast_step_speedup(model, inputs)
-        finally:
-            torch.set_num_threads(previous)
+    speedup = bf16_step_speedup(root, budget, threads) if cpu_supports_bf16() else None
     precision = "bf16" if speedup is not None and speedup >= MARGIN else "no"
     with open(record, "w", encoding="utf-8") as handle:
         json.dump({"precision": precision, "speedup": speedup, "threads": threads}, handle)
     return precision, speedup
+
+
+def bf16_step_speedup(root: str, budget: Budget, threads: int | None) -> float:
+    """fp32 time / bf16-autocast time of one training step of ``sparsecut-tiny`` (adapters + LLM) on the run's first
+    ``budget.batch`` instruct records, the LM head at the labelled positions as the trainer computes it (the full
+    (B, T, V) logits would time the head, not the step, and hold gigabytes), with ``threads`` threads."""
+    import torch
+
+    from sparsecut.convert import from_backbones
+    from sparsecut.precision import autocast_step_speedup
+    from training.data import collate_records, read_records, supervised_positions
+
+    vision, text = backbone_dirs(root)
+    spec = FAMILY["sparsecut-tiny"]
+    model, processor = from_backbones(vision, text, pattern=spec["pattern"], high_res=spec["high_res"],
+                                      chat_template=CHAT_TEMPLATE)
+    data = os.path.join(root, "data")
+    records = read_records(os.path.join(data, "instruct.json"))[: budget.batch]
+    batch = collate_records(records, processor, os.path.join(data, "images"), processor.template, spec["high_res"])
+    keep, _ = supervised_positions(batch["labels"])
+    inputs = {**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}, "use_cache": False,
+              "logits_to_keep": keep}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        return autocast_step_speedup(model, inputs)
+    finally:
+        torch.set_num_threads(previous)
